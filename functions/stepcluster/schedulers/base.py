@@ -1,0 +1,113 @@
+"""The contract every scheduler adapter fulfils.
+
+An adapter builds argument lists and parses what the scheduler printed. It performs no I/O:
+the service runs the commands over SSH and hands the captured output back, so tests can feed
+adapters recorded output. Each adapter declares its scheduler's states as one table (data, not
+branches), mapping the scheduler's own word to a `Category`.
+
+What counts as a job's final result is the exit-code file written by the job wrapper (see
+`stepcluster.jobscript`); the scheduler's view matters while the job is queued or running and
+when the job died without the wrapper recording anything (killed, node failure, cancelled).
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+
+class Category(str, enum.Enum):
+    """What a scheduler state means for the workflow."""
+
+    QUEUED = "QUEUED"        # accepted, not started yet (may still start by itself)
+    RUNNING = "RUNNING"      # started, not finished (includes completing/suspended phases)
+    SUCCEEDED = "SUCCEEDED"  # finished, exit 0
+    FAILED = "FAILED"        # finished unsuccessfully, or can never finish by itself
+    CANCELLED = "CANCELLED"  # removed by a cancel (ours or someone else's)
+    MISSING = "MISSING"      # the scheduler does not (or no longer) know(s) this id
+    UNKNOWN = "UNKNOWN"      # a state word this adapter has never seen: reported, never success
+
+
+ACTIVE = frozenset({Category.QUEUED, Category.RUNNING})
+TERMINAL = frozenset({Category.SUCCEEDED, Category.FAILED, Category.CANCELLED})
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """One job as the scheduler reports it."""
+
+    job_id: str
+    category: Category
+    raw_state: str              # the scheduler's own word, e.g. "PENDING", "Eqw", "C"
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str | None = None   # scheduler's explanation, e.g. Slurm's Reason field
+
+
+@dataclass(frozen=True)
+class CommandOutput:
+    """What a command printed, as captured by the caller."""
+
+    stdout: str
+    stderr: str = ""
+    exit_code: int = 0
+
+
+class Scheduler(abc.ABC):
+    """One scheduler's commands and output formats."""
+
+    #: short name used in configs and template parameters ("slurm", "sge", "torque")
+    name: str
+    #: the scheduler's state words -> Category; unknown words map to Category.UNKNOWN
+    STATES: Mapping[str, Category]
+
+    @abc.abstractmethod
+    def probe_argv(self) -> list[str]:
+        """A cheap command that exits 0 only when the scheduler is installed and answering."""
+
+    @abc.abstractmethod
+    def submit_argv(self, script: str, *, job_name: str, workdir: str,
+                    stdout: str, stderr: str) -> list[str]:
+        """Submit the batch script at path `script` (on the head node).
+
+        The job runs in `workdir` with its stdout/stderr going to the given paths (absolute).
+        """
+
+    @abc.abstractmethod
+    def parse_submit(self, out: CommandOutput) -> str:
+        """The job id from the submit command's output; SchedulerError if none."""
+
+    @abc.abstractmethod
+    def status_argv(self, job_ids: Sequence[str]) -> list[str]:
+        """One command that reports every job in `job_ids` (never one command per job).
+
+        It may exit non-zero when some ids are unknown; `parse_status` copes.
+        """
+
+    @abc.abstractmethod
+    def parse_status(self, out: CommandOutput, job_ids: Sequence[str]) -> dict[str, JobStatus]:
+        """A status for every id in `job_ids`; ids the output does not mention are MISSING.
+
+        Raises SchedulerError (with the raw text) when the output cannot be understood.
+        """
+
+    def accounting_argv(self, job_id: str) -> list[str] | None:
+        """A command asking the scheduler's history about a job gone from the live queue.
+
+        None when the scheduler keeps no history reachable from the head node.
+        """
+        return None
+
+    def parse_accounting(self, out: CommandOutput, job_id: str) -> JobStatus:
+        """Parse `accounting_argv`'s output; MISSING when the history does not know it (yet)."""
+        return JobStatus(job_id, Category.MISSING, "")
+
+    @abc.abstractmethod
+    def cancel_argv(self, job_ids: Sequence[str]) -> list[str]:
+        """One command cancelling all `job_ids`; cancelling a finished job is not an error."""
+
+    def categorize(self, raw_state: str) -> Category:
+        """Map a state word through the table; never guesses."""
+        return self.STATES.get(raw_state, Category.UNKNOWN)
