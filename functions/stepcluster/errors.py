@@ -58,3 +58,7 @@ class HostKeyError(StepclusterError):
 
 class ClusterError(StepclusterError):
     """The cluster backend failed to create, find, or delete the cluster."""
+
+
+class SSHAuthenticationError(StepclusterError):
+    """The head node refused the key. Retrying will not help."""

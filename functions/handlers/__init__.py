@@ -1,0 +1,1 @@
+"""Lambda entry points: event in, one call into stepcluster.service, result out."""

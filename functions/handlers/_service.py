@@ -1,0 +1,23 @@
+"""The RunService the handlers share, built once per warm container from the environment."""
+
+import logging
+import os
+
+from stepcluster.service import RunService
+from stepcluster.settings import Settings
+
+_service = None
+
+
+def service() -> RunService:
+    global _service
+    if _service is None:
+        logging.getLogger("stepcluster").setLevel(os.environ.get("LOG_LEVEL", "INFO"))
+        _service = RunService(Settings.from_env())
+    return _service
+
+
+def reset() -> None:
+    """Forget the shared service (tests and run-local change the environment between runs)."""
+    global _service
+    _service = None

@@ -1,0 +1,7 @@
+"""State "Cancel Jobs": cancels the run's jobs still queued or running after a failure."""
+
+from handlers._service import service
+
+
+def handler(event, context):
+    return service().cancel_jobs(event)

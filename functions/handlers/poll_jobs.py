@@ -1,0 +1,7 @@
+"""State "Poll Jobs": one polling round over every job in flight (one SSH connection)."""
+
+from handlers._service import service
+
+
+def handler(event, context):
+    return service().poll_jobs(event)

@@ -1,0 +1,7 @@
+"""State "Submit Jobs": stages and submits the next job, or every job in parallel mode."""
+
+from handlers._service import service
+
+
+def handler(event, context):
+    return service().submit_jobs(event)

@@ -1,0 +1,120 @@
+"""The `stepcluster` command: validate, preprocess, run-local.
+
+Exit codes: 0 success; 1 the run failed (run-local); 2 bad input (config, options, missing
+local cluster). Problems are printed one per line on stderr, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from stepcluster.config import load_jobs_config
+from stepcluster.errors import ConfigError, StepclusterError
+
+EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _print_problems(exc: ConfigError) -> None:
+    for warning in getattr(exc, "warnings", ()):
+        print(warning, file=sys.stderr)
+    for problem in exc.problems:
+        print(problem, file=sys.stderr)
+
+
+def cmd_validate(args) -> int:
+    try:
+        config = load_jobs_config(args.config)
+    except ConfigError as exc:
+        _print_problems(exc)
+        print(f"{args.config}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    for warning in config.warnings:
+        print(warning, file=sys.stderr)
+    print(config.summary())
+    return EXIT_OK
+
+
+def cmd_preprocess(args) -> int:
+    from stepcluster import preprocess
+
+    try:
+        result = preprocess.preprocess(args.config, plan_dir=args.plan_dir, samconfig=args.samconfig)
+    except ConfigError as exc:
+        _print_problems(exc)
+        return EXIT_BAD_INPUT
+    for warning in result.warnings:
+        print(warning, file=sys.stderr)
+    print(result.describe())
+    return EXIT_OK
+
+
+def cmd_run_local(args) -> int:
+    from stepcluster.local.runner import run_local
+
+    progress = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    try:
+        report = run_local(args.config, args.cluster_name, scheduler=args.scheduler,
+                           progress=progress, timeout=args.timeout)
+    except ConfigError as exc:
+        _print_problems(exc)
+        return EXIT_BAD_INPUT
+    except FileNotFoundError as exc:
+        print(f"stepcluster: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print()
+        print(f"{report.status}" + (f": {report.error}: {report.cause}" if report.cause else ""))
+        width = max([len(j["name"]) for j in report.jobs] + [4])
+        print(f"{'job':<{width}}  {'id':>8}  {'state':<11} {'exit':>4}  started               ended")
+        for job in report.jobs:
+            exit_code = "" if job["exit_code"] is None else job["exit_code"]
+            print(f"{job['name']:<{width}}  {job['job_id'] or '-':>8}  {job['state']:<11} {exit_code!s:>4}  "
+                  f"{job['started'] or '-':<20}  {job['ended'] or '-'}")
+        print("counts: " + ", ".join(f"{k}={v}" for k, v in report.counts.items()))
+    return EXIT_OK if report.status == "SUCCEEDED" else EXIT_RUN_FAILED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stepcluster", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="check a jobs config; exit 2 with every problem if invalid")
+    p.add_argument("config")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("preprocess", help="compile a jobs config into what `sam build && sam deploy` ship")
+    p.add_argument("config")
+    p.add_argument("--plan-dir", type=Path, default=None,
+                   help="where to write the plan (default: functions/plan in this checkout)")
+    p.add_argument("--samconfig", type=Path, default=None,
+                   help="samconfig.toml to update (default: the one in this checkout)")
+    p.set_defaults(func=cmd_preprocess)
+
+    p = sub.add_parser("run-local", help="run the real definition here, on the local cluster")
+    p.add_argument("config")
+    p.add_argument("--cluster-name", required=True)
+    p.add_argument("--scheduler", choices=["slurm", "sge"], default="slurm")
+    p.add_argument("--json", action="store_true", help="print one JSON report on stdout")
+    p.add_argument("--timeout", type=float, default=3600, help="give up after this many seconds")
+    p.set_defaults(func=cmd_run_local)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except StepclusterError as exc:
+        print(f"stepcluster: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

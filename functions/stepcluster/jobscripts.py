@@ -1,0 +1,153 @@
+"""The run's folder on the head node, and the bash that works in it.
+
+Layout of one run (RUN = <remote root>/<execution name>):
+
+    RUN/jobs/NAME/src/         the staged files; the handler is a path inside
+    RUN/jobs/NAME/output/      $STEPCLUSTER_OUTPUT, for the job's results
+    RUN/jobs/NAME/stdout       the handler's stdout and stderr
+    RUN/jobs/NAME/stderr
+    RUN/jobs/NAME/run.sh       the wrapper submitted to the scheduler
+    RUN/jobs/NAME/submit.*     the submit command's rc, stdout, stderr (makes submit idempotent)
+    RUN/jobs/NAME/started      epoch seconds, written when the wrapper starts
+    RUN/jobs/NAME/result       "EXIT SIGNAL ENDED_EPOCH", written atomically when it ends
+
+The result file is the truth about a job's end: schedulers forget finished jobs (Slurm after
+MinJobAge, SGE between qstat and qacct, Torque after keep_completed), the file does not.
+
+Every value placed in a script goes through shlex.quote; job names are also restricted to
+[A-Za-z0-9_-] by the config, so they are safe as path components.
+"""
+
+from __future__ import annotations
+
+import base64
+import shlex
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+q = shlex.quote
+
+
+def job_dir(run_dir: str, name: str) -> str:
+    return f"{run_dir}/jobs/{name}"
+
+
+def wrapper_script(*, run_dir: str, name: str, handler: str, env: Mapping[str, str]) -> str:
+    """The batch script for one job: runs the handler, records exit code and signal."""
+    d = job_dir(run_dir, name)
+    exports = "\n".join(f"export {key}={q(value)}" for key, value in sorted(env.items()))
+    return f"""#!/bin/bash
+# stepcluster job wrapper for job {name}: runs the handler in its staged folder and records
+# its exit code in a file, where no scheduler can forget it.
+JOB_DIR={q(d)}
+{exports}
+export STEPCLUSTER_JOB_DIR="$JOB_DIR" STEPCLUSTER_SOURCE="$JOB_DIR/src" STEPCLUSTER_OUTPUT="$JOB_DIR/output"
+mkdir -p "$STEPCLUSTER_OUTPUT"
+date +%s > "$JOB_DIR/started"
+record() {{ printf '%s %s %s\\n' "$1" "$2" "$(date +%s)" > "$JOB_DIR/result.tmp" && mv -f "$JOB_DIR/result.tmp" "$JOB_DIR/result"; }}
+cd "$STEPCLUSTER_SOURCE" || {{ echo "stepcluster: cannot enter $STEPCLUSTER_SOURCE" >&2; record 127 0; exit 127; }}
+handler={q(handler)}
+if [ "$(head -c 2 "$handler")" = '#!' ]; then
+    chmod u+x "$handler" && "./$handler"
+else
+    bash "$handler"
+fi
+rc=$?
+signal=0
+if [ "$rc" -gt 128 ] && [ "$rc" -lt 160 ]; then signal=$((rc - 128)); fi
+record "$rc" "$signal"
+exit "$rc"
+"""
+
+
+def b64(command: str) -> str:
+    """Shell snippet printing a file's content as one base64 line (empty if missing)."""
+    return f'$(base64 -w0 {command} 2>/dev/null)'
+
+
+def submit_script(run_dir: str, submissions: Sequence[tuple[str, Sequence[str]]]) -> str:
+    """Submit jobs in order, stopping at the first refusal.
+
+    Each job prints `@@submit NAME RC B64(stdout) B64(stderr)`. A job whose submit.rc is
+    already 0 (an earlier attempt got through) is not submitted again: its recorded output is
+    printed instead, so a retried Lambda never submits a job twice.
+    """
+    lines = ["set -u"]
+    for name, argv in submissions:
+        d = q(job_dir(run_dir, name))
+        lines.append(
+            f"if [ \"$(cat {d}/submit.rc 2>/dev/null)\" != 0 ]; then "
+            f"( cd {d} && {shlex.join(argv)} ) > {d}/submit.out 2> {d}/submit.err; echo $? > {d}/submit.rc; fi; "
+            f"printf '@@submit %s %s %s %s\\n' {q(name)} \"$(cat {d}/submit.rc)\" "
+            f"\"{b64(d + '/submit.out')}\" \"{b64(d + '/submit.err')}\"; "
+            f"[ \"$(cat {d}/submit.rc)\" = 0 ] || exit 0")
+    return "\n".join(lines) + "\n"
+
+
+def inspect_script(run_dir: str, names: Iterable[str], status_argv: Sequence[str] | None) -> str:
+    """One round's look at jobs: their files, then one scheduler status command for all.
+
+    Prints `@@job NAME B64(started) B64(result)` per job, then
+    `@@status RC B64(stdout) B64(stderr)` when a status command is given.
+    """
+    lines = ["set -u"]
+    for name in names:
+        d = job_dir(run_dir, name)
+        lines.append(f"printf '@@job %s %s %s\\n' {q(name)} \"{b64(q(d + '/started'))}\" "
+                     f"\"{b64(q(d + '/result'))}\"")
+    if status_argv:
+        tmp = '"$tmp"'
+        lines.append(f"tmp=$(mktemp -d); {shlex.join(status_argv)} > {tmp}/out 2> {tmp}/err; rc=$?; "
+                     f"printf '@@status %s %s %s\\n' \"$rc\" \"{b64(tmp + '/out')}\" \"{b64(tmp + '/err')}\"; "
+                     f"rm -rf {tmp}")
+    return "\n".join(lines) + "\n"
+
+
+def commands_script(commands: Sequence[tuple[str, Sequence[str]]]) -> str:
+    """Run labelled commands; print `@@cmd LABEL RC B64(stdout) B64(stderr)` for each."""
+    lines = ["set -u", "tmp=$(mktemp -d)"]
+    out, err = b64('"$tmp/out"'), b64('"$tmp/err"')
+    for label, argv in commands:
+        lines.append(f'{shlex.join(argv)} > "$tmp/out" 2> "$tmp/err"; rc=$?; '
+                     f"printf '@@cmd %s %s %s %s\\n' {q(label)} \"$rc\" \"{out}\" \"{err}\"")
+    lines.append('rm -rf "$tmp"')
+    return "\n".join(lines) + "\n"
+
+
+def tails_script(run_dir: str, names: Iterable[str], max_bytes: int) -> str:
+    """The last `max_bytes` of each job's stderr: `@@tail NAME B64(text)`."""
+    return "\n".join(
+        f"printf '@@tail %s %s\\n' {q(n)} \"$(tail -c {int(max_bytes)} {q(job_dir(run_dir, n) + '/stderr')} 2>/dev/null | base64 -w0)\""
+        for n in names) + "\n"
+
+
+def submitted_jobs_script(run_dir: str) -> str:
+    """Every job of the run that was submitted and has no result: `@@left NAME B64(stdout)`.
+
+    Read from the head node, not from the state machine's payload, so that a job submitted by
+    an attempt that crashed before reporting back is still found and cancelled.
+    """
+    return (f"cd {q(run_dir + '/jobs')} 2>/dev/null || exit 0\n"
+            "for d in */; do n=${d%/}; "
+            "if [ \"$(cat \"$n/submit.rc\" 2>/dev/null)\" = 0 ] && [ ! -e \"$n/result\" ]; then "
+            "printf '@@left %s %s\\n' \"$n\" \"$(base64 -w0 \"$n/submit.out\")\"; fi; done\n")
+
+
+@dataclass(frozen=True)
+class Record:
+    tag: str
+    fields: tuple[str, ...]
+
+
+def parse_records(stdout: str) -> list[Record]:
+    """The `@@TAG field...` lines of a script's output, base64 fields left as they are."""
+    records = []
+    for line in stdout.splitlines():
+        if line.startswith("@@"):
+            tag, *fields = line[2:].split(" ")
+            records.append(Record(tag, tuple(fields)))
+    return records
+
+
+def unb64(text: str) -> str:
+    return base64.b64decode(text or "").decode(errors="replace")

@@ -1,0 +1,103 @@
+"""A local stand-in for the Lambda Invoke API, serving the project's own handlers.
+
+moto's Step Functions interpreter calls Lambda through an ordinary boto3 client, which honours
+AWS_ENDPOINT_URL_LAMBDA; this server answers `POST /2015-03-31/functions/{name}/invocations`
+the way Lambda does, including function errors (X-Amz-Function-Error header, errorType and
+errorMessage in the body), which is what the definition's Retry and Catch match on.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import threading
+import traceback
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+log = logging.getLogger(__name__)
+
+#: Logical id in template.yaml -> handler module in functions/handlers/.
+FUNCTIONS = {
+    "CreateClusterFunction": "handlers.create_cluster",
+    "ClusterStatusFunction": "handlers.cluster_status",
+    "SubmitJobsFunction": "handlers.submit_jobs",
+    "PollJobsFunction": "handlers.poll_jobs",
+    "CancelJobsFunction": "handlers.cancel_jobs",
+    "DeleteClusterFunction": "handlers.delete_cluster",
+}
+
+
+class LocalLambdaEndpoint:
+    """Serve FUNCTIONS on 127.0.0.1 (a free port); count invocations per function."""
+
+    def __init__(self, functions: dict[str, str] | None = None):
+        self.functions = dict(functions or FUNCTIONS)
+        self.invocations: dict[str, int] = {}
+        self.fault = None  # tests: callable(name, event) raising to simulate a Lambda failure
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._make_handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    @property
+    def total_invocations(self) -> int:
+        return sum(self.invocations.values())
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._server.shutdown()
+        self._server.server_close()
+
+    def invoke(self, name: str, event):
+        with self._lock:
+            self.invocations[name] = self.invocations.get(name, 0) + 1
+        if self.fault:
+            self.fault(name, event)
+        module = importlib.import_module(self.functions[name])
+        return module.handler(event, None)
+
+    def _make_handler(self):
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                parts = self.path.split("?")[0].split("/")
+                if len(parts) != 5 or parts[2] != "functions" or parts[4] != "invocations":
+                    return self._reply(404, {"message": f"no route {self.path}"})
+                name = urllib.parse.unquote(parts[3]).split(":")[-1]
+                if name not in endpoint.functions:
+                    return self._reply(404, {"Type": "User", "message": f"Function not found: {name}"},
+                                       {"x-amzn-errortype": "ResourceNotFoundException"})
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                try:
+                    result = endpoint.invoke(name, json.loads(body or b"null"))
+                except Exception as exc:  # reported to the state machine as Lambda does
+                    log.info("%s raised %s: %s", name, type(exc).__name__, exc)
+                    return self._reply(200, {"errorType": type(exc).__name__, "errorMessage": str(exc),
+                                             "stackTrace": traceback.format_tb(exc.__traceback__)},
+                                       {"X-Amz-Function-Error": "Unhandled"})
+                self._reply(200, result)
+
+            def _reply(self, code, payload, headers=None):
+                data = json.dumps(payload).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        return Handler

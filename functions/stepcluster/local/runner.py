@@ -1,0 +1,226 @@
+"""`stepcluster run-local`: the deployed definition, executed here for real.
+
+The substituted definition runs in moto's Step Functions interpreter; each Lambda task reaches
+the project's handlers through LocalLambdaEndpoint; the handlers SSH (with a pinned host key
+and a private key read from moto's Secrets Manager) to the local cluster's head node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from stepcluster import definition, secrets
+from stepcluster.config import load_jobs_config
+from stepcluster.local.lambda_endpoint import FUNCTIONS, LocalLambdaEndpoint
+from stepcluster.plan import build_plan
+from stepcluster.remote import ssh
+
+REGION = "us-east-1"
+ACCOUNT = "123456789012"
+DEFAULT_RIG = "/tmp/stepcluster-rig"
+
+
+@dataclass(frozen=True)
+class LocalCluster:
+    """The head node brought up by scripts/local-cluster.sh."""
+
+    host: str = "127.0.0.1"
+    port: int = 2222
+    user: str = "hpc"
+    rig: Path = Path(os.environ.get("STEPCLUSTER_RIG", DEFAULT_RIG))
+
+    @property
+    def private_key(self) -> str:
+        return (self.rig / "ssh" / "client_ed25519").read_text()
+
+    @property
+    def host_key(self) -> str:
+        return (self.rig / "ssh" / "host_ed25519.pub").read_text().strip()
+
+    def check(self) -> None:
+        for path in (self.rig / "ssh" / "client_ed25519", self.rig / "ssh" / "host_ed25519.pub"):
+            if not path.exists():
+                raise FileNotFoundError(
+                    f"{path} is missing: the local cluster is not set up (run `make cluster-up`)")
+
+
+@dataclass
+class RunReport:
+    status: str
+    cause: str | None
+    error: str | None
+    jobs: list[dict]
+    counts: dict
+    execution_arn: str
+    output: dict | None = None
+    events: list[dict] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict:
+        return {"status": self.status, "error": self.error, "cause": self.cause, "jobs": self.jobs,
+                "counts": self.counts, "execution_arn": self.execution_arn}
+
+
+def run_local(config_path: str, cluster_name: str, *, scheduler: str = "slurm",
+              cluster: LocalCluster | None = None, execution_input: dict | None = None,
+              progress: Callable[[str], None] = lambda line: None,
+              timeout: float = 3600, settings_overrides: dict | None = None,
+              endpoint_hook: Callable[[LocalLambdaEndpoint], None] | None = None) -> RunReport:
+    """Run CONFIG end to end; raises ConfigError for a bad config, FileNotFoundError for no rig."""
+    config = load_jobs_config(config_path)
+    cluster = cluster or LocalCluster()
+    cluster.check()
+    with tempfile.TemporaryDirectory(prefix="stepcluster-plan-") as plan_dir, \
+            _environment(plan_dir, cluster, scheduler, settings_overrides or {}):
+        plan = build_plan(config, Path(plan_dir))
+        from moto import mock_aws  # lazily: only run-local and the tests need moto
+
+        with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}), \
+                LocalLambdaEndpoint() as endpoint:
+            if endpoint_hook:
+                endpoint_hook(endpoint)
+            os.environ["AWS_ENDPOINT_URL_LAMBDA"] = endpoint.url
+            return _execute(plan, cluster, cluster_name, execution_input, endpoint, progress, timeout)
+
+
+def _execute(plan, cluster, cluster_name, execution_input, endpoint, progress, timeout) -> RunReport:
+    import boto3
+
+    secret = boto3.client("secretsmanager", region_name=REGION).create_secret(
+        Name="stepcluster/local-head-node-key", SecretString=cluster.private_key)
+    os.environ["STEPCLUSTER_SSH_KEY_SECRET_ID"] = secret["ARN"]
+    values = {f"{name}Arn": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{name}" for name in FUNCTIONS}
+    values["JobsPlanDigest"] = plan.digest
+    sfn = boto3.client("stepfunctions", region_name=REGION)
+    machine = sfn.create_state_machine(
+        name="stepcluster-local", definition=definition.substitute(definition.read_definition(), values),
+        roleArn=f"arn:aws:iam::{ACCOUNT}:role/stepcluster-local")["stateMachineArn"]
+    ssh_before = ssh.connections_opened
+    execution_name = f"local-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    arn = sfn.start_execution(
+        stateMachineArn=machine, name=execution_name,
+        input=json.dumps(execution_input if execution_input is not None else {"cluster_name": cluster_name}),
+    )["executionArn"]
+    progress(f"execution {execution_name} started ({len(plan.jobs)} jobs, {plan.order}, "
+             f"scheduler {os.environ['STEPCLUSTER_SCHEDULER']})")
+
+    follower = _HistoryFollower(sfn, arn, progress)
+    deadline = time.monotonic() + timeout
+    while True:
+        described = sfn.describe_execution(executionArn=arn)
+        follower.update()
+        if described["status"] != "RUNNING":
+            break
+        if time.monotonic() > deadline:
+            sfn.stop_execution(executionArn=arn, error="RunLocalTimeout",
+                               cause=f"run-local gave up after {timeout:.0f} s")
+            time.sleep(1)
+            continue
+        time.sleep(0.2)
+    follower.update()
+    output = json.loads(described["output"]) if described.get("output") else None
+    run = output or follower.last_run or {}
+    jobs = [_job_row(name, job) for name, job in run.get("jobs", {}).items()] or \
+        [_job_row(job.name, {"state": "NOT_STARTED"}) for job in plan.jobs]
+    events = follower.events
+    counts = {
+        "history_events": len(events),
+        "state_transitions": sum(1 for e in events if e["type"].endswith("StateEntered")),
+        "lambda_invocations": endpoint.total_invocations,
+        "ssh_connections": ssh.connections_opened - ssh_before,
+    }
+    return RunReport(described["status"], described.get("cause"), described.get("error"),
+                     jobs, counts, arn, output, events)
+
+
+def _job_row(name: str, job: dict) -> dict:
+    return {"name": name, "job_id": job.get("job_id"), "state": job.get("state"),
+            "exit_code": job.get("exit_code"), "started": job.get("started"), "ended": job.get("ended")}
+
+
+class _HistoryFollower:
+    """Reads the execution history as it grows; reports state and job changes."""
+
+    def __init__(self, sfn, arn, progress):
+        self.sfn, self.arn, self.progress = sfn, arn, progress
+        self.events: list[dict] = []
+        self.last_run: dict | None = None
+        self._job_states: dict[str, str] = {}
+        self._t0 = time.monotonic()
+
+    def update(self) -> None:
+        events, token = [], None
+        while True:
+            page = self.sfn.get_execution_history(executionArn=self.arn, maxResults=1000,
+                                                  **({"nextToken": token} if token else {}))
+            events.extend(page["events"])
+            token = page.get("nextToken")
+            if not token:
+                break
+        for event in events[len(self.events):]:
+            self._report(event)
+        self.events = events
+
+    def _say(self, text: str) -> None:
+        self.progress(f"[{time.monotonic() - self._t0:6.1f}s] {text}")
+
+    def _report(self, event: dict) -> None:
+        kind = event["type"]
+        if kind.endswith("StateEntered"):
+            name = event["stateEnteredEventDetails"]["name"]
+            if name not in ("Wait For Jobs", "Poll Jobs", "Are Jobs Done?"):
+                self._say(name)
+        elif kind.endswith("StateExited"):
+            try:
+                state = json.loads(event["stateExitedEventDetails"].get("output") or "{}")
+            except ValueError:
+                return
+            run = state.get("run") if isinstance(state, dict) else None
+            if isinstance(run, dict) and "jobs" in run:
+                self.last_run = run
+                for name, job in run["jobs"].items():
+                    if self._job_states.get(name) != job["state"]:
+                        self._job_states[name] = job["state"]
+                        detail = f" (job {job['job_id']})" if job.get("job_id") else ""
+                        if job.get("exit_code") is not None:
+                            detail += f", exit code {job['exit_code']}"
+                        self._say(f"  job {name}: {job['state']}{detail}")
+        elif kind == "ExecutionFailed":
+            details = event.get("executionFailedEventDetails", {})
+            self._say(f"execution FAILED: {details.get('error')}: {details.get('cause')}")
+        elif kind == "ExecutionSucceeded":
+            self._say("execution SUCCEEDED")
+
+
+@contextlib.contextmanager
+def _environment(plan_dir: str, cluster: LocalCluster, scheduler: str, overrides: dict):
+    """Set what the template would set (and dummy AWS credentials); restore it afterwards."""
+    from handlers import _service
+
+    saved = dict(os.environ)
+    os.environ.update({
+        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION,
+        "STEPCLUSTER_PLAN_DIR": plan_dir, "STEPCLUSTER_BACKEND": "existing",
+        "STEPCLUSTER_SCHEDULER": scheduler, "STEPCLUSTER_HEAD_NODE_HOST": cluster.host,
+        "STEPCLUSTER_HEAD_NODE_PORT": str(cluster.port), "STEPCLUSTER_HEAD_NODE_USER": cluster.user,
+        "STEPCLUSTER_HEAD_NODE_HOST_KEY": cluster.host_key, "STEPCLUSTER_CLUSTER_POLL_SECONDS": "1",
+        **{f"STEPCLUSTER_{k.upper()}": str(v) for k, v in overrides.items()},
+    })
+    _service.reset()
+    secrets.private_key.__wrapped__ if hasattr(secrets.private_key, "__wrapped__") else None
+    secrets._cached.cache_clear()
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        _service.reset()
+        secrets._cached.cache_clear()

@@ -1,0 +1,189 @@
+"""The compiled jobs plan: what a validated jobs config becomes at deploy time.
+
+`stepcluster preprocess` writes the plan (plan.json plus one archive per local_path job) into
+the functions' code folder, so every Lambda reads the same plan from its own package. The state
+machine carries only the plan's digest (substitution JobsPlanDigest): the definition keeps the
+same size for 1 or 1,000 jobs, no CloudFormation parameter has to hold the job list (4,096-byte
+limit), and a state machine deployed with one plan refuses to run functions holding another.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import stat
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from stepcluster.config import JobsConfig, Problem
+from stepcluster.errors import ConfigError, PlanError
+
+PLAN_FORMAT = 1
+PLAN_FILE = "plan.json"
+PAYLOAD_DIR = "payloads"
+#: Where the plan lives inside the functions' code (functions/plan -> /var/task/plan).
+BUNDLED_PLAN_DIR = Path(__file__).resolve().parent.parent / "plan"
+#: local_path packages above this size are refused: they travel inside the Lambda package,
+#: whose unzipped size AWS caps at 250 MB for all functions' code together.
+MAX_PAYLOAD_BYTES = 50 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PlannedJob:
+    name: str
+    handler: str
+    wait_time: int
+    s3_uri: str | None = None
+    archive: str | None = None  # path relative to the plan folder, for local_path jobs
+
+    def describe_source(self) -> str:
+        return self.s3_uri or f"local archive {self.archive}"
+
+    def to_dict(self) -> dict:
+        source = {"s3_uri": self.s3_uri} if self.s3_uri else {"archive": self.archive}
+        return {"name": self.name, "handler": self.handler, "wait_time": self.wait_time, **source}
+
+
+@dataclass(frozen=True)
+class Plan:
+    order: str                      # "sequential" | "parallel"
+    jobs: tuple[PlannedJob, ...]
+    digest: str
+    folder: Path | None = None      # where archives are read from
+
+    @property
+    def names(self) -> list[str]:
+        return [job.name for job in self.jobs]
+
+    def job(self, name: str) -> PlannedJob:
+        for job in self.jobs:
+            if job.name == name:
+                return job
+        raise PlanError(f"job {name!r} is not in the deployed plan")
+
+    def archive_bytes(self, job: PlannedJob) -> bytes:
+        if self.folder is None or job.archive is None:
+            raise PlanError(f"job {job.name!r} has no archive in the plan")
+        path = self.folder / job.archive
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise PlanError(f"archive of job {job.name!r} is missing from the deployment: {path}") from exc
+
+    def to_dict(self) -> dict:
+        return {"format": PLAN_FORMAT, "order": self.order, "digest": self.digest,
+                "jobs": [job.to_dict() for job in self.jobs]}
+
+
+def _digest(order: str, jobs: list[PlannedJob]) -> str:
+    canonical = json.dumps({"order": order, "jobs": [j.to_dict() for j in jobs]},
+                           sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def build_plan(config: JobsConfig, folder: Path) -> Plan:
+    """Compile `config` into `folder` (plan.json + payloads/); return the plan.
+
+    local_path jobs are packed into content-addressed archives, so an unchanged job keeps its
+    archive name and an unchanged config keeps its digest. Raises ConfigError naming the job
+    when a local_path cannot be packaged (escaping symlink, handler absent, too large).
+    """
+    folder = Path(folder)
+    (folder / PAYLOAD_DIR).mkdir(parents=True, exist_ok=True)
+    jobs, problems = [], []
+    for spec in config.jobs:
+        if spec.s3_uri:
+            jobs.append(PlannedJob(spec.name, spec.handler, spec.wait_time, s3_uri=spec.s3_uri))
+            continue
+        try:
+            data = pack_local_path(Path(spec.local_path), spec.handler)
+        except ValueError as exc:
+            problems.append(Problem(config.path, None, f"job {spec.name}", "local_path", str(exc)))
+            continue
+        name = f"{PAYLOAD_DIR}/{hashlib.sha256(data).hexdigest()[:32]}.tar.gz"
+        target = folder / name
+        if not target.exists():
+            target.write_bytes(data)
+        jobs.append(PlannedJob(spec.name, spec.handler, spec.wait_time, archive=name))
+    if problems:
+        raise ConfigError(problems)
+    plan = Plan(config.order, tuple(jobs), _digest(config.order, jobs), folder)
+    (folder / PLAN_FILE).write_text(json.dumps(plan.to_dict(), indent=1) + "\n")
+    _remove_stale_payloads(folder, {j.archive for j in jobs if j.archive})
+    return plan
+
+
+def _remove_stale_payloads(folder: Path, keep: set[str]) -> None:
+    for path in (folder / PAYLOAD_DIR).glob("*.tar.gz"):
+        if f"{PAYLOAD_DIR}/{path.name}" not in keep:
+            path.unlink()
+
+
+def load_plan(folder: Path | str | None = None) -> Plan:
+    """Read the plan bundled with the functions (or from `folder`, or $STEPCLUSTER_PLAN_DIR)."""
+    folder = Path(folder or os.environ.get("STEPCLUSTER_PLAN_DIR") or BUNDLED_PLAN_DIR)
+    path = folder / PLAN_FILE
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PlanError(f"no jobs plan deployed ({path} is missing): run `stepcluster preprocess "
+                        "JOBS_CONFIG` before `sam build`") from None
+    except (OSError, ValueError) as exc:
+        raise PlanError(f"jobs plan {path} is unreadable: {exc}") from exc
+    if raw.get("format") != PLAN_FORMAT:
+        raise PlanError(f"jobs plan {path} has format {raw.get('format')!r}, expected {PLAN_FORMAT}")
+    jobs = tuple(PlannedJob(j["name"], j["handler"], int(j["wait_time"]),
+                            s3_uri=j.get("s3_uri"), archive=j.get("archive")) for j in raw["jobs"])
+    return Plan(raw["order"], jobs, raw["digest"], folder)
+
+
+def pack_local_path(path: Path, handler: str) -> bytes:
+    """A reproducible tar.gz of a local file (staged under its own name) or folder (its contents).
+
+    Same content gives the same bytes (sorted entries, zeroed times and owners). Refuses
+    symlinks leading outside the folder, special files, a handler that is not in the package,
+    and packages above MAX_PAYLOAD_BYTES.
+    """
+    path = path.resolve()
+    entries: list[tuple[str, Path]] = []
+    if path.is_file():
+        entries.append((path.name, path))
+    elif path.is_dir():
+        for root, dirs, files in os.walk(path, followlinks=False):
+            dirs.sort()
+            for name in sorted(files) + [d for d in dirs if (Path(root) / d).is_symlink()]:
+                entries.append((Path(root, name).relative_to(path).as_posix(), Path(root, name)))
+    else:
+        raise ValueError(f"{path} is neither a file nor a folder")
+
+    buffer = io.BytesIO()
+    total = 0
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for arcname, source in sorted(entries):
+            if source.is_symlink():
+                target = source.resolve()
+                if path.is_dir() and not target.is_relative_to(path):
+                    raise ValueError(f"{source} is a symlink to {target}, outside {path}")
+                source = target
+            mode = source.stat().st_mode
+            if not stat.S_ISREG(mode):
+                raise ValueError(f"{source} is not a regular file")
+            total += source.stat().st_size
+            if total > MAX_PAYLOAD_BYTES:
+                raise ValueError(f"{path} holds more than {MAX_PAYLOAD_BYTES // 2**20} MiB; "
+                                 "put large inputs in S3 and use s3_uri")
+            info = tarfile.TarInfo(arcname)
+            info.size = source.stat().st_size
+            info.mode = 0o755 if mode & 0o111 else 0o644
+            with source.open("rb") as handle:
+                tar.addfile(info, handle)
+    names = {arcname for arcname, _ in entries}
+    if PurePosixPath(handler).as_posix() not in names:
+        shown = ", ".join(sorted(names)[:5]) + (" ..." if len(names) > 5 else "")
+        raise ValueError(f"handler {handler!r} is not among the files of {path} ({shown or 'empty'})")
+    return buffer.getvalue()

@@ -1,0 +1,106 @@
+"""`stepcluster preprocess`: a jobs config becomes what `sam build && sam deploy` ship.
+
+Writes, so that no file is edited by hand:
+- functions/plan/plan.json and functions/plan/payloads/*.tar.gz (the plan, bundled with the
+  functions by `sam build`);
+- samconfig.toml's parameter_overrides entries JobsPlanDigest (the definition's substitution
+  that ties the state machine to this plan) and JobSourceBucketArns / JobSourceObjectArns (the
+  S3 read permissions of the submit function, exactly the config's s3_uri sources).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from stepcluster.config import Problem, load_jobs_config
+from stepcluster.errors import ConfigError
+from stepcluster.plan import BUNDLED_PLAN_DIR, Plan, build_plan
+
+CHECKOUT = Path(__file__).resolve().parents[2]
+#: A CloudFormation parameter value holds at most 4,096 bytes.
+MAX_PARAMETER_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class PreprocessResult:
+    plan: Plan
+    plan_dir: Path
+    samconfig: Path
+    overrides: dict[str, str]
+    warnings: tuple
+
+    def describe(self) -> str:
+        return (f"plan {self.plan.digest}: {len(self.plan.jobs)} jobs, {self.plan.order}\n"
+                f"  wrote {self.plan_dir}/plan.json"
+                f" and {sum(1 for j in self.plan.jobs if j.archive)} local package(s)\n"
+                f"  updated {self.samconfig}: " + ", ".join(f"{k}" for k in self.overrides) + "\n"
+                "next: sam build && sam deploy --guided")
+
+
+def source_arns(plan: Plan) -> tuple[list[str], list[str]]:
+    """IAM resources for reading the plan's S3 sources: bucket ARNs and object ARNs."""
+    buckets, objects = set(), set()
+    for job in plan.jobs:
+        if job.s3_uri:
+            bucket, _, key = job.s3_uri[5:].partition("/")
+            buckets.add(f"arn:aws:s3:::{bucket}")
+            objects.add(f"arn:aws:s3:::{bucket}/{key}*")
+    return sorted(buckets), sorted(objects)
+
+
+def preprocess(config_path, *, plan_dir=None, samconfig=None) -> PreprocessResult:
+    config = load_jobs_config(config_path)
+    plan_dir = Path(plan_dir or BUNDLED_PLAN_DIR)
+    samconfig = Path(samconfig or CHECKOUT / "samconfig.toml")
+    plan = build_plan(config, plan_dir)
+    buckets, objects = source_arns(plan)
+    overrides = {"JobsPlanDigest": plan.digest, "JobSourceBucketArns": ",".join(buckets),
+                 "JobSourceObjectArns": ",".join(objects)}
+    too_long = [Problem(str(config_path), None, None, None,
+                        f"the S3 sources need a {key} parameter of {len(value.encode())} bytes, over "
+                        f"CloudFormation's {MAX_PARAMETER_BYTES}: put the jobs' files under fewer "
+                        "S3 prefixes") for key, value in overrides.items()
+                if len(value.encode()) > MAX_PARAMETER_BYTES]
+    if too_long:
+        raise ConfigError(too_long)
+    update_parameter_overrides(samconfig, overrides)
+    return PreprocessResult(plan, plan_dir, samconfig, overrides, config.warnings)
+
+
+def update_parameter_overrides(samconfig: Path, values: dict[str, str]) -> None:
+    """Set `values` in [default.deploy.parameters] parameter_overrides, keeping everything else."""
+    text = samconfig.read_text() if samconfig.exists() else "version = 0.1\n"
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([Problem(str(samconfig), None, None, None, f"not valid TOML: {exc}")]) from None
+    deploy = data.get("default", {}).get("deploy", {}).get("parameters", {})
+    current = deploy.get("parameter_overrides", "")
+    pairs = current if isinstance(current, list) else shlex.split(current)
+    overrides = dict(pair.split("=", 1) for pair in pairs if "=" in pair)
+    overrides.update(values)
+    rendered = " ".join(f'{k}="{v}"' for k, v in overrides.items())
+    line = "parameter_overrides = " + _toml_string(rendered)
+
+    lines = text.splitlines()
+    start = next((i for i, l in enumerate(lines) if l.strip() == "[default.deploy.parameters]"), None)
+    if start is None:
+        lines += ["", "[default.deploy.parameters]", line]
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
+        existing = next((i for i in range(start + 1, end)
+                         if re.match(r"\s*parameter_overrides\s*=", lines[i])), None)
+        if existing is None:
+            lines.insert(end, line)
+        else:
+            lines[existing] = line
+    samconfig.write_text("\n".join(lines) + "\n")
+    tomllib.loads(samconfig.read_text())  # what we wrote must read back
+
+
+def _toml_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

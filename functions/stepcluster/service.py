@@ -1,0 +1,383 @@
+"""The run's use cases, one per state machine task: each takes the run record and returns it.
+
+The run record (`$.run` in the state machine) is small and flat enough to read in the console:
+
+    {"execution": ..., "cluster_name": ..., "plan_digest": ..., "order": "sequential",
+     "cluster": {"status": "READY", "head_node": {...}, "run_dir": ..., ...},
+     "jobs": {"NAME": {"job_id", "state", "exit_code", "signal", "started", "ended", ...}},
+     "next": 0, "phase": "RUNNING", "wait_seconds": 10, "failure": {"Error", "Cause"}}
+
+Job states: NOT_STARTED PENDING RUNNING SUCCEEDED FAILED CANCELLED.
+Phases the definition branches on: READY RUNNING NEXT SUCCEEDED FAILED.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import tarfile
+import time
+from datetime import datetime, timezone
+from typing import Callable
+
+from stepcluster import jobscripts, secrets, staging
+from stepcluster.clusters import ClusterBackend, get_backend
+from stepcluster.errors import (
+    InputError, PlanError, RemoteCommandError, SchedulerError, StagingError,
+)
+from stepcluster.plan import Plan, load_plan
+from stepcluster.remote.ssh import HeadNodeConnection
+from stepcluster.schedulers import Category, CommandOutput, JobStatus, Scheduler, get_scheduler
+from stepcluster.settings import Settings
+
+log = logging.getLogger("stepcluster")
+
+ACTIVE_STATES = ("PENDING", "RUNNING")
+#: A job the scheduler no longer knows, with no result file, is given this long (and at least
+#: MISSING_MIN_POLLS rounds) to show its result before it is declared lost. SGE, for one,
+#: drops a job from qstat about a second before qacct knows it.
+MISSING_GRACE_SECONDS = 60
+MISSING_MIN_POLLS = 3
+STDERR_TAIL_BYTES = 2000
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+def _iso(epoch: int | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class RunService:
+    def __init__(self, settings: Settings, *, plan: Plan | None = None,
+                 backend: ClusterBackend | None = None,
+                 private_key: Callable[[str], str] = secrets.private_key,
+                 s3_client=None):
+        self.settings = settings
+        self._plan = plan
+        self.backend = backend or get_backend(settings)
+        self._private_key = private_key
+        self._s3 = s3_client
+
+    # -- wiring -------------------------------------------------------------------------
+    @property
+    def plan(self) -> Plan:
+        if self._plan is None:
+            self._plan = load_plan()
+        return self._plan
+
+    def connect(self, run: dict) -> HeadNodeConnection:
+        node = self.backend.head_node(run["cluster"])
+        return HeadNodeConnection(node.host, node.port, node.user,
+                                  self._private_key(self.settings.ssh_key_secret_id), node.host_key)
+
+    def scheduler(self, run: dict) -> Scheduler:
+        return get_scheduler(run["cluster"]["head_node"]["scheduler"])
+
+    # -- Create Cluster / Check Cluster Status -----------------------------------------
+    def create_cluster(self, run: dict) -> dict:
+        """Check the input and the plan, then create the cluster (READY or CREATING)."""
+        user_input = run.get("input")
+        if not isinstance(user_input, dict) or "cluster_name" not in user_input:
+            raise InputError('execution input must be a JSON object like {"cluster_name": "my-cluster"}; '
+                             f"got {user_input!r}")
+        cluster_name = self.backend.check_name(user_input["cluster_name"])
+        plan = self.plan
+        if run.get("plan_digest") != plan.digest:
+            raise PlanError(
+                f"the state machine was deployed with jobs plan {run.get('plan_digest')!r} but the "
+                f"functions hold plan {plan.digest!r}: run `stepcluster preprocess` and deploy again")
+        new = {
+            "execution": run["execution"], "cluster_name": cluster_name,
+            "plan_digest": plan.digest, "order": plan.order,
+            "cluster": self.backend.create(cluster_name, run["execution"]),
+            "jobs": {job.name: _new_job() for job in plan.jobs},
+            "next": 0, "phase": "READY", "wait_seconds": min(j.wait_time for j in plan.jobs),
+        }
+        log.info("cluster %s: %s", cluster_name, new["cluster"]["status"])
+        return self._when_ready(new)
+
+    def cluster_status(self, run: dict) -> dict:
+        return self._when_ready({**run, "cluster": self.backend.status(run["cluster"])})
+
+    def _when_ready(self, run: dict) -> dict:
+        """Once the cluster is READY: check the scheduler answers, make the run's folder."""
+        cluster = run["cluster"]
+        if cluster["status"] != "READY" or cluster.get("run_dir"):
+            return run
+        scheduler = self.scheduler(run)
+        root = jobscripts.q(self.settings.remote_root)
+        script = (
+            f"{jobscripts.shlex.join(scheduler.probe_argv())} > /dev/null 2> /tmp/.stepcluster-probe.$$ || "
+            f"{{ echo \"{scheduler.name} does not answer on this head node:\" >&2; tail -5 /tmp/.stepcluster-probe.$$ >&2; "
+            f"rm -f /tmp/.stepcluster-probe.$$; exit 3; }}\n"
+            f"rm -f /tmp/.stepcluster-probe.$$\n"
+            f"root={root}; case $root in /*) ;; *) root=\"$HOME/$root\";; esac\n"
+            f"run=\"$root\"/{jobscripts.q(run['execution'])}\n"
+            "mkdir -p \"$run/jobs\" && printf '@@run_dir %s\\n' \"$run\"\n")
+        with self.connect(run) as ssh:
+            result = ssh.run_script(script)
+        run_dir = next(r.fields[0] for r in jobscripts.parse_records(result.stdout) if r.tag == "run_dir")
+        return {**run, "cluster": {**cluster, "run_dir": run_dir}}
+
+    # -- Submit Jobs ---------------------------------------------------------------------
+    def submit_jobs(self, run: dict) -> dict:
+        """Stage and submit the next job (sequential) or all jobs (parallel)."""
+        run = _copy(run)
+        plan = self.plan
+        if run["order"] == "sequential":
+            batch = [plan.jobs[run["next"]]]
+            run["next"] += 1
+        else:
+            batch = [job for job in plan.jobs if run["jobs"][job.name]["state"] == "NOT_STARTED"]
+        run_dir = run["cluster"]["run_dir"]
+        scheduler = self.scheduler(run)
+
+        # Stage everything first: a job whose files cannot be staged fails the run before
+        # anything of this batch reaches the scheduler.
+        bundle = io.BytesIO()
+        with tarfile.open(fileobj=bundle, mode="w:gz") as tar:
+            for job in batch:
+                try:
+                    staging.add_job_files(tar, plan, job, s3_client=self._s3)
+                except StagingError as exc:
+                    return self._fail_before_submit(run, job.name, str(exc))
+                wrapper = jobscripts.wrapper_script(
+                    run_dir=run_dir, name=job.name, handler=job.handler,
+                    env={"STEPCLUSTER_JOB_NAME": job.name, "STEPCLUSTER_EXECUTION": run["execution"],
+                         "STEPCLUSTER_CLUSTER_NAME": run["cluster_name"]})
+                _add_bytes(tar, f"jobs/{job.name}/run.sh", wrapper.encode(), 0o755)
+
+        submissions = []
+        for job in batch:
+            d = jobscripts.job_dir(run_dir, job.name)
+            submissions.append((job.name, scheduler.submit_argv(
+                f"{d}/run.sh", job_name=job.name, workdir=f"{d}/src",
+                stdout=f"{d}/stdout", stderr=f"{d}/stderr")))
+        with self.connect(run) as ssh:
+            ssh.run(["tar", "-xzf", "-", "-C", run_dir], stdin=bundle.getvalue())
+            result = ssh.run_script(jobscripts.submit_script(run_dir, submissions))
+        for record in jobscripts.parse_records(result.stdout):
+            if record.tag != "submit":
+                continue
+            name, rc = record.fields[0], int(record.fields[1])
+            out = CommandOutput(jobscripts.unb64(record.fields[2]), jobscripts.unb64(record.fields[3]), rc)
+            job = run["jobs"][name]
+            if rc != 0:
+                return self._fail_before_submit(
+                    run, name, f"{scheduler.name} refused the job (exit {rc}): {out.stderr.strip() or out.stdout.strip()}")
+            job.update(job_id=scheduler.parse_submit(out), state="PENDING")
+            log.info("job %s submitted as %s", name, job["job_id"])
+        missing = [job.name for job in batch if run["jobs"][job.name]["state"] == "NOT_STARTED"]
+        if missing:
+            raise SchedulerError(f"the submit script reported nothing for jobs {missing}: {result.tail()}")
+        run["phase"] = "RUNNING"
+        run["wait_seconds"] = self._wait_seconds(run)
+        return run
+
+    def _fail_before_submit(self, run: dict, name: str, why: str) -> dict:
+        run["jobs"][name].update(state="FAILED", reason=why, ended=_iso(_now()))
+        run["phase"] = "FAILED"
+        run["failure"] = {"Error": "JobFailed", "Cause": f"Job {name!r} failed before submission: {why}"}
+        return run
+
+    # -- Poll Jobs -----------------------------------------------------------------------
+    def poll_jobs(self, run: dict) -> dict:
+        """One round: one SSH connection, every job in flight."""
+        run = _copy(run)
+        scheduler = self.scheduler(run)
+        run_dir = run["cluster"]["run_dir"]
+        active = [n for n, j in run["jobs"].items() if j["state"] in ACTIVE_STATES]
+        ids = [run["jobs"][n]["job_id"] for n in active]
+        with self.connect(run) as ssh:
+            result = ssh.run_script(jobscripts.inspect_script(
+                run_dir, active, scheduler.status_argv(ids) if ids else None))
+            files, statuses = {}, {}
+            for record in jobscripts.parse_records(result.stdout):
+                if record.tag == "job":
+                    files[record.fields[0]] = (jobscripts.unb64(record.fields[1]).strip(),
+                                               jobscripts.unb64(record.fields[2]).strip())
+                elif record.tag == "status":
+                    statuses = scheduler.parse_status(CommandOutput(
+                        jobscripts.unb64(record.fields[1]), jobscripts.unb64(record.fields[2]),
+                        int(record.fields[0])), ids)
+            # Jobs gone from the live queue without a result: ask the scheduler's history.
+            gone = [n for n in active if not files.get(n, ("", ""))[1]
+                    and statuses.get(run["jobs"][n]["job_id"], _missing(run["jobs"][n]["job_id"])).category
+                    in (Category.MISSING, Category.SUCCEEDED)]
+            history = self._accounting(ssh, scheduler, [run["jobs"][n]["job_id"] for n in gone])
+            for name in active:
+                started, result_line = files.get(name, ("", ""))
+                job_id = run["jobs"][name]["job_id"]
+                status = history.get(job_id) or statuses.get(job_id) or _missing(job_id)
+                self._update_job(run["jobs"][name], name, scheduler, started, result_line, status)
+            failed = [n for n in active if run["jobs"][n]["state"] in ("FAILED", "CANCELLED")]
+            tails = self._stderr_tails(ssh, run_dir, failed) if failed else {}
+        return self._advance(run, failed, tails, scheduler)
+
+    def _accounting(self, ssh, scheduler: Scheduler, ids: list[str]) -> dict[str, JobStatus]:
+        commands = [(i, scheduler.accounting_argv(i)) for i in ids]
+        commands = [(i, argv) for i, argv in commands if argv]
+        if not commands:
+            return {}
+        out = ssh.run_script(jobscripts.commands_script(commands))
+        history = {}
+        for record in jobscripts.parse_records(out.stdout):
+            if record.tag == "cmd":
+                job_id = record.fields[0]
+                status = scheduler.parse_accounting(CommandOutput(
+                    jobscripts.unb64(record.fields[2]), jobscripts.unb64(record.fields[3]),
+                    int(record.fields[1])), job_id)
+                if status.category != Category.MISSING:
+                    history[job_id] = status
+        return history
+
+    def _update_job(self, job: dict, name: str, scheduler: Scheduler, started: str,
+                    result_line: str, status: JobStatus) -> None:
+        if started.isdigit():
+            job["started"] = _iso(int(started))
+        if result_line:
+            # The wrapper's record is final, whatever the scheduler shows meanwhile.
+            code, signal, ended = (result_line.split() + ["", "", ""])[:3]
+            job.update(exit_code=int(code), signal=int(signal) or None,
+                       ended=_iso(int(ended)) if ended.isdigit() else None,
+                       state="SUCCEEDED" if code == "0" else "FAILED")
+            job.pop("missing_since", None)
+            return
+        category = status.category
+        if category == Category.UNKNOWN:
+            raise SchedulerError(
+                f"job {name!r} ({scheduler.name} job {job['job_id']}) is in state {status.raw_state!r}, "
+                f"which the {scheduler.name} adapter does not know: refusing to guess")
+        if category in (Category.QUEUED, Category.RUNNING):
+            job["state"] = "PENDING" if category == Category.QUEUED else "RUNNING"
+            job["scheduler_state"] = status.raw_state
+            if status.reason and status.reason not in ("None", "(null)"):
+                job["reason"] = status.reason
+            else:
+                job.pop("reason", None)
+            return
+        if category in (Category.FAILED, Category.CANCELLED):
+            # Ended without the wrapper recording it: killed, cancelled, node failure...
+            job.update(state="FAILED" if category == Category.FAILED else "CANCELLED",
+                       scheduler_state=status.raw_state, exit_code=status.exit_code,
+                       signal=status.signal, ended=_iso(_now()))
+            if status.reason:
+                job["reason"] = status.reason
+            return
+        # MISSING, or SUCCEEDED without a result file: still finishing, for a bounded time.
+        now = _now()
+        job.setdefault("missing_since", now)
+        job["missing_polls"] = job.get("missing_polls", 0) + 1
+        if now - job["missing_since"] >= MISSING_GRACE_SECONDS and job["missing_polls"] >= MISSING_MIN_POLLS:
+            job.update(state="FAILED", scheduler_state=status.raw_state or "MISSING", ended=_iso(now),
+                       reason=f"{scheduler.name} no longer knows the job and its wrapper recorded "
+                              f"no exit code within {MISSING_GRACE_SECONDS} s")
+
+    def _stderr_tails(self, ssh, run_dir: str, names: list[str]) -> dict[str, str]:
+        out = ssh.run_script(jobscripts.tails_script(run_dir, names, STDERR_TAIL_BYTES), check=False)
+        return {r.fields[0]: jobscripts.unb64(r.fields[1]) for r in jobscripts.parse_records(out.stdout)
+                if r.tag == "tail" and len(r.fields) > 1}
+
+    def _advance(self, run: dict, failed: list[str], tails: dict[str, str], scheduler: Scheduler) -> dict:
+        if failed:
+            name = failed[0]
+            run["phase"] = "FAILED"
+            run["failure"] = {"Error": "JobFailed",
+                              "Cause": describe_failure(name, run["jobs"][name], scheduler.name, tails.get(name, ""))}
+        elif any(j["state"] in ACTIVE_STATES for j in run["jobs"].values()):
+            run["phase"] = "RUNNING"
+        elif run["order"] == "sequential" and run["next"] < len(run["jobs"]):
+            run["phase"] = "NEXT"
+        else:
+            run["phase"] = "SUCCEEDED"
+        run["wait_seconds"] = self._wait_seconds(run)
+        return run
+
+    def _wait_seconds(self, run: dict) -> int:
+        """The smallest wait_time among the jobs in flight (or about to be)."""
+        waits = [job.wait_time for job in self.plan.jobs if run["jobs"][job.name]["state"] in ACTIVE_STATES]
+        return min(waits) if waits else min(job.wait_time for job in self.plan.jobs)
+
+    # -- Cancel Jobs / Delete Cluster ----------------------------------------------------
+    def cancel_jobs(self, run: dict) -> dict:
+        """Cancel every job of the run still queued or running (known to the payload or not)."""
+        run = _copy(run)
+        if not run.get("cluster", {}).get("run_dir"):
+            return run
+        with self.connect(run) as ssh:
+            cancelled = self._cancel_leftovers(ssh, run)
+        now = _iso(_now())
+        for name, job in run.get("jobs", {}).items():
+            if job["state"] in ACTIVE_STATES or (job["state"] == "NOT_STARTED" and name in cancelled):
+                job.update(state="CANCELLED", ended=now)
+        return run
+
+    def delete_cluster(self, run: dict) -> dict:
+        """Release the cluster: cancel leftovers, remove the run folder, delete the cluster."""
+        run = _copy(run)
+        cluster = run.get("cluster")
+        if not cluster:          # the cluster was never created: nothing to delete
+            return run
+        if cluster.get("run_dir"):
+            with self.connect(run) as ssh:
+                self._cancel_leftovers(ssh, run)
+                ssh.run(["rm", "-rf", "--", cluster["run_dir"]])
+        run["cluster"] = self.backend.delete(cluster)
+        return run
+
+    def _cancel_leftovers(self, ssh, run: dict) -> list[str]:
+        """Cancel jobs the head node shows as submitted without a result; return their names."""
+        scheduler = self.scheduler(run)
+        out = ssh.run_script(jobscripts.submitted_jobs_script(run["cluster"]["run_dir"]))
+        leftovers = {}
+        for record in jobscripts.parse_records(out.stdout):
+            if record.tag == "left":
+                try:
+                    leftovers[record.fields[0]] = scheduler.parse_submit(
+                        CommandOutput(jobscripts.unb64(record.fields[1])))
+                except SchedulerError:
+                    log.warning("cannot read the job id of leftover job %s", record.fields[0])
+        if leftovers:
+            ssh.run(scheduler.cancel_argv(sorted(leftovers.values())), check=False)
+            log.info("cancelled leftover jobs %s", leftovers)
+        return list(leftovers)
+
+
+def describe_failure(name: str, job: dict, scheduler: str, stderr_tail: str) -> str:
+    """The failure cause: job, scheduler id, final state, exit code or signal, stderr tail."""
+    parts = [f"Job {name!r} ({scheduler} job {job.get('job_id')}) ended {job['state']}"]
+    if job.get("scheduler_state"):
+        parts.append(f"(scheduler state {job['scheduler_state']})")
+    if job.get("signal"):
+        parts.append(f"killed by signal {job['signal']}")
+    elif job.get("exit_code") is not None:
+        parts.append(f"with exit code {job['exit_code']}")
+    text = " ".join(parts)
+    if job.get("reason"):
+        text += f"; reason: {job['reason']}"
+    if stderr_tail.strip():
+        text += f"\nLast lines of its stderr:\n{stderr_tail.strip()}"
+    return text
+
+
+def _new_job() -> dict:
+    return {"job_id": None, "state": "NOT_STARTED", "exit_code": None, "signal": None,
+            "started": None, "ended": None}
+
+
+def _missing(job_id: str) -> JobStatus:
+    return JobStatus(job_id, Category.MISSING, "")
+
+
+def _copy(run: dict) -> dict:
+    return {**run, "jobs": {n: dict(j) for n, j in run.get("jobs", {}).items()}}
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+    tar.addfile(info, io.BytesIO(data))
