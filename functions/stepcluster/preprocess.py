@@ -10,6 +10,7 @@ Writes, so that no file is edited by hand:
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import tomllib
@@ -42,14 +43,31 @@ class PreprocessResult:
 
 
 def source_arns(plan: Plan) -> tuple[list[str], list[str]]:
-    """IAM resources for reading the plan's S3 sources: bucket ARNs and object ARNs."""
-    buckets, objects = set(), set()
+    """IAM resources for reading the plan's S3 sources: bucket ARNs and object ARNs.
+
+    Object ARNs name each source prefix; a prefix inside another is dropped. When the list
+    would not fit one CloudFormation parameter, each bucket's prefixes are merged into their
+    longest common prefix (broader, still no more than the buckets the config names).
+    """
+    prefixes: dict[str, set[str]] = {}
     for job in plan.jobs:
         if job.s3_uri:
             bucket, _, key = job.s3_uri[5:].partition("/")
-            buckets.add(f"arn:aws:s3:::{bucket}")
-            objects.add(f"arn:aws:s3:::{bucket}/{key}*")
-    return sorted(buckets), sorted(objects)
+            prefixes.setdefault(bucket, set()).add(key)
+
+    def arns(merge: bool) -> list[str]:
+        found = []
+        for bucket, keys in sorted(prefixes.items()):
+            if merge:
+                keys = {os.path.commonprefix(sorted(keys))}
+            kept = [k for k in sorted(keys) if not any(k != o and k.startswith(o) for o in keys)]
+            found += [f"arn:aws:s3:::{bucket}/{k}*" for k in kept]
+        return found
+
+    objects = arns(merge=False)
+    if len(",".join(objects).encode()) > MAX_PARAMETER_BYTES:
+        objects = arns(merge=True)
+    return [f"arn:aws:s3:::{b}" for b in sorted(prefixes)], objects
 
 
 def preprocess(config_path, *, plan_dir=None, samconfig=None) -> PreprocessResult:

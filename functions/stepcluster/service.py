@@ -169,7 +169,7 @@ class RunService:
             if rc != 0:
                 return self._fail_before_submit(
                     run, name, f"{scheduler.name} refused the job (exit {rc}): {out.stderr.strip() or out.stdout.strip()}")
-            job.update(job_id=scheduler.parse_submit(out), state="PENDING")
+            _set(job, job_id=scheduler.parse_submit(out), state="PENDING")
             log.info("job %s submitted as %s", name, job["job_id"])
         missing = [job.name for job in batch if run["jobs"][job.name]["state"] == "NOT_STARTED"]
         if missing:
@@ -179,7 +179,7 @@ class RunService:
         return run
 
     def _fail_before_submit(self, run: dict, name: str, why: str) -> dict:
-        run["jobs"][name].update(state="FAILED", reason=why, ended=_iso(_now()))
+        _set(run["jobs"][name], state="FAILED", reason=why, ended=_iso(_now()))
         run["phase"] = "FAILED"
         run["failure"] = {"Error": "JobFailed", "Cause": f"Job {name!r} failed before submission: {why}"}
         return run
@@ -242,10 +242,10 @@ class RunService:
         if result_line:
             # The wrapper's record is final, whatever the scheduler shows meanwhile.
             code, signal, ended = (result_line.split() + ["", "", ""])[:3]
-            job.update(exit_code=int(code), signal=int(signal) or None,
-                       ended=_iso(int(ended)) if ended.isdigit() else None,
-                       state="SUCCEEDED" if code == "0" else "FAILED")
-            job.pop("missing_since", None)
+            _set(job, exit_code=int(code), signal=int(signal) or None,
+                 ended=_iso(int(ended)) if ended.isdigit() else None,
+                 state="SUCCEEDED" if code == "0" else "FAILED",
+                 scheduler_state=None, reason=None, missing_since=None, missing_polls=None)
             return
         category = status.category
         if category == Category.UNKNOWN:
@@ -253,28 +253,23 @@ class RunService:
                 f"job {name!r} ({scheduler.name} job {job['job_id']}) is in state {status.raw_state!r}, "
                 f"which the {scheduler.name} adapter does not know: refusing to guess")
         if category in (Category.QUEUED, Category.RUNNING):
-            job["state"] = "PENDING" if category == Category.QUEUED else "RUNNING"
-            job["scheduler_state"] = status.raw_state
-            if status.reason and status.reason not in ("None", "(null)"):
-                job["reason"] = status.reason
-            else:
-                job.pop("reason", None)
+            reason = status.reason if status.reason not in ("None", "(null)", "") else None
+            _set(job, state="PENDING" if category == Category.QUEUED else "RUNNING",
+                 scheduler_state=status.raw_state, reason=reason)
             return
         if category in (Category.FAILED, Category.CANCELLED):
             # Ended without the wrapper recording it: killed, cancelled, node failure...
-            job.update(state="FAILED" if category == Category.FAILED else "CANCELLED",
-                       scheduler_state=status.raw_state, exit_code=status.exit_code,
-                       signal=status.signal, ended=_iso(_now()))
-            if status.reason:
-                job["reason"] = status.reason
+            _set(job, state="FAILED" if category == Category.FAILED else "CANCELLED",
+                 scheduler_state=status.raw_state, exit_code=status.exit_code,
+                 signal=status.signal, ended=_iso(_now()), reason=status.reason or None)
             return
         # MISSING, or SUCCEEDED without a result file: still finishing, for a bounded time.
         now = _now()
         job.setdefault("missing_since", now)
         job["missing_polls"] = job.get("missing_polls", 0) + 1
         if now - job["missing_since"] >= MISSING_GRACE_SECONDS and job["missing_polls"] >= MISSING_MIN_POLLS:
-            job.update(state="FAILED", scheduler_state=status.raw_state or "MISSING", ended=_iso(now),
-                       reason=f"{scheduler.name} no longer knows the job and its wrapper recorded "
+            _set(job, state="FAILED", scheduler_state=status.raw_state or "MISSING", ended=_iso(now),
+                 reason=f"{scheduler.name} no longer knows the job and its wrapper recorded "
                               f"no exit code within {MISSING_GRACE_SECONDS} s")
 
     def _stderr_tails(self, ssh, run_dir: str, names: list[str]) -> dict[str, str]:
@@ -313,7 +308,7 @@ class RunService:
         now = _iso(_now())
         for name, job in run.get("jobs", {}).items():
             if job["state"] in ACTIVE_STATES or (job["state"] == "NOT_STARTED" and name in cancelled):
-                job.update(state="CANCELLED", ended=now)
+                _set(job, state="CANCELLED", ended=now)
         return run
 
     def delete_cluster(self, run: dict) -> dict:
@@ -365,8 +360,17 @@ def describe_failure(name: str, job: dict, scheduler: str, stderr_tail: str) -> 
 
 
 def _new_job() -> dict:
-    return {"job_id": None, "state": "NOT_STARTED", "exit_code": None, "signal": None,
-            "started": None, "ended": None}
+    return {"state": "NOT_STARTED"}
+
+
+def _set(job: dict, **fields) -> None:
+    """Update a job record, dropping empty fields: with 1,000 jobs the record must stay far
+    below Step Functions' 256 KiB payload limit, so absent means none."""
+    for key, value in fields.items():
+        if value is None:
+            job.pop(key, None)
+        else:
+            job[key] = value
 
 
 def _missing(job_id: str) -> JobStatus:

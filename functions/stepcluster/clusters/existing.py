@@ -17,17 +17,20 @@ class ExistingHeadNode(ClusterBackend):
         self.settings = settings
 
     def create(self, cluster_name: str, execution: str) -> dict:
-        s = self.settings
-        node = HeadNode(s.head_node_host, s.head_node_port, s.head_node_user, s.scheduler,
-                        s.head_node_host_key)
+        node = self.head_node({})
+        # The record shows where the run goes; the pinned key stays in the deployment settings.
         return {"backend": self.name, "name": cluster_name, "status": "READY",
-                "head_node": node.to_dict(), "poll_seconds": s.cluster_poll_seconds}
+                "head_node": {"host": node.host, "port": node.port, "user": node.user,
+                              "scheduler": node.scheduler},
+                "poll_seconds": self.settings.cluster_poll_seconds}
 
     def status(self, cluster: dict) -> dict:
         return cluster
 
     def head_node(self, cluster: dict) -> HeadNode:
-        return HeadNode.from_dict(cluster["head_node"])
+        s = self.settings
+        return HeadNode(s.head_node_host, s.head_node_port, s.head_node_user, s.scheduler,
+                        s.head_node_host_key)
 
     def delete(self, cluster: dict) -> dict:
         return {**cluster, "status": "RELEASED"}

@@ -61,6 +61,7 @@ class RunReport:
     counts: dict
     execution_arn: str
     output: dict | None = None
+    invocations: dict = field(default_factory=dict)
     events: list[dict] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict:
@@ -72,20 +73,24 @@ def run_local(config_path: str, cluster_name: str, *, scheduler: str = "slurm",
               cluster: LocalCluster | None = None, execution_input: dict | None = None,
               progress: Callable[[str], None] = lambda line: None,
               timeout: float = 3600, settings_overrides: dict | None = None,
-              endpoint_hook: Callable[[LocalLambdaEndpoint], None] | None = None) -> RunReport:
-    """Run CONFIG end to end; raises ConfigError for a bad config, FileNotFoundError for no rig."""
+              on_start: Callable[[LocalLambdaEndpoint], None] | None = None) -> RunReport:
+    """Run CONFIG end to end; raises ConfigError for a bad config, FileNotFoundError for no rig.
+
+    `on_start(endpoint)` is called inside the AWS mock before the execution starts: tests use
+    it to put S3 objects in place or to make a function fail.
+    """
     config = load_jobs_config(config_path)
     cluster = cluster or LocalCluster()
     cluster.check()
     with tempfile.TemporaryDirectory(prefix="stepcluster-plan-") as plan_dir, \
-            _environment(plan_dir, cluster, scheduler, settings_overrides or {}):
+            local_environment(plan_dir, cluster, scheduler, settings_overrides or {}):
         plan = build_plan(config, Path(plan_dir))
         from moto import mock_aws  # lazily: only run-local and the tests need moto
 
         with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}), \
                 LocalLambdaEndpoint() as endpoint:
-            if endpoint_hook:
-                endpoint_hook(endpoint)
+            if on_start:
+                on_start(endpoint)
             os.environ["AWS_ENDPOINT_URL_LAMBDA"] = endpoint.url
             return _execute(plan, cluster, cluster_name, execution_input, endpoint, progress, timeout)
 
@@ -137,7 +142,7 @@ def _execute(plan, cluster, cluster_name, execution_input, endpoint, progress, t
         "ssh_connections": ssh.connections_opened - ssh_before,
     }
     return RunReport(described["status"], described.get("cause"), described.get("error"),
-                     jobs, counts, arn, output, events)
+                     jobs, counts, arn, output, dict(endpoint.invocations), events)
 
 
 def _job_row(name: str, job: dict) -> dict:
@@ -200,7 +205,7 @@ class _HistoryFollower:
 
 
 @contextlib.contextmanager
-def _environment(plan_dir: str, cluster: LocalCluster, scheduler: str, overrides: dict):
+def local_environment(plan_dir: str, cluster: LocalCluster, scheduler: str, overrides: dict):
     """Set what the template would set (and dummy AWS credentials); restore it afterwards."""
     from handlers import _service
 
@@ -215,7 +220,6 @@ def _environment(plan_dir: str, cluster: LocalCluster, scheduler: str, overrides
         **{f"STEPCLUSTER_{k.upper()}": str(v) for k, v in overrides.items()},
     })
     _service.reset()
-    secrets.private_key.__wrapped__ if hasattr(secrets.private_key, "__wrapped__") else None
     secrets._cached.cache_clear()
     try:
         yield

@@ -1,0 +1,56 @@
+"""End-to-end fixtures: the local cluster (real sshd, Slurm, Grid Engine) and job configs."""
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from stepcluster.local.runner import LocalCluster
+from stepcluster.remote.ssh import HeadNodeConnection
+
+
+@pytest.fixture(scope="session")
+def local_cluster() -> LocalCluster:
+    cluster = LocalCluster()
+    try:
+        cluster.check()
+    except FileNotFoundError as exc:  # `make test` brings it up; running pytest alone may not
+        pytest.fail(f"{exc}")
+    return cluster
+
+
+@pytest.fixture
+def head_node(local_cluster):
+    """An SSH connection to the local head node, for looking at what a run left behind."""
+    with HeadNodeConnection(local_cluster.host, local_cluster.port, local_cluster.user,
+                            local_cluster.private_key, local_cluster.host_key) as connection:
+        yield connection
+
+
+class ConfigWriter:
+    """Writes a jobs config whose jobs are small bash scripts in local folders."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def __call__(self, order: str, jobs: dict[str, str], wait_time: int = 1,
+                 wait_times: dict[str, int] | None = None) -> str:
+        sections = [f"[order]\n{order} = {', '.join(jobs)}\n"]
+        for name, body in jobs.items():
+            job_folder = self.folder / "jobs" / name
+            job_folder.mkdir(parents=True, exist_ok=True)
+            (job_folder / "run.sh").write_text("#!/bin/bash\n" + textwrap.dedent(body).strip() + "\n")
+            wait = (wait_times or {}).get(name, wait_time)
+            sections.append(f"[job {name}]\nhandler = run.sh\nlocal_path = jobs/{name}\nwait_time = {wait}\n")
+        path = self.folder / "jobs.ini"
+        path.write_text("\n".join(sections))
+        return str(path)
+
+
+@pytest.fixture
+def write_config(tmp_path) -> ConfigWriter:
+    return ConfigWriter(tmp_path)
+
+
+def remote_exists(head_node, path: str) -> bool:
+    return head_node.run(["test", "-e", path], check=False).exit_code == 0

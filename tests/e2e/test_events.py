@@ -1,0 +1,72 @@
+"""Every handler, invoked with its file in events/ (what `sam local invoke -e` would send),
+against the local cluster, in the order a run calls them."""
+
+import json
+from pathlib import Path
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from stepcluster.config import load_jobs_config
+from stepcluster.local.runner import local_environment
+from stepcluster.plan import build_plan
+
+from .conftest import remote_exists
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+EVENTS = ROOT / "events"
+
+
+def event(name: str) -> dict:
+    return json.loads((EVENTS / f"{name}.json").read_text())
+
+
+@pytest.fixture
+def lambda_environment(local_cluster, tmp_path):
+    """The environment the template gives the functions, with the example plan deployed."""
+    plan = build_plan(load_jobs_config(ROOT / "examples" / "jobs.ini"), tmp_path)
+    with local_environment(str(tmp_path), local_cluster, "slurm", {}), mock_aws():
+        import os
+        secret = boto3.client("secretsmanager").create_secret(
+            Name="head-node-key", SecretString=local_cluster.private_key)
+        os.environ["STEPCLUSTER_SSH_KEY_SECRET_ID"] = secret["ARN"]
+        yield plan
+
+
+def test_there_is_an_event_for_every_function():
+    handlers = {p.stem for p in (ROOT / "functions" / "handlers").glob("*.py") if not p.stem.startswith("_")}
+    assert handlers == {p.stem for p in EVENTS.glob("*.json")}
+
+
+def test_the_create_event_names_the_example_plan(lambda_environment):
+    assert event("create_cluster")["plan_digest"] == lambda_environment.digest
+
+
+def test_every_handler_runs_with_its_event(lambda_environment, head_node):
+    from handlers import (cancel_jobs, cluster_status, create_cluster, delete_cluster, poll_jobs,
+                          submit_jobs)
+
+    created = create_cluster.handler(event("create_cluster"), None)
+    assert created["cluster"]["status"] == "READY"
+    run_dir = created["cluster"]["run_dir"]
+    assert run_dir == event("submit_jobs")["cluster"]["run_dir"]
+    assert remote_exists(head_node, run_dir)
+
+    assert cluster_status.handler(event("cluster_status"), None)["cluster"]["run_dir"] == run_dir
+
+    submitted = submit_jobs.handler(event("submit_jobs"), None)
+    assert submitted["phase"] == "RUNNING"
+    assert submitted["jobs"]["prepare"]["state"] == "PENDING" and submitted["jobs"]["prepare"]["job_id"]
+
+    polled = poll_jobs.handler(event("poll_jobs"), None)  # job 999999: unknown to Slurm yet
+    assert polled["phase"] == "RUNNING"
+    assert polled["jobs"]["prepare"]["missing_polls"] == 1
+
+    cancelled = cancel_jobs.handler(event("cancel_jobs"), None)
+    assert cancelled["jobs"]["prepare"]["state"] == "CANCELLED"
+
+    deleted = delete_cluster.handler(event("delete_cluster"), None)
+    assert deleted["cluster"]["status"] == "RELEASED"
+    assert not remote_exists(head_node, run_dir)

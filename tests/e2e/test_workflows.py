@@ -1,0 +1,223 @@
+"""The shipped definition, in moto's interpreter, driving real jobs on the local Slurm and Grid
+Engine over real SSH. Every test checks what a user would see: the execution's status and
+cause, each job's state and exit code, and what was left on the head node."""
+
+import json
+
+import pytest
+
+from stepcluster.local.runner import run_local
+from stepcluster.schedulers import Category, CommandOutput, get_scheduler
+
+from .conftest import remote_exists
+
+pytestmark = pytest.mark.e2e
+SCHEDULERS = ["slurm", "sge"]
+
+
+def jobs_by_name(report):
+    return {job["name"]: job for job in report.jobs}
+
+
+def run_dir_of(report):
+    return f"/home/hpc/stepcluster-runs/{report.execution_arn.split(':')[-1]}"
+
+
+def scheduler_view(head_node, scheduler_name, job_ids):
+    """What the scheduler itself says about the jobs now."""
+    scheduler = get_scheduler(scheduler_name)
+    result = head_node.run_script(" ".join(scheduler.status_argv(job_ids)) + " 2>/dev/null", check=False)
+    return scheduler.parse_status(CommandOutput(result.stdout, result.stderr, result.exit_code), job_ids)
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_sequential_jobs_run_in_order_and_the_run_folder_is_removed(
+        scheduler, local_cluster, write_config, head_node):
+    config = write_config("sequential", {
+        "first": "echo one > $STEPCLUSTER_OUTPUT/out.txt; sleep 1",
+        "second": "echo two; sleep 1",
+        "third": 'echo "$STEPCLUSTER_JOB_NAME in $STEPCLUSTER_EXECUTION"',
+    })
+    report = run_local(config, "seq-cluster", scheduler=scheduler, cluster=local_cluster)
+
+    assert report.status == "SUCCEEDED", report.cause
+    jobs = jobs_by_name(report)
+    assert [j["state"] for j in report.jobs] == ["SUCCEEDED"] * 3
+    assert all(j["exit_code"] == 0 and j["job_id"] for j in report.jobs)
+    # One after the other: each starts no earlier than the previous one ended.
+    assert jobs["first"]["ended"] <= jobs["second"]["started"]
+    assert jobs["second"]["ended"] <= jobs["third"]["started"]
+    assert report.invocations["SubmitJobsFunction"] == 3
+    assert report.invocations["DeleteClusterFunction"] == 1
+    assert not remote_exists(head_node, run_dir_of(report))
+    assert report.output["cluster"]["status"] == "RELEASED"
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_parallel_jobs_are_submitted_together_and_polled_together(
+        scheduler, local_cluster, write_config):
+    config = write_config("parallel", {f"p{i}": "sleep 2" for i in range(4)})
+    report = run_local(config, "par-cluster", scheduler=scheduler, cluster=local_cluster)
+
+    assert report.status == "SUCCEEDED", report.cause
+    assert {j["state"] for j in report.jobs} == {"SUCCEEDED"}
+    assert report.invocations["SubmitJobsFunction"] == 1  # all four in one submission
+    polls = report.invocations["PollJobsFunction"]
+    # Each polling round: one Lambda call and one SSH connection, however many jobs.
+    # Beside the polls, one connection each to create (check the head node), submit, delete.
+    assert report.counts["ssh_connections"] == polls + 3
+    assert report.counts["lambda_invocations"] == polls + 3
+    # Everything overlapped: every job started before any ended.
+    assert max(j["started"] for j in report.jobs) <= min(j["ended"] for j in report.jobs)
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_a_failing_sequential_job_stops_the_run_and_names_itself(
+        scheduler, local_cluster, write_config, head_node):
+    config = write_config("sequential", {
+        "good": "echo fine",
+        "bad": "echo 'cannot open input.dat' >&2; exit 3",
+        "never": "echo should not run",
+    })
+    report = run_local(config, "fail-seq", scheduler=scheduler, cluster=local_cluster)
+
+    assert report.status == "FAILED"
+    assert report.error == "JobFailed"
+    jobs = jobs_by_name(report)
+    assert jobs["good"]["state"] == "SUCCEEDED"
+    assert jobs["bad"]["state"] == "FAILED" and jobs["bad"]["exit_code"] == 3
+    assert jobs["never"] == {"name": "never", "job_id": None, "state": "NOT_STARTED",
+                             "exit_code": None, "started": None, "ended": None}
+    assert "'bad'" in report.cause and jobs["bad"]["job_id"] in report.cause
+    assert "exit code 3" in report.cause and "cannot open input.dat" in report.cause
+    assert report.invocations["SubmitJobsFunction"] == 2
+    assert report.invocations["DeleteClusterFunction"] == 1
+    assert not remote_exists(head_node, run_dir_of(report))
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_a_failing_parallel_job_cancels_the_others_on_the_scheduler(
+        scheduler, local_cluster, write_config, head_node):
+    config = write_config("parallel", {
+        "crash": "sleep 1; echo 'segfault in solver' >&2; exit 139",
+        "long1": "sleep 120",
+        "long2": "sleep 120",
+    })
+    report = run_local(config, "fail-par", scheduler=scheduler, cluster=local_cluster)
+
+    assert report.status == "FAILED"
+    jobs = jobs_by_name(report)
+    assert jobs["crash"]["state"] == "FAILED"
+    assert "'crash'" in report.cause and "segfault in solver" in report.cause
+    assert jobs["long1"]["state"] == jobs["long2"]["state"] == "CANCELLED"
+    ids = [jobs["long1"]["job_id"], jobs["long2"]["job_id"]]
+    still_active = [s for s in scheduler_view(head_node, scheduler, ids).values()
+                    if s.category in (Category.QUEUED, Category.RUNNING)]
+    assert not still_active, still_active
+    assert report.invocations["CancelJobsFunction"] == 1
+    assert report.invocations["DeleteClusterFunction"] == 1
+
+
+def test_each_job_is_polled_at_its_wait_time_the_smallest_while_several_run(
+        local_cluster, write_config):
+    config = write_config("parallel", {"quick": "sleep 1", "slow": "sleep 7"},
+                          wait_times={"quick": 1, "slow": 3})
+    report = run_local(config, "waits", cluster=local_cluster)
+
+    assert report.status == "SUCCEEDED", report.cause
+    waits = [json.loads(e["stateEnteredEventDetails"]["input"])["run"]["wait_seconds"]
+             for e in report.events if e["type"] == "WaitStateEntered"
+             and e["stateEnteredEventDetails"]["name"] == "Wait For Jobs"]
+    assert waits[0] == 1          # both in flight: the smaller wait_time
+    assert waits[-1] == 3         # only the slow job left: its own wait_time
+    assert set(waits) == {1, 3}
+
+
+@pytest.mark.parametrize("execution_input", [
+    {}, {"cluster_name": ""}, {"cluster_name": "1starts-with-digit"},
+    {"cluster_name": "has space"}, {"cluster_name": "x" * 61}, {"cluster_name": 42},
+])
+def test_a_bad_cluster_name_fails_fast_and_touches_nothing(execution_input, local_cluster, write_config):
+    config = write_config("sequential", {"a": "true"})
+    report = run_local(config, "unused", cluster=local_cluster, execution_input=execution_input)
+
+    assert report.status == "FAILED"
+    assert report.error == "InputError"
+    assert "cluster_name" in report.cause
+    assert report.counts["ssh_connections"] == 0
+    assert set(report.invocations) == {"CreateClusterFunction"}
+
+
+def test_a_lambda_error_mid_run_still_cancels_and_tears_down(local_cluster, write_config, head_node):
+    config = write_config("parallel", {"busy": "sleep 120"})
+
+    def break_polling(endpoint):
+        def fault(name, event):
+            if name == "PollJobsFunction":
+                raise RuntimeError("simulated crash in the poll function")
+        endpoint.fault = fault
+
+    report = run_local(config, "crash", cluster=local_cluster, on_start=break_polling)
+
+    assert report.status == "FAILED"
+    assert report.error == "RuntimeError"
+    assert "simulated crash" in report.cause
+    assert jobs_by_name(report)["busy"]["state"] == "CANCELLED"
+    assert report.invocations["DeleteClusterFunction"] == 1
+    assert not remote_exists(head_node, run_dir_of(report))
+
+
+def test_a_transient_ssh_error_is_retried_and_the_run_succeeds(local_cluster, write_config):
+    from stepcluster.errors import TransientSSHError
+
+    config = write_config("sequential", {"a": "sleep 1"})
+    failures = {"left": 1}
+
+    def flaky(endpoint):
+        def fault(name, event):
+            if name == "PollJobsFunction" and failures["left"]:
+                failures["left"] -= 1
+                raise TransientSSHError("connection reset by peer (simulated)")
+        endpoint.fault = fault
+
+    report = run_local(config, "flaky", cluster=local_cluster, on_start=flaky)
+    assert report.status == "SUCCEEDED", report.cause
+    assert failures["left"] == 0
+
+
+def test_a_handler_missing_from_its_s3_source_fails_before_submission(local_cluster, tmp_path):
+    import boto3
+
+    config = tmp_path / "jobs.ini"
+    config.write_text("[order]\nsequential = fetch\n\n[job fetch]\nhandler = bin/run.sh\n"
+                      "s3_uri = s3://job-sources/project\nwait_time = 1\n")
+
+    def upload(endpoint):
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="job-sources")
+        s3.put_object(Bucket="job-sources", Key="project/bin/other.sh", Body=b"true\n")
+
+    report = run_local(str(config), "s3miss", cluster=local_cluster, on_start=upload)
+    assert report.status == "FAILED"
+    assert "'bin/run.sh'" in report.cause and "s3://job-sources/project" in report.cause
+    assert "bin/other.sh" in report.cause
+    assert jobs_by_name(report)["fetch"]["job_id"] is None
+
+
+def test_an_s3_prefix_is_staged_with_its_nested_folders(local_cluster, tmp_path):
+    import boto3
+
+    config = tmp_path / "jobs.ini"
+    config.write_text("[order]\nsequential = nested\n\n[job nested]\nhandler = bin/run.sh\n"
+                      "s3_uri = s3://job-sources/project/\nwait_time = 1\n")
+
+    def upload(endpoint):
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="job-sources")
+        s3.put_object(Bucket="job-sources", Key="project/bin/run.sh",
+                      Body=b"#!/bin/bash\nset -e\ntest \"$(cat data/deep/er/value.txt)\" = 42\n")
+        s3.put_object(Bucket="job-sources", Key="project/data/deep/er/value.txt", Body=b"42\n")
+        s3.put_object(Bucket="job-sources", Key="elsewhere/ignored.txt", Body=b"no\n")
+
+    report = run_local(str(config), "s3ok", cluster=local_cluster, on_start=upload)
+    assert report.status == "SUCCEEDED", report.cause
