@@ -1,0 +1,245 @@
+"""RunService's decisions, with the bash it sends run by a real local bash (no SSH) and a fake
+scheduler whose answers the test writes: the poll's rules one by one."""
+
+import dataclasses
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from stepcluster import service as service_module
+from stepcluster.config import parse_jobs_config
+from stepcluster.errors import InputError, PlanError, SchedulerError
+from stepcluster.plan import build_plan
+from stepcluster.remote.ssh import CommandResult
+from stepcluster.schedulers import Category, CommandOutput, JobStatus, Scheduler
+from stepcluster.settings import Settings
+
+
+class FakeScheduler(Scheduler):
+    """Answers from a file the test writes: one `ID STATE [EXIT]` line per job it knows."""
+
+    name = "fake"
+    STATES = {"Q": Category.QUEUED, "R": Category.RUNNING, "OK": Category.SUCCEEDED,
+              "BAD": Category.FAILED, "GONE": Category.CANCELLED}
+
+    def __init__(self, folder: Path):
+        self.status_file = folder / "status.txt"
+        self.status_file.write_text("")
+        self.cancelled = folder / "cancelled.txt"
+
+    def probe_argv(self):
+        return ["true"]
+
+    def submit_argv(self, script, *, job_name, workdir, stdout, stderr):
+        return ["echo", f"id-{job_name}"]
+
+    def parse_submit(self, out):
+        return out.stdout.strip()
+
+    def status_argv(self, job_ids):
+        return ["cat", str(self.status_file)]
+
+    def parse_status(self, out, job_ids):
+        found = {}
+        for line in out.stdout.splitlines():
+            job_id, state, *rest = line.split()
+            found[job_id] = JobStatus(job_id, self.categorize(state), state,
+                                      int(rest[0]) if rest else None)
+        return {i: found.get(i, JobStatus(i, Category.MISSING, "")) for i in job_ids}
+
+    def cancel_argv(self, job_ids):
+        return ["bash", "-c", f'echo "$@" >> {self.cancelled}', "cancel", *job_ids]
+
+
+class LocalBash:
+    """Runs what the service would send over SSH in a local bash."""
+
+    def __init__(self):
+        self.scripts = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def run(self, argv, *, stdin=None, check=True, timeout=60):
+        done = subprocess.run(argv, input=stdin if isinstance(stdin, bytes) else (stdin or "").encode(),
+                              capture_output=True, timeout=timeout)
+        return CommandResult(" ".join(argv), done.stdout.decode(), done.stderr.decode(), done.returncode)
+
+    def run_script(self, script, *, check=True, timeout=60):
+        self.scripts.append(script)
+        done = subprocess.run(["bash", "-s"], input=script.encode(), capture_output=True, timeout=timeout)
+        return CommandResult(script, done.stdout.decode(), done.stderr.decode(), done.returncode)
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch):
+    jobs = tmp_path / "jobs"
+    for name in ("a", "b", "c"):
+        (jobs / name).mkdir(parents=True)
+        (jobs / name / "run.sh").write_text("true\n")
+
+    def make(order="sequential"):
+        text = f"[order]\n{order} = a, b, c\n" + "".join(
+            f"\n[job {n}]\nhandler = run.sh\nlocal_path = jobs/{n}\nwait_time = {w}\n"
+            for n, w in (("a", 5), ("b", 2), ("c", 9)))
+        plan = build_plan(parse_jobs_config(text, str(tmp_path / "jobs.ini"), tmp_path), tmp_path / "plan")
+        settings = Settings("existing", "slurm", "127.0.0.1", 22, "hpc", "SHA256:x", "secret",
+                            remote_root=str(tmp_path / "remote"))
+        svc = service_module.RunService(settings, plan=plan, private_key=lambda _: "key")
+        scheduler = FakeScheduler(tmp_path)
+        svc.connect = lambda run: LocalBash()
+        svc.scheduler = lambda run: scheduler
+        run = svc.create_cluster({"input": {"cluster_name": "c1"}, "execution": "exec-1",
+                                  "plan_digest": plan.digest})
+        return svc, scheduler, run
+
+    return make
+
+
+def finish(run, name, code, signal=0, ended=1_700_000_000):
+    job_dir = Path(run["cluster"]["run_dir"]) / "jobs" / name
+    (job_dir / "started").write_text(f"{ended - 5}\n")
+    (job_dir / "result").write_text(f"{code} {signal} {ended}\n")
+
+
+def test_create_refuses_bad_input_and_a_stale_plan(world):
+    svc, _, run = world()
+    with pytest.raises(InputError, match="cluster_name"):
+        svc.create_cluster({"input": ["c1"], "execution": "e", "plan_digest": svc.plan.digest})
+    with pytest.raises(PlanError, match="preprocess"):
+        svc.create_cluster({"input": {"cluster_name": "c1"}, "execution": "e", "plan_digest": "old"})
+
+
+def test_sequential_advances_one_job_at_a_time_at_its_own_wait_time(world):
+    svc, scheduler, run = world()
+    assert Path(run["cluster"]["run_dir"], "jobs").is_dir()
+    run = svc.submit_jobs(run)
+    assert run["jobs"]["a"] == {"state": "PENDING", "job_id": "id-a"}
+    assert run["jobs"]["b"] == {"state": "NOT_STARTED"}
+    assert run["wait_seconds"] == 5
+    scheduler.status_file.write_text("id-a R\n")
+    run = svc.poll_jobs(run)
+    assert (run["phase"], run["jobs"]["a"]["state"]) == ("RUNNING", "RUNNING")
+    finish(run, "a", 0)
+    run = svc.poll_jobs(run)
+    assert run["phase"] == "NEXT" and run["jobs"]["a"]["state"] == "SUCCEEDED"
+    assert run["jobs"]["a"]["ended"] == "2023-11-14T22:13:20Z"
+    run = svc.submit_jobs(run)
+    assert run["jobs"]["b"]["state"] == "PENDING" and run["wait_seconds"] == 2
+
+
+def test_the_result_file_wins_over_what_the_scheduler_shows(world):
+    svc, scheduler, run = world("parallel")
+    run = svc.submit_jobs(run)
+    assert run["wait_seconds"] == 2  # the smallest wait_time in flight
+    scheduler.status_file.write_text("id-a R\nid-b R\nid-c R\n")
+    finish(run, "a", 0)
+    run = svc.poll_jobs(run)
+    assert run["jobs"]["a"]["state"] == "SUCCEEDED"
+
+
+def test_a_failure_names_the_job_its_id_exit_code_and_stderr(world):
+    svc, scheduler, run = world("parallel")
+    run = svc.submit_jobs(run)
+    Path(run["cluster"]["run_dir"], "jobs", "b", "stderr").write_text("line1\nFATAL: out of cheese\n")
+    finish(run, "b", 7)
+    scheduler.status_file.write_text("id-a R\nid-c Q\n")
+    run = svc.poll_jobs(run)
+    assert run["phase"] == "FAILED"
+    cause = run["failure"]["Cause"]
+    assert "'b'" in cause and "id-b" in cause and "exit code 7" in cause and "out of cheese" in cause
+
+
+def test_a_job_killed_by_a_signal_says_so(world):
+    svc, scheduler, run = world()
+    run = svc.submit_jobs(run)
+    finish(run, "a", 137, signal=9)
+    run = svc.poll_jobs(run)
+    assert run["jobs"]["a"]["signal"] == 9 and "signal 9" in run["failure"]["Cause"]
+
+
+def test_a_job_ended_by_the_scheduler_without_a_result_is_failed_with_its_state(world):
+    svc, scheduler, run = world()
+    run = svc.submit_jobs(run)
+    scheduler.status_file.write_text("id-a BAD 1\n")
+    run = svc.poll_jobs(run)
+    assert run["jobs"]["a"]["state"] == "FAILED"
+    assert "scheduler state BAD" in run["failure"]["Cause"]
+
+
+def test_an_unknown_scheduler_state_fails_the_poll_with_the_raw_text(world):
+    svc, scheduler, run = world()
+    run = svc.submit_jobs(run)
+    scheduler.status_file.write_text("id-a WEIRD\n")
+    with pytest.raises(SchedulerError, match="'WEIRD'"):
+        svc.poll_jobs(run)
+
+
+def test_a_job_the_scheduler_forgot_is_waited_for_then_declared_lost(world, monkeypatch):
+    svc, scheduler, run = world()
+    run = svc.submit_jobs(run)
+    clock = [1_000_000]
+    monkeypatch.setattr(service_module, "_now", lambda: clock[0])
+    for _ in range(3):           # gone from the queue, no result yet: still finishing
+        run = svc.poll_jobs(run)
+        assert run["jobs"]["a"]["state"] == "PENDING" and run["phase"] == "RUNNING"
+        clock[0] += 10
+    clock[0] += service_module.MISSING_GRACE_SECONDS
+    run = svc.poll_jobs(run)
+    assert run["jobs"]["a"]["state"] == "FAILED"
+    assert "no longer knows" in run["failure"]["Cause"]
+
+
+def test_a_late_result_after_a_missing_round_still_counts(world):
+    svc, scheduler, run = world()
+    run = svc.submit_jobs(run)
+    run = svc.poll_jobs(run)
+    assert run["jobs"]["a"]["missing_polls"] == 1
+    finish(run, "a", 0)
+    run = svc.poll_jobs(run)
+    assert run["jobs"]["a"]["state"] == "SUCCEEDED" and "missing_polls" not in run["jobs"]["a"]
+
+
+def test_submit_twice_does_not_submit_twice(world):
+    svc, scheduler, run = world("parallel")
+    first = svc.submit_jobs(run)
+    retried = svc.submit_jobs(run)  # a retried Lambda sees the same input
+    assert first["jobs"] == retried["jobs"]
+    rcs = sorted(Path(run["cluster"]["run_dir"], "jobs").glob("*/submit.rc"))
+    assert len(rcs) == 3
+
+
+def test_a_missing_handler_fails_before_anything_is_submitted(world):
+    svc, scheduler, run = world("parallel")
+    # A plan whose handler is not in the package (preprocess refuses this; staging checks again).
+    jobs = list(svc.plan.jobs)
+    jobs[1] = dataclasses.replace(jobs[1], handler="nope.sh")
+    svc._plan = dataclasses.replace(svc.plan, jobs=tuple(jobs))
+    run = svc.submit_jobs(run)
+    assert run["phase"] == "FAILED" and "'nope.sh'" in run["failure"]["Cause"]
+    assert {j["state"] for n, j in run["jobs"].items() if n != "b"} == {"NOT_STARTED"}
+    assert not list(Path(run["cluster"]["run_dir"], "jobs").glob("*/submit.rc"))
+
+
+def test_cancel_finds_jobs_the_payload_does_not_know(world):
+    svc, scheduler, run = world("parallel")
+    submitted = svc.submit_jobs(run)          # the Lambda "crashed" before reporting this back
+    cancelled = svc.cancel_jobs(run)          # so the state machine still has the old record
+    assert sorted(scheduler.cancelled.read_text().split()) == ["id-a", "id-b", "id-c"]
+    assert {j["state"] for j in cancelled["jobs"].values()} == {"CANCELLED"}
+    assert submitted["phase"] == "RUNNING"
+
+
+def test_delete_removes_the_run_folder_and_is_idempotent(world):
+    svc, scheduler, run = world()
+    run = svc.submit_jobs(run)
+    finish(run, "a", 0)
+    deleted = svc.delete_cluster(run)
+    assert not Path(run["cluster"]["run_dir"]).exists()
+    assert deleted["cluster"]["status"] == "RELEASED"
+    assert svc.delete_cluster(run)["cluster"]["status"] == "RELEASED"
+    assert not scheduler.cancelled.exists()   # a finished job is not a leftover
