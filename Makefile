@@ -15,7 +15,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-install: $(STAMP)
+NODE_STAMP := node_modules/.installed-stamp
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --silent
+	touch $@
+
+install: $(STAMP) $(NODE_STAMP)
 
 # OpenSSH on 127.0.0.1:2222, Slurm and Grid Engine (installs them with apt on first use).
 cluster-up:

@@ -87,3 +87,15 @@ def test_definition_size_does_not_depend_on_the_jobs():
 def test_substitute_refuses_a_missing_value():
     with pytest.raises(KeyError, match="JobsPlanDigest"):
         definition.substitute('{"a": "${JobsPlanDigest}"}', {})
+
+
+def test_asl_validator_accepts_the_definition():
+    """The npm asl-validator checks the ASL the way AWS does (paths, fields, targets)."""
+    import subprocess
+    from pathlib import Path
+
+    validator = Path(definition.DEFINITION_PATH).parents[1] / "node_modules" / ".bin" / "asl-validator"
+    assert validator.exists(), "run `make install` (npm ci) first"
+    done = subprocess.run([str(validator), "--json-path", str(definition.DEFINITION_PATH)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
