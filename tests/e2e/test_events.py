@@ -60,12 +60,14 @@ def test_every_handler_runs_with_its_event(lambda_environment, head_node):
     assert submitted["phase"] == "RUNNING"
     assert submitted["jobs"]["prepare"]["state"] == "PENDING" and submitted["jobs"]["prepare"]["job_id"]
 
-    polled = poll_jobs.handler(event("poll_jobs"), None)  # job 999999: unknown to Slurm yet
+    # simulate, as job 999999: unknown to Slurm and no result yet, so still finishing.
+    polled = poll_jobs.handler(event("poll_jobs"), None)
     assert polled["phase"] == "RUNNING"
-    assert polled["jobs"]["prepare"]["missing_polls"] == 1
+    assert polled["jobs"]["simulate"]["missing_polls"] == 1
 
     cancelled = cancel_jobs.handler(event("cancel_jobs"), None)
-    assert cancelled["jobs"]["prepare"]["state"] == "CANCELLED"
+    assert cancelled["jobs"]["simulate"]["state"] == "CANCELLED"
+    assert cancelled["jobs"]["report"]["state"] == "NOT_STARTED"
 
     deleted = delete_cluster.handler(event("delete_cluster"), None)
     assert deleted["cluster"]["status"] == "RELEASED"

@@ -2,16 +2,20 @@
 Engine over real SSH. Every test checks what a user would see: the execution's status and
 cause, each job's state and exit code, and what was left on the head node."""
 
+import functools
 import json
+import shlex
 
 import pytest
 
-from stepcluster.local.runner import run_local
+from stepcluster.local import runner
 from stepcluster.schedulers import Category, CommandOutput, get_scheduler
 
 from .conftest import remote_exists
 
 pytestmark = pytest.mark.e2e
+# A run that cannot finish (a scheduler down, say) is stopped instead of hanging the suite.
+run_local = functools.partial(runner.run_local, timeout=150)
 SCHEDULERS = ["slurm", "sge"]
 
 
@@ -26,7 +30,7 @@ def run_dir_of(report):
 def scheduler_view(head_node, scheduler_name, job_ids):
     """What the scheduler itself says about the jobs now."""
     scheduler = get_scheduler(scheduler_name)
-    result = head_node.run_script(" ".join(scheduler.status_argv(job_ids)) + " 2>/dev/null", check=False)
+    result = head_node.run_script(shlex.join(scheduler.status_argv(job_ids)), check=False)
     return scheduler.parse_status(CommandOutput(result.stdout, result.stderr, result.exit_code), job_ids)
 
 

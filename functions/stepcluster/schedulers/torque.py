@@ -1,0 +1,197 @@
+"""Torque (PBS): qsub, qstat -f, qdel.
+
+No Torque server can be installed where this project is tested: this adapter follows the
+Torque documentation, and tests/fixtures/schedulers/torque/ holds outputs written from it:
+
+- qstat(1B) (Torque): `qstat -f` prints, per job, a "Job Id: 123.server" line then one
+  "    name = value" line per attribute (4 spaces), long values continued on lines starting
+  with a tab; jobs are separated by a blank line.
+- Ids qstat does not know: "qstat: Unknown Job Id 123.server" (Torque 2.x) or
+  "qstat: Unknown Job Id Error 123.server" (Torque 4+) on stderr, exit status 153; the other
+  ids of the same command are still printed.
+- Completed jobs stay as job_state C for the server's keep_completed seconds, then vanish:
+  Torque keeps no history reachable with a client command.
+- exit_status (Torque Administrator Guide, "Job Exit Status"): the job script's exit code;
+  negative values are Torque's own JOB_EXEC_* failures; 256 + N when the job was killed by
+  signal N (271 = SIGTERM: what a qdel of a running job, or a walltime kill, leaves).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+from stepcluster.errors import SchedulerError
+from stepcluster.schedulers.base import Category, CommandOutput, JobStatus, Scheduler
+
+# job_state letters from qstat(1B) of Torque ("the state of the job"):
+# http://docs.adaptivecomputing.com/torque/6-1-2/adminGuide/torque.htm#topics/torque/commands/qstat.htm
+STATES: dict[str, Category] = {
+    "Q": Category.QUEUED,   # queued, eligible to run or routed
+    "H": Category.QUEUED,   # held (user/system hold, or a dependency)
+    "W": Category.QUEUED,   # waiting for its execution time (qsub -a)
+    "T": Category.QUEUED,   # being moved to a new location, not started
+    "R": Category.RUNNING,  # running
+    "E": Category.RUNNING,  # exiting after having run
+    "S": Category.RUNNING,  # suspended
+    # completed after having run: FAILED unless exit_status is 0 (see parse_status), so that
+    # a C without a readable exit_status is never taken for a success
+    "C": Category.FAILED,
+}
+
+# Torque's own exit codes (JOB_EXEC_* in src/include/job.h; Administrator Guide "Job Exit Status")
+JOB_EXEC_CODES: dict[int, str] = {
+    -1: "job exec failed, before files, no retry",
+    -2: "job exec failed, after files, no retry",
+    -3: "job execution failed, do retry",
+    -4: "job aborted on MOM initialization",
+    -5: "job aborted on MOM init, chkpt, no migrate",
+    -6: "job aborted on MOM init, chkpt, ok migrate",
+    -7: "job restart failed",
+    -8: "exec() of user command failed",
+    -9: "could not create/open stdout stderr files",
+    -10: "job exceeded a memory limit",
+    -11: "job exceeded a walltime limit",
+    -12: "job exceeded a CPU time limit",
+    -13: "could not create the job's cgroups",
+    -14: "prologue failed",
+}
+
+_JOB_ID = re.compile(r"^\d+(?:\[\d*\])?(?:\.[A-Za-z0-9][A-Za-z0-9.-]*)?$")
+_SUBMIT = re.compile(r"^(?P<id>\d+(?:\[\d*\])?(?:\.[A-Za-z0-9][A-Za-z0-9.-]*)?)$")
+_JOB_HEADER = re.compile(r"^Job Id:\s*(?P<id>\S+)\s*$")
+_ATTRIBUTE = re.compile(r"^ {4}(?P<key>[A-Za-z_][\w.]*) = ?(?P<value>.*)$")
+_UNKNOWN = re.compile(r"Unknown Job Id(?: Error)?\s+(?P<id>\S+)"
+                      r"|(?P<fid>\S+) Job has finished")   # PBS Pro's wording for ended jobs
+_INT = re.compile(r"^-?\d+$")
+_BAD_OUTPUT_PATH = re.compile(r"[:\n]")   # -o/-e take [hostname:]path
+_CANCEL_OK = r"Unknown Job Id|invalid state for job|Request invalid for state of job|Job has finished"
+
+
+def _check_ids(job_ids: Sequence[str]) -> list[str]:
+    ids = [str(i) for i in job_ids]
+    if not ids:
+        raise ValueError("no job ids given")
+    bad = [i for i in ids if not _JOB_ID.match(i)]
+    if bad:
+        raise SchedulerError(f"not Torque job ids: {bad!r}")
+    return ids
+
+
+def _seq(job_id: str) -> str:
+    """The sequence number: qsub may print 123.head while qstat says 123.head.example.com."""
+    return job_id.split(".", 1)[0]
+
+
+def _raw(out: CommandOutput) -> str:
+    return f"(exit {out.exit_code})\nstdout:\n{out.stdout}\nstderr:\n{out.stderr}"
+
+
+def torque_job_name(name: str) -> str:
+    """The name given to qsub -N: qsub(1B) wants "the first character alphabetic"."""
+    return name if name[:1].isalpha() else "j" + name
+
+
+def parse_full(text: str) -> list[tuple[str, dict[str, str]]]:
+    """`qstat -f` output -> [(job id, {attribute: value})] (keys as printed)."""
+    jobs: list[tuple[str, dict[str, str]]] = []
+    attrs: dict[str, str] | None = None
+    key = None
+    for line in text.splitlines():
+        header = _JOB_HEADER.match(line)
+        if header:
+            attrs, key = {}, None
+            jobs.append((header.group("id"), attrs))
+            continue
+        if not line.strip():
+            key = None
+            continue
+        if attrs is None:
+            raise SchedulerError(f"qstat -f output does not start with 'Job Id:': {line!r}")
+        m = _ATTRIBUTE.match(line)
+        if m:
+            key = m.group("key")
+            attrs[key] = m.group("value").strip()
+        elif key is not None and line[:1] in ("\t", " "):
+            attrs[key] += line.strip()          # continuation of a long value
+        else:
+            raise SchedulerError(f"unexpected qstat -f line {line!r}")
+    return jobs
+
+
+class Torque(Scheduler):
+    name = "torque"
+    STATES = STATES
+
+    def probe_argv(self) -> list[str]:
+        return ["qstat", "-B"]   # the server's status: fails when pbs_server does not answer
+
+    def submit_argv(self, script: str, *, job_name: str, workdir: str,
+                    stdout: str, stderr: str) -> list[str]:
+        for path in (stdout, stderr):
+            if _BAD_OUTPUT_PATH.search(path):
+                raise ValueError(f"Torque would misread this output path (: or newline): {path!r}")
+        return ["qsub", "-N", torque_job_name(job_name), "-d", workdir,
+                "-o", stdout, "-e", stderr, script]
+
+    def parse_submit(self, out: CommandOutput) -> str:
+        lines = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+        matches = [m for m in map(_SUBMIT.match, lines) if m]
+        if out.exit_code != 0 or len(matches) != 1:
+            raise SchedulerError(f"qsub did not print one job id: {_raw(out)}")
+        return matches[0].group("id")
+
+    def status_argv(self, job_ids: Sequence[str]) -> list[str]:
+        return ["qstat", "-f", *_check_ids(job_ids)]
+
+    def parse_status(self, out: CommandOutput, job_ids: Sequence[str]) -> dict[str, JobStatus]:
+        wanted = [str(i) for i in job_ids]
+        unknown_lines = [line for line in out.stderr.splitlines() if _UNKNOWN.search(line)]
+        other_errors = [line for line in out.stderr.splitlines()
+                        if line.strip() and not _UNKNOWN.search(line)]
+        if out.exit_code != 0 and (other_errors or not unknown_lines):
+            raise SchedulerError(f"qstat -f failed: {_raw(out)}")
+        try:
+            jobs = parse_full(out.stdout)
+        except SchedulerError as exc:
+            raise SchedulerError(f"{exc}: {_raw(out)}") from None
+        by_seq = {_seq(i): i for i in wanted}
+        found: dict[str, JobStatus] = {}
+        for printed_id, attrs in jobs:
+            job_id = printed_id if printed_id in wanted else by_seq.get(_seq(printed_id))
+            if job_id is None or job_id in found:
+                continue
+            if "job_state" not in attrs:
+                raise SchedulerError(f"qstat -f record of {printed_id} has no job_state: {_raw(out)}")
+            found[job_id] = self._status(job_id, attrs)
+        return {i: found.get(i) or JobStatus(i, Category.MISSING, "") for i in wanted}
+
+    def _status(self, job_id: str, attrs: dict[str, str]) -> JobStatus:
+        state = attrs["job_state"].strip()
+        category = self.categorize(state)
+        comment = attrs.get("comment") or None
+        if state != "C":
+            return JobStatus(job_id, category, state, reason=comment)
+        # Torque spells it exit_status; PBS Pro Exit_status
+        text = attrs.get("exit_status", attrs.get("Exit_status"))
+        if text is None or not _INT.match(text.strip()):
+            return JobStatus(job_id, Category.FAILED, state,
+                             reason=comment or f"completed without a readable exit_status ({text!r})")
+        code = int(text)
+        if code == 0:
+            return JobStatus(job_id, Category.SUCCEEDED, state, exit_code=0)
+        if code < 0:
+            why = JOB_EXEC_CODES.get(code, "Torque could not run the job")
+            return JobStatus(job_id, Category.FAILED, state, exit_code=code,
+                             reason=f"exit_status {code}: {why}" + (f"; {comment}" if comment else ""))
+        signal = code - 256 if code > 256 else None
+        return JobStatus(job_id, Category.FAILED, state, exit_code=code, signal=signal, reason=comment)
+
+    # accounting_argv: none. A job gone from qstat has no history a client can read.
+
+    def cancel_argv(self, job_ids: Sequence[str]) -> list[str]:
+        # qdel fails for ids already gone (Unknown Job Id) or completed (invalid state): fine here
+        script = ('out=$(qdel "$@" 2>&1); rc=$?; [ -n "$out" ] && printf "%s\\n" "$out"\n'
+                  f'[ $rc -eq 0 ] || ! printf "%s\\n" "$out" | grep -Evq "{_CANCEL_OK}" || exit $rc\n'
+                  'exit 0')
+        return ["sh", "-c", script, "sh", *_check_ids(job_ids)]

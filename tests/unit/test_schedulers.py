@@ -1,0 +1,497 @@
+"""Scheduler adapters against outputs recorded from a real Slurm 22.05 and Son of Grid Engine
+8.1.9 (tests/fixtures/schedulers/{slurm,sge}, re-record with record_fixtures.py there) and
+against Torque outputs written from its documentation (tests/fixtures/schedulers/torque).
+
+No cluster needed: the shell snippets some adapters send are run here against fake commands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from stepcluster.errors import SchedulerError
+from stepcluster.schedulers import get_scheduler
+from stepcluster.schedulers.base import ACTIVE, TERMINAL, Category, CommandOutput, Scheduler
+from stepcluster.schedulers.sge import SGE
+from stepcluster.schedulers.slurm import Slurm
+from stepcluster.schedulers.torque import JOB_EXEC_CODES, Torque, parse_full
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "schedulers"
+ADAPTERS = {"slurm": Slurm(), "sge": SGE(), "torque": Torque()}
+
+
+def load(scheduler: str, name: str) -> tuple[dict, CommandOutput]:
+    doc = json.loads((FIXTURES / scheduler / f"{name}.json").read_text())
+    return doc, CommandOutput(doc["stdout"], doc["stderr"], doc["exit_code"])
+
+
+def status_of(scheduler: str, name: str):
+    doc, out = load(scheduler, name)
+    result = ADAPTERS[scheduler].parse_status(out, doc["job_ids"])
+    assert set(result) == set(doc["job_ids"])
+    return doc["jobs"], result
+
+
+# ---------------------------------------------------------------------------- all adapters
+def one_job_output(scheduler: str, state: str) -> tuple[CommandOutput, str]:
+    """The status command's output for one job in `state`, in the scheduler's own format."""
+    if scheduler == "slurm":
+        return CommandOutput(f"42|{state}|None\n"), "42"
+    if scheduler == "sge":
+        xml = ("<?xml version='1.0'?>\n<job_info>\n  <queue_info>\n  </queue_info>\n  <job_info>\n"
+               f"    <job_list state=\"pending\">\n      <JB_job_number>42</JB_job_number>\n"
+               f"      <state>{state}</state>\n    </job_list>\n  </job_info>\n</job_info>\n")
+        return CommandOutput(xml), "42"
+    return CommandOutput(f"Job Id: 42.head\n    Job_Name = x\n    job_state = {state}\n"), "42.head"
+
+
+STATE_CASES = [(name, state) for name, adapter in ADAPTERS.items() for state in adapter.STATES]
+
+
+@pytest.mark.parametrize("scheduler,state", STATE_CASES, ids=[f"{n}-{s}" for n, s in STATE_CASES])
+def test_every_table_entry_goes_through_parse_status(scheduler, state):
+    adapter = ADAPTERS[scheduler]
+    out, job_id = one_job_output(scheduler, state)
+    status = adapter.parse_status(out, [job_id])[job_id]
+    assert status.category == adapter.STATES[state]
+    assert status.raw_state == state
+    assert status.job_id == job_id
+
+
+@pytest.mark.parametrize("scheduler", ADAPTERS)
+@pytest.mark.parametrize("word", ["NEVER_SEEN", "Xqw", "Z"])
+def test_a_state_never_seen_is_unknown_with_its_raw_text(scheduler, word):
+    adapter = ADAPTERS[scheduler]
+    assert word not in adapter.STATES
+    out, job_id = one_job_output(scheduler, word)
+    status = adapter.parse_status(out, [job_id])[job_id]
+    assert status.category == Category.UNKNOWN
+    assert status.raw_state == word
+    assert adapter.categorize(word) == Category.UNKNOWN
+
+
+@pytest.mark.parametrize("scheduler", ADAPTERS)
+def test_tables_are_data_and_never_map_to_unknown(scheduler):
+    adapter = ADAPTERS[scheduler]
+    assert adapter.name == scheduler
+    assert isinstance(adapter, Scheduler)
+    assert isinstance(get_scheduler(scheduler), type(adapter))
+    assert Category.UNKNOWN not in adapter.STATES.values()
+    # success is only ever a scheduler word that means "ended with exit 0"
+    assert [s for s, c in adapter.STATES.items() if c == Category.SUCCEEDED] == (
+        ["COMPLETED"] if scheduler == "slurm" else [])
+
+
+@pytest.mark.parametrize("scheduler", ADAPTERS)
+def test_ids_are_validated_and_lists_must_not_be_empty(scheduler):
+    adapter = ADAPTERS[scheduler]
+    with pytest.raises(ValueError):
+        adapter.status_argv([])
+    with pytest.raises(ValueError):
+        adapter.cancel_argv([])
+    for bad in ("1; rm -rf /", "$(id)", "12 13"):
+        with pytest.raises(SchedulerError):
+            adapter.status_argv([bad])
+        with pytest.raises(SchedulerError):
+            adapter.cancel_argv([bad])
+
+
+@pytest.mark.parametrize("scheduler", ADAPTERS)
+def test_output_that_is_not_a_job_id_raises_with_the_raw_text(scheduler):
+    with pytest.raises(SchedulerError, match="gibberish output"):
+        ADAPTERS[scheduler].parse_submit(CommandOutput("gibberish output\n", "some stderr", 0))
+    with pytest.raises(SchedulerError, match="some stderr"):
+        ADAPTERS[scheduler].parse_submit(CommandOutput("", "some stderr", 1))
+
+
+# ---------------------------------------------------------------------------- Slurm
+def test_slurm_table_covers_every_documented_state():
+    assert set(Slurm.STATES) >= {
+        "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_FED",
+        "REQUEUE_HOLD", "RESIZING", "STOPPED", "SIGNALING", "STAGE_OUT", "COMPLETED", "FAILED",
+        "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE",
+        "SPECIAL_EXIT", "REVOKED"}
+    assert {s for s, c in Slurm.STATES.items() if c in ACTIVE} >= {
+        "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_FED",
+        "REQUEUE_HOLD", "RESIZING", "STOPPED", "SIGNALING", "STAGE_OUT"}
+
+
+def test_slurm_submit():
+    s = Slurm()
+    assert s.submit_argv("/r/run.sh", job_name="a-b_1", workdir="/r/src", stdout="/r/out",
+                         stderr="/r/err") == [
+        "sbatch", "--parsable", "-J", "a-b_1", "-D", "/r/src", "-o", "/r/out", "-e", "/r/err", "/r/run.sh"]
+    _, out = load("slurm", "submit")
+    assert s.parse_submit(out) == out.stdout.strip()
+    assert s.parse_submit(CommandOutput("123;rig\n")) == "123"
+    _, out = load("slurm", "submit_error")
+    with pytest.raises(SchedulerError, match="Unable to open file"):
+        s.parse_submit(out)
+    with pytest.raises(ValueError):
+        s.submit_argv("/r/run.sh", job_name="x", workdir="/r", stdout="/r/%j.out", stderr="/r/err")
+
+
+def test_slurm_status_is_one_command_for_all_ids():
+    argv = Slurm().status_argv(["1", "22", "333"])
+    assert argv[0] == "squeue" and "--jobs=1,22,333" in argv and "--states=all" in argv
+
+
+def test_slurm_right_after_submit():
+    jobs, st = status_of("slurm", "status_submitted")
+    assert st[jobs["too_big"]].category == Category.QUEUED
+    assert st[jobs["too_big"]].reason == "PartitionConfig"
+    assert st[jobs["dependency"]].reason == "Dependency"
+    assert st[jobs["held"]].reason == "JobHeldUser"
+    assert st[jobs["running"]].category == Category.RUNNING
+    assert st[jobs["running"]].reason is None        # "None" in squeue's output
+
+
+def test_slurm_mixed_states_and_an_unknown_id():
+    jobs, st = status_of("slurm", "status_mixed")
+    expect = {"completed": ("COMPLETED", Category.SUCCEEDED), "failed_exit3": ("FAILED", Category.FAILED),
+              "cancelled": ("CANCELLED", Category.CANCELLED), "signal9": ("FAILED", Category.FAILED),
+              "running": ("RUNNING", Category.RUNNING), "too_big": ("PENDING", Category.QUEUED),
+              "dependency": ("PENDING", Category.QUEUED), "held": ("PENDING", Category.QUEUED)}
+    for role, (raw, category) in expect.items():
+        assert (st[jobs[role]].raw_state, st[jobs[role]].category) == (raw, category), role
+    assert st[jobs["dependency"]].reason == "DependencyNeverSatisfied"
+    assert st[jobs["failed_exit3"]].reason == "NonZeroExitCode"
+    assert st["999999"].category == Category.MISSING
+
+
+def test_slurm_timeout():
+    jobs, st = status_of("slurm", "status_final")
+    assert (st[jobs["timeout"]].raw_state, st[jobs["timeout"]].category) == ("TIMEOUT", Category.FAILED)
+    assert st[jobs["timeout"]].reason == "TimeLimit"
+
+
+def test_slurm_unknown_ids_are_missing_whether_squeue_fails_or_not():
+    doc, out = load("slurm", "status_one_unknown")
+    assert out.exit_code == 1 and "Invalid job id specified" in out.stderr   # one id: an error
+    assert Slurm().parse_status(out, doc["job_ids"])["999999"].category == Category.MISSING
+    doc, out = load("slurm", "status_all_unknown")
+    assert out.exit_code == 0 and out.stdout == ""                           # several: silence
+    assert {s.category for s in Slurm().parse_status(out, doc["job_ids"]).values()} == {Category.MISSING}
+
+
+def test_slurm_unreachable_controller_is_an_error_not_missing():
+    doc, out = load("slurm", "status_controller_down")
+    with pytest.raises(SchedulerError, match="Unable to contact slurm controller"):
+        Slurm().parse_status(out, doc["job_ids"])
+    doc, out = load("slurm", "accounting_controller_down")
+    with pytest.raises(SchedulerError, match="Unable to contact slurm controller"):
+        Slurm().parse_accounting(out, doc["job_ids"][0])
+
+
+def test_slurm_garbage_status_raises_with_raw_output():
+    with pytest.raises(SchedulerError, match="what is this"):
+        Slurm().parse_status(CommandOutput("what is this\n"), ["1"])
+
+
+@pytest.mark.parametrize("role,category,raw,code,signal,reason", [
+    ("completed", Category.SUCCEEDED, "COMPLETED", 0, None, None),
+    ("failed_exit3", Category.FAILED, "FAILED", 3, None, "NonZeroExitCode"),
+    ("cancelled", Category.CANCELLED, "CANCELLED", 0, 15, None),
+    ("signal9", Category.FAILED, "FAILED", 0, 9, "JobLaunchFailure"),
+    ("timeout", Category.FAILED, "TIMEOUT", 0, 15, "TimeLimit"),
+    ("too_big", Category.QUEUED, "PENDING", None, None, "PartitionConfig"),
+])
+def test_slurm_accounting_from_scontrol(role, category, raw, code, signal, reason):
+    doc, out = load("slurm", f"accounting_{role}")
+    status = Slurm().parse_accounting(out, doc["jobs"][role])
+    assert (status.category, status.raw_state, status.exit_code, status.signal, status.reason) == (
+        category, raw, code, signal, reason)
+
+
+def test_slurm_accounting_unknown_id_without_accounting_storage_is_missing():
+    doc, out = load("slurm", "accounting_unknown")
+    assert "Invalid job id specified" in out.stderr and "accounting storage is disabled" in out.stderr
+    assert Slurm().parse_accounting(out, "999999").category == Category.MISSING
+
+
+def test_slurm_accounting_falls_back_to_sacct():
+    s = Slurm()
+    argv = s.accounting_argv("77")
+    assert argv[:2] == ["sh", "-c"] and "scontrol" in argv[2] and "sacct" in argv[2] and argv[-1] == "77"
+    err = "slurm_load_jobs error: Invalid job id specified\n"
+    assert s.parse_accounting(CommandOutput("77|COMPLETED|0:0\n", err), "77").category == Category.SUCCEEDED
+    st = s.parse_accounting(CommandOutput("77|CANCELLED by 1001|0:15\n", err), "77")
+    assert (st.category, st.raw_state, st.signal) == (Category.CANCELLED, "CANCELLED by 1001", 15)
+    # an id reused after the controller's state was wiped: the newest (last) row counts
+    st = s.parse_accounting(CommandOutput("77|COMPLETED|0:0\n77|FAILED|2:0\n", err), "77")
+    assert (st.category, st.exit_code) == (Category.FAILED, 2)
+    assert s.parse_accounting(CommandOutput("", err), "77").category == Category.MISSING
+    # never a success with a non-zero exit code
+    assert s.parse_accounting(CommandOutput("77|COMPLETED|1:0\n", err), "77").category == Category.FAILED
+
+
+def test_slurm_cancel():
+    doc, out = load("slurm", "cancel")
+    assert out.exit_code == 0      # scancel: running, finished and unknown ids alike
+    assert Slurm().cancel_argv(["5", "6"]) == ["scancel", "5", "6"]
+
+
+# ---------------------------------------------------------------------------- SGE
+def test_sge_table_covers_sge_status_5():
+    documented = ("qw Rq hqw hRwq r hr t Rr Rt s ts S tS T tT Rs Rts RS RtS RT RtT Eqw Ehqw EhRqw "
+                  "dr dt dRr dRt ds dS dT dRs dRS dRT z").split()
+    assert set(SGE.STATES) == set(documented)
+    assert all(SGE.STATES[s] == Category.FAILED for s in ("Eqw", "Ehqw", "EhRqw"))
+    assert all(SGE.STATES[s] == Category.CANCELLED for s in documented if s.startswith("d"))
+
+
+def test_sge_submit_and_job_names():
+    g = SGE()
+    argv = g.submit_argv("/r/run.sh", job_name="1st-job", workdir="/r/src", stdout="/r/out", stderr="/r/err")
+    assert argv == ["qsub", "-terse", "-N", "j1st-job", "-wd", "/r/src", "-o", "/r/out", "-e", "/r/err",
+                    "-S", "/bin/bash", "/r/run.sh"]
+    assert g.submit_argv("/s", job_name="abc", workdir="/w", stdout="/o", stderr="/e")[3] == "abc"
+    assert g.submit_argv("/s", job_name="_x", workdir="/w", stdout="/o", stderr="/e")[3] == "j_x"
+    assert g.submit_argv("/s", job_name="-x", workdir="/w", stdout="/o", stderr="/e")[3] == "j-x"
+    _, out = load("sge", "submit")         # recorded with the adapter's own argv for "1st-job"
+    assert "j1st-job" in load("sge", "submit")[0]["command"]
+    assert g.parse_submit(out) == out.stdout.strip()
+    _, out = load("sge", "submit_digit_name")    # why: qsub refuses the unprefixed name
+    with pytest.raises(SchedulerError, match="cannot start with a digit"):
+        g.parse_submit(out)
+    for bad in ("/r/a:b", "/r/$JOB_ID.out", "/r/a,b"):
+        with pytest.raises(ValueError):
+            g.submit_argv("/s", job_name="x", workdir="/w", stdout=bad, stderr="/e")
+
+
+def test_sge_right_after_submit():
+    jobs, st = status_of("sge", "status_submitted")
+    assert st[jobs["held"]].raw_state == "hqw" and st[jobs["held"]].category == Category.QUEUED
+    assert st[jobs["unsatisfiable"]].raw_state == "qw"
+    assert {st[jobs[r]].category for r in ("running", "suspended", "rescheduled")} == {Category.RUNNING}
+
+
+def test_sge_deleting_suspended_requeued_and_error_states():
+    jobs, st = status_of("sge", "status_deleting")
+    assert (st[jobs["deleted_running"]].raw_state, st[jobs["deleted_running"]].category) == (
+        "dr", Category.CANCELLED)
+    assert (st[jobs["suspended"]].raw_state, st[jobs["suspended"]].category) == ("s", Category.RUNNING)
+    assert (st[jobs["rescheduled"]].raw_state, st[jobs["rescheduled"]].category) == ("Rq", Category.QUEUED)
+    error = st[jobs["error_state"]]
+    assert (error.raw_state, error.category) == ("Eqw", Category.FAILED)
+    assert error.reason.startswith("error: can't chdir to ") and "no-such-folder" in error.reason
+
+
+def test_sge_mixed_states_and_jobs_gone_from_qstat():
+    jobs, st = status_of("sge", "status_mixed")
+    expect = {"running": "r", "suspended": "s", "rescheduled": "Rr", "error_state": "Eqw", "held": "hqw",
+              "unsatisfiable": "qw", "completed": "", "failed_exit3": "", "deleted_running": ""}
+    assert {role: st[jobs[role]].raw_state for role in expect} == expect
+    for role in ("completed", "failed_exit3", "deleted_running"):
+        assert st[jobs[role]].category == Category.MISSING     # finished: qacct tells the rest
+    assert st["999999"].category == Category.MISSING
+    assert "can't chdir" in st[jobs["error_state"]].reason
+    assert st[jobs["running"]].reason is None
+
+
+def test_sge_nothing_known_and_qmaster_down():
+    doc, out = load("sge", "status_all_unknown")
+    assert {s.category for s in SGE().parse_status(out, doc["job_ids"]).values()} == {Category.MISSING}
+    doc, out = load("sge", "status_qmaster_down")
+    with pytest.raises(SchedulerError, match="unable to send message to qmaster"):
+        SGE().parse_status(out, doc["job_ids"])
+
+
+def test_sge_broken_xml_raises_with_raw_output():
+    with pytest.raises(SchedulerError, match="<job_info><job_list"):
+        SGE().parse_status(CommandOutput("<job_info><job_list>"), ["1"])
+    with pytest.raises(SchedulerError, match="without number or state"):
+        SGE().parse_status(CommandOutput("<job_info><job_list><state>r</state></job_list></job_info>"), ["1"])
+
+
+@pytest.mark.parametrize("role,category,code,signal,reason", [
+    ("completed", Category.SUCCEEDED, 0, None, None),
+    ("failed_exit3", Category.FAILED, 3, None, None),
+    ("deleted_running", Category.FAILED, 137, 9, "failed 100: assumedly after job"),
+    ("error_state", Category.FAILED, 0, None, "failed 28: changing into working directory"),
+])
+def test_sge_accounting(role, category, code, signal, reason):
+    doc, out = load("sge", f"accounting_{role}")
+    status = SGE().parse_accounting(out, doc["jobs"][role])
+    assert (status.category, status.exit_code, status.signal, status.reason) == (category, code, signal, reason)
+
+
+def test_sge_not_yet_in_qacct_is_missing():
+    for name in ("accounting_unknown", "accounting_no_file"):
+        doc, out = load("sge", name)
+        assert out.exit_code == 1
+        assert SGE().parse_accounting(out, doc["job_ids"][0]).category == Category.MISSING
+    doc, out = load("sge", "accounting_qmaster_down")    # qacct reads a file: no qmaster needed
+    assert SGE().parse_accounting(out, doc["job_ids"][0]).category == Category.SUCCEEDED
+    with pytest.raises(SchedulerError, match="permission denied"):
+        SGE().parse_accounting(CommandOutput("", "qacct: permission denied\n", 1), "5")
+
+
+def test_sge_accounting_takes_the_newest_record_of_a_reused_id():
+    doc, ok = load("sge", "accounting_completed")
+    _, bad = load("sge", "accounting_failed_exit3")
+    job_id = doc["jobs"]["completed"]
+    bad_text = bad.stdout.replace(f"jobnumber    {load('sge', 'accounting_failed_exit3')[0]['jobs']['failed_exit3']} ",
+                                  f"jobnumber    {job_id} ")
+    status = SGE().parse_accounting(CommandOutput(ok.stdout + bad_text), job_id)
+    assert (status.category, status.exit_code) == (Category.FAILED, 3)
+
+
+def test_sge_cancel_recorded():
+    doc, out = load("sge", "cancel")
+    assert out.exit_code == 0 and 'does not exist' in out.stdout and "registered the job" in out.stdout
+    doc, out = load("sge", "cancel_qmaster_down")
+    assert out.exit_code != 0
+
+
+# ---------------------------------------------------------------------------- Torque
+def test_torque_table_is_the_documented_letters():
+    assert set(Torque.STATES) == set("QHWRETCS")
+    assert Torque.STATES["C"] == Category.FAILED       # success needs exit_status 0
+
+
+def test_torque_submit():
+    t = Torque()
+    assert t.submit_argv("/r/run.sh", job_name="9lives", workdir="/r/src", stdout="/r/out",
+                         stderr="/r/err") == ["qsub", "-N", "j9lives", "-d", "/r/src", "-o", "/r/out",
+                                              "-e", "/r/err", "/r/run.sh"]
+    doc, out = load("torque", "submit")
+    assert t.parse_submit(out) == doc["jobs"]["submitted"]
+    _, out = load("torque", "submit_error")
+    with pytest.raises(SchedulerError, match="Unknown queue"):
+        t.parse_submit(out)
+    with pytest.raises(ValueError):
+        t.submit_argv("/s", job_name="x", workdir="/w", stdout="host:/o", stderr="/e")
+
+
+@pytest.mark.parametrize("role,category,code,signal,reason", [
+    ("queued", Category.QUEUED, None, None, None),
+    ("held", Category.QUEUED, None, None, None),
+    ("waiting", Category.QUEUED, None, None, None),
+    ("transit", Category.QUEUED, None, None, None),
+    ("running", Category.RUNNING, None, None, None),
+    ("exiting", Category.RUNNING, None, None, None),
+    ("suspended", Category.RUNNING, None, None, None),
+    ("completed", Category.SUCCEEDED, 0, None, None),
+    ("failed_exit3", Category.FAILED, 3, None, None),
+    ("killed_271", Category.FAILED, 271, 15, None),
+    ("exec_failed", Category.FAILED, -1, None, "exit_status -1: " + JOB_EXEC_CODES[-1]),
+    ("walltime", Category.FAILED, -11, None, "exit_status -11: job exceeded a walltime limit"),
+    ("no_exit_status", Category.FAILED, None, None, "Job deleted by hpc@head.example.com"),
+    ("unknown", Category.MISSING, None, None, None),
+])
+def test_torque_every_job_state_and_exit_status(role, category, code, signal, reason):
+    jobs, st = status_of("torque", "status_all_states")
+    status = st[jobs[role]]
+    assert (status.category, status.exit_code, status.signal, status.reason) == (category, code, signal, reason)
+
+
+def test_torque_unknown_ids_short_ids_and_server_down():
+    t = Torque()
+    for name in ("status_unknown_only", "status_unknown_torque2"):
+        doc, out = load("torque", name)
+        assert {s.category for s in t.parse_status(out, doc["job_ids"]).values()} == {Category.MISSING}
+    jobs, st = status_of("torque", "status_short_id")
+    assert st[jobs["running"]].category == Category.RUNNING
+    doc, out = load("torque", "status_server_down")
+    with pytest.raises(SchedulerError, match="cannot connect to server"):
+        t.parse_status(out, doc["job_ids"])
+    with pytest.raises(SchedulerError, match="not qstat output"):
+        t.parse_status(CommandOutput("not qstat output\n"), ["1.head"])
+
+
+def test_torque_long_values_are_joined():
+    doc, out = load("torque", "status_all_states")
+    attrs = dict(parse_full(out.stdout))[doc["jobs"]["exec_failed"]]
+    assert attrs["Variable_List"].endswith("PBS_O_SERVER=head.example.com")
+    assert "0Bad UID for job execution" in attrs["sched_hint"]
+
+
+def test_torque_has_no_history_and_one_command_for_all():
+    t = Torque()
+    assert t.accounting_argv("1.head") is None
+    assert t.parse_accounting(CommandOutput(""), "1.head").category == Category.MISSING
+    assert t.status_argv(["1.head", "2.head"]) == ["qstat", "-f", "1.head", "2.head"]
+
+
+# ---------------------------------------------------------------------------- shell snippets
+@pytest.fixture
+def fake_bin(tmp_path):
+    """Write fake scheduler commands into a folder put first on PATH."""
+    def make(name: str, body: str) -> None:
+        path = tmp_path / name
+        path.write_text("#!/bin/sh\n" + body)
+        path.chmod(0o755)
+    make.env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    return make
+
+
+def run(argv, env) -> CommandOutput:
+    p = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=10)
+    return CommandOutput(p.stdout, p.stderr, p.returncode)
+
+
+def test_sge_status_script_asks_for_error_reasons_only_when_needed(fake_bin):
+    doc, recorded = load("sge", "status_mixed")
+    xml = recorded.stdout.partition("@@stepcluster-qstat-j")[0].strip()
+    (Path(fake_bin.env["PATH"].split(":")[0]) / "table.xml").write_text(xml + "\n")
+    job_id = doc["jobs"]["error_state"]
+    fake_bin("qstat", 'd=$(dirname "$0")\n'
+                      'if [ "$1" = -xml ]; then cat "$d/table.xml"; exit 0; fi\n'
+                      'echo "$2" > "$d/asked"; echo "job_number:   ' + job_id + '"; echo "sge_o_home: /x"\n'
+                      'echo "error reason    1:   01/01/2030 00:00:00 [1:2]: boom"\n')
+    out = run(SGE().status_argv(doc["job_ids"]), fake_bin.env)
+    assert out.exit_code == 0 and "@@stepcluster-qstat-j" in out.stdout
+    assert (Path(fake_bin.env["PATH"].split(":")[0]) / "asked").read_text().strip() == ",".join(doc["job_ids"])
+    assert "sge_o_home" not in out.stdout          # only the lines the parser needs
+    assert SGE().parse_status(out, [job_id])[job_id].reason == "boom"
+    # no job in an E state: no second qstat
+    (Path(fake_bin.env["PATH"].split(":")[0]) / "table.xml").write_text(xml.replace("Eqw", "qw") + "\n")
+    out = run(SGE().status_argv(doc["job_ids"]), fake_bin.env)
+    assert "@@stepcluster-qstat-j" not in out.stdout
+    fake_bin("qstat", 'echo "error: unable to contact qmaster" >&2; exit 1\n')
+    out = run(SGE().status_argv(["1"]), fake_bin.env)
+    assert out.exit_code == 1
+    with pytest.raises(SchedulerError, match="unable to contact qmaster"):
+        SGE().parse_status(out, ["1"])
+
+
+@pytest.mark.parametrize("adapter,gone_message", [
+    (SGE(), 'denied: job "5" does not exist'),
+    (Torque(), "qdel: Unknown Job Id Error 5.head"),
+    (Torque(), "qdel: Request invalid for state of job MSG=invalid state for job - COMPLETE 5.head"),
+])
+def test_cancelling_jobs_already_gone_is_not_an_error(fake_bin, adapter, gone_message):
+    job_id = "5" if isinstance(adapter, SGE) else "5.head"
+    fake_bin("qdel", f"echo '{gone_message}'; exit 1\n")
+    out = run(adapter.cancel_argv([job_id]), fake_bin.env)
+    assert out.exit_code == 0 and gone_message in out.stdout
+    fake_bin("qdel", "echo 'cannot connect to server'; exit 2\n")
+    assert run(adapter.cancel_argv([job_id]), fake_bin.env).exit_code == 2
+    fake_bin("qdel", "exit 3\n")
+    assert run(adapter.cancel_argv([job_id]), fake_bin.env).exit_code == 3
+    fake_bin("qdel", 'printf "%s\\n" "$@" > "$(dirname "$0")/args"\n')
+    assert run(adapter.cancel_argv([job_id, job_id]), fake_bin.env).exit_code == 0
+    assert (Path(fake_bin.env["PATH"].split(":")[0]) / "args").read_text().split() == [job_id, job_id]
+
+
+def test_slurm_accounting_script_tries_scontrol_then_sacct(fake_bin):
+    fake_bin("scontrol", 'echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1\n')
+    fake_bin("sacct", 'echo "77|FAILED|4:0"\n')
+    out = run(Slurm().accounting_argv("77"), fake_bin.env)
+    status = Slurm().parse_accounting(out, "77")
+    assert (status.category, status.exit_code) == (Category.FAILED, 4)
+    fake_bin("scontrol", 'echo "JobId=77 JobName=x JobState=COMPLETED Reason=None ExitCode=0:0"\n')
+    fake_bin("sacct", "echo never; exit 9\n")
+    assert Slurm().parse_accounting(run(Slurm().accounting_argv("77"), fake_bin.env), "77").category == (
+        Category.SUCCEEDED)
+
+
+def test_categories_used_by_the_tables_are_all_known():
+    for adapter in ADAPTERS.values():
+        assert set(adapter.STATES.values()) <= ACTIVE | TERMINAL | {Category.MISSING}
