@@ -196,7 +196,7 @@ class _HistoryFollower:
             if isinstance(run, dict) and "jobs" in run:
                 self.last_run = run
                 for name, job in run["jobs"].items():
-                    if self._job_states.get(name) != job["state"]:
+                    if self._job_states.get(name, "NOT_STARTED") != job["state"]:
                         self._job_states[name] = job["state"]
                         detail = f" (job {job['job_id']})" if job.get("job_id") else ""
                         if job.get("exit_code") is not None:
