@@ -32,6 +32,21 @@ def job_dir(run_dir: str, name: str) -> str:
     return f"{run_dir}/jobs/{name}"
 
 
+def prepare_run_script(scheduler: str, probe_argv: Sequence[str], remote_root: str,
+                       execution: str) -> str:
+    """Check the scheduler answers; make RUN (remote_root relative to $HOME unless absolute).
+
+    Prints `@@run_dir PATH`; exits 3 with the scheduler's complaint when it does not answer.
+    """
+    return (f"if ! out=$({shlex.join(probe_argv)} 2>&1); then\n"
+            f"  echo {q(scheduler + ' does not answer on this head node:')} >&2\n"
+            "  printf '%s\\n' \"$out\" | tail -5 >&2; exit 3\n"
+            "fi\n"
+            f"root={q(remote_root)}; case $root in /*) ;; *) root=\"$HOME/$root\";; esac\n"
+            f"run=\"$root\"/{q(execution)}\n"
+            "mkdir -p \"$run/jobs\" && printf '@@run_dir %s\\n' \"$run\"\n")
+
+
 def wrapper_script(*, run_dir: str, name: str, handler: str, env: Mapping[str, str]) -> str:
     """The batch script for one job: runs the handler, records exit code and signal."""
     d = job_dir(run_dir, name)

@@ -22,9 +22,7 @@ from typing import Callable
 
 from stepcluster import jobscripts, secrets, staging
 from stepcluster.clusters import ClusterBackend, get_backend
-from stepcluster.errors import (
-    InputError, PlanError, RemoteCommandError, SchedulerError, StagingError,
-)
+from stepcluster.errors import InputError, PlanError, SchedulerError, StagingError
 from stepcluster.plan import Plan, load_plan
 from stepcluster.remote.ssh import HeadNodeConnection
 from stepcluster.schedulers import Category, CommandOutput, JobStatus, Scheduler, get_scheduler
@@ -109,18 +107,12 @@ class RunService:
         if cluster["status"] != "READY" or cluster.get("run_dir"):
             return run
         scheduler = self.scheduler(run)
-        root = jobscripts.q(self.settings.remote_root)
-        script = (
-            f"{jobscripts.shlex.join(scheduler.probe_argv())} > /dev/null 2> /tmp/.stepcluster-probe.$$ || "
-            f"{{ echo \"{scheduler.name} does not answer on this head node:\" >&2; tail -5 /tmp/.stepcluster-probe.$$ >&2; "
-            f"rm -f /tmp/.stepcluster-probe.$$; exit 3; }}\n"
-            f"rm -f /tmp/.stepcluster-probe.$$\n"
-            f"root={root}; case $root in /*) ;; *) root=\"$HOME/$root\";; esac\n"
-            f"run=\"$root\"/{jobscripts.q(run['execution'])}\n"
-            "mkdir -p \"$run/jobs\" && printf '@@run_dir %s\\n' \"$run\"\n")
+        script = jobscripts.prepare_run_script(scheduler.name, scheduler.probe_argv(),
+                                               self.settings.remote_root, run["execution"])
         with self.connect(run) as ssh:
             result = ssh.run_script(script)
-        run_dir = next(r.fields[0] for r in jobscripts.parse_records(result.stdout) if r.tag == "run_dir")
+        run_dir = next(" ".join(r.fields) for r in jobscripts.parse_records(result.stdout)
+                       if r.tag == "run_dir")
         return {**run, "cluster": {**cluster, "run_dir": run_dir}}
 
     # -- Submit Jobs ---------------------------------------------------------------------

@@ -225,3 +225,24 @@ def test_an_s3_prefix_is_staged_with_its_nested_folders(local_cluster, tmp_path)
 
     report = run_local(str(config), "s3ok", cluster=local_cluster, on_start=upload)
     assert report.status == "SUCCEEDED", report.cause
+
+
+def test_a_head_node_with_another_host_key_is_refused(local_cluster, write_config):
+    config = write_config("sequential", {"a": "true"})
+    report = run_local(config, "mitm", cluster=local_cluster,
+                       settings_overrides={"head_node_host_key": "SHA256:" + "A" * 43})
+    assert report.status == "FAILED"
+    assert report.error == "HostKeyError"
+    assert "refusing to connect" in report.cause
+    assert report.invocations["CreateClusterFunction"] == 1  # never retried
+    assert "SubmitJobsFunction" not in report.invocations
+
+
+def test_a_head_node_without_the_scheduler_fails_before_any_job(local_cluster, write_config):
+    config = write_config("sequential", {"a": "true"})
+    report = run_local(config, "no-torque", cluster=local_cluster,
+                       settings_overrides={"scheduler": "torque"})
+    assert report.status == "FAILED"
+    assert "torque does not answer on this head node" in report.cause
+    assert "SubmitJobsFunction" not in report.invocations
+    assert report.invocations["DeleteClusterFunction"] == 1

@@ -12,7 +12,7 @@ from stepcluster.config import parse_jobs_config
 from stepcluster.errors import InputError, PlanError, SchedulerError
 from stepcluster.plan import build_plan
 from stepcluster.remote.ssh import CommandResult
-from stepcluster.schedulers import Category, CommandOutput, JobStatus, Scheduler
+from stepcluster.schedulers import Category, JobStatus, Scheduler
 from stepcluster.settings import Settings
 
 

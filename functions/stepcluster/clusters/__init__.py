@@ -1,6 +1,8 @@
 """Cluster backends: create, watch and delete the cluster a run uses. One backend per module."""
 
-from stepcluster.clusters.base import ClusterBackend, HeadNode  # noqa: F401
+from stepcluster.clusters.base import ClusterBackend, HeadNode
+
+__all__ = ["ClusterBackend", "HeadNode", "get_backend"]
 
 
 def get_backend(settings) -> ClusterBackend:

@@ -1,8 +1,10 @@
 """Scheduler adapters: argv builders, output parsers and state tables; no I/O."""
 
-from stepcluster.schedulers.base import (  # noqa: F401
+from stepcluster.schedulers.base import (
     ACTIVE, TERMINAL, Category, CommandOutput, JobStatus, Scheduler,
 )
+
+__all__ = ["ACTIVE", "TERMINAL", "Category", "CommandOutput", "JobStatus", "Scheduler", "get_scheduler"]
 
 
 def get_scheduler(name: str) -> Scheduler:

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import abc
 import enum
+import re
 from dataclasses import dataclass
 from typing import Mapping, Sequence
+
+from stepcluster.errors import SchedulerError
 
 
 class Category(str, enum.Enum):
@@ -111,3 +114,38 @@ class Scheduler(abc.ABC):
     def categorize(self, raw_state: str) -> Category:
         """Map a state word through the table; never guesses."""
         return self.STATES.get(raw_state, Category.UNKNOWN)
+
+
+# -- helpers the adapters share ---------------------------------------------------------------
+
+def check_job_ids(job_ids: Sequence[str], pattern: re.Pattern, scheduler: str) -> list[str]:
+    """The ids as strings; ValueError for none, SchedulerError for one that is not an id."""
+    ids = [str(i) for i in job_ids]
+    if not ids:
+        raise ValueError("no job ids given")
+    bad = [i for i in ids if not pattern.match(i)]
+    if bad:
+        raise SchedulerError(f"not {scheduler} job ids: {bad!r}")
+    return ids
+
+
+def raw_output(out: CommandOutput) -> str:
+    """A command's output as it goes into an error message: exit code, stdout, stderr."""
+    return f"(exit {out.exit_code})\nstdout:\n{out.stdout}\nstderr:\n{out.stderr}"
+
+
+def letter_first(name: str) -> str:
+    """A job name for schedulers that want "the first character alphabetic" (SGE, Torque)."""
+    return name if name[:1].isalpha() else "j" + name
+
+
+def qdel_argv(job_ids: Sequence[str], already_gone: str) -> list[str]:
+    """qdel all ids; exit 0 when its only complaints match `already_gone` (a regex).
+
+    qdel exits 1 for an id already finished or gone: not an error when cancelling leftovers,
+    but anything else (qmaster/server down) still is.
+    """
+    script = ('out=$(qdel "$@" 2>&1); rc=$?; [ -n "$out" ] && printf "%s\\n" "$out"\n'
+              f'[ $rc -eq 0 ] || ! printf "%s\\n" "$out" | grep -Evq "{already_gone}" || exit $rc\n'
+              'exit 0')
+    return ["sh", "-c", script, "sh", *job_ids]

@@ -21,7 +21,9 @@ import xml.etree.ElementTree as ET
 from typing import Sequence
 
 from stepcluster.errors import SchedulerError
-from stepcluster.schedulers.base import Category, CommandOutput, JobStatus, Scheduler
+from stepcluster.schedulers.base import (
+    Category, CommandOutput, JobStatus, Scheduler, check_job_ids, letter_first, qdel_argv, raw_output,
+)
 
 # Job state words of `qstat` (column "state", or <state> in -xml), from sge_status(5)
 # ("Job state" table) and qstat(1) OUTPUT FORMATS (man pages of gridengine 8.1.9):
@@ -71,23 +73,11 @@ _BAD_OUTPUT_PATH = re.compile(r"[:,$\n]")   # -o/-e take [[host]:]path,... and e
 _CANCEL_OK = r"does not exist|has registered the job|has deleted job|already in deletion|is already"
 
 
-def _check_ids(job_ids: Sequence[str]) -> list[str]:
-    ids = [str(i) for i in job_ids]
-    if not ids:
-        raise ValueError("no job ids given")
-    bad = [i for i in ids if not _JOB_ID.match(i)]
-    if bad:
-        raise SchedulerError(f"not Grid Engine job ids: {bad!r}")
-    return ids
 
 
-def _raw(out: CommandOutput) -> str:
-    return f"(exit {out.exit_code})\nstdout:\n{out.stdout}\nstderr:\n{out.stderr}"
 
-
-def sge_job_name(name: str) -> str:
-    """The name given to qsub -N: Grid Engine refuses names starting with a digit."""
-    return name if name[:1].isalpha() else "j" + name
+def _ids(job_ids: Sequence[str]) -> list[str]:
+    return check_job_ids(job_ids, _JOB_ID, "Grid Engine")
 
 
 class SGE(Scheduler):
@@ -103,18 +93,18 @@ class SGE(Scheduler):
         for path in (stdout, stderr):
             if _BAD_OUTPUT_PATH.search(path):
                 raise ValueError(f"Grid Engine would misread this output path (: , $ or newline): {path!r}")
-        return ["qsub", "-terse", "-N", sge_job_name(job_name), "-wd", workdir,
+        return ["qsub", "-terse", "-N", letter_first(job_name), "-wd", workdir,
                 "-o", stdout, "-e", stderr, "-S", "/bin/bash", script]
 
     def parse_submit(self, out: CommandOutput) -> str:
         lines = [line.strip() for line in out.stdout.splitlines() if line.strip()]
         matches = [m for m in map(_SUBMIT.match, lines) if m]
         if out.exit_code != 0 or len(matches) != 1:
-            raise SchedulerError(f"qsub -terse did not print one job id: {_raw(out)}")
+            raise SchedulerError(f"qsub -terse did not print one job id: {raw_output(out)}")
         return matches[0].group("id")
 
     def status_argv(self, job_ids: Sequence[str]) -> list[str]:
-        ids = ",".join(_check_ids(job_ids))
+        ids = ",".join(_ids(job_ids))
         # One command: the job table as XML (every user: ids are what we filter on); then, only
         # when some job is in an E(rror) state, the "error reason" lines of `qstat -j`.
         script = (
@@ -130,21 +120,21 @@ class SGE(Scheduler):
     def parse_status(self, out: CommandOutput, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         wanted = [str(i) for i in job_ids]
         if out.exit_code != 0:
-            raise SchedulerError(f"qstat failed: {_raw(out)}")
+            raise SchedulerError(f"qstat failed: {raw_output(out)}")
         xml_text, _, details = out.stdout.partition(_MARK)
         try:
             root = ET.fromstring(xml_text.strip())
         except ET.ParseError as exc:
-            raise SchedulerError(f"qstat -xml printed no valid XML ({exc}): {_raw(out)}") from None
+            raise SchedulerError(f"qstat -xml printed no valid XML ({exc}): {raw_output(out)}") from None
         if root.tag != "job_info":
-            raise SchedulerError(f"unexpected qstat -xml document <{root.tag}>: {_raw(out)}")
+            raise SchedulerError(f"unexpected qstat -xml document <{root.tag}>: {raw_output(out)}")
         reasons = _error_reasons(details)
         found: dict[str, JobStatus] = {}
         for job in root.iter("job_list"):
             job_id = (job.findtext("JB_job_number") or "").strip()
             state = job.findtext("state")
             if not job_id or state is None:
-                raise SchedulerError(f"qstat -xml job entry without number or state: {_raw(out)}")
+                raise SchedulerError(f"qstat -xml job entry without number or state: {raw_output(out)}")
             # array jobs list one entry per task group: the first one is kept
             if job_id in wanted and job_id not in found:
                 state = state.strip()
@@ -156,13 +146,13 @@ class SGE(Scheduler):
         return {i: found.get(i) or JobStatus(i, Category.MISSING, "") for i in wanted}
 
     def accounting_argv(self, job_id: str) -> list[str] | None:
-        return ["qacct", "-j", _check_ids([job_id])[0]]
+        return ["qacct", "-j", _ids([job_id])[0]]
 
     def parse_accounting(self, out: CommandOutput, job_id: str) -> JobStatus:
         if out.exit_code != 0 or not out.stdout.strip():
             if _QACCT_NOT_YET.search(out.stderr + out.stdout) or (out.exit_code == 0 and not out.stdout.strip()):
                 return JobStatus(job_id, Category.MISSING, "")
-            raise SchedulerError(f"qacct failed for job {job_id}: {_raw(out)}")
+            raise SchedulerError(f"qacct failed for job {job_id}: {raw_output(out)}")
         records, current = [], None
         for line in out.stdout.splitlines():
             if line.startswith("=========="):
@@ -174,12 +164,12 @@ class SGE(Scheduler):
                 current.setdefault(m.group("key"), m.group("value"))
         mine = [r for r in records if r.get("jobnumber") == job_id]
         if not mine:
-            raise SchedulerError(f"qacct printed no record of job {job_id}: {_raw(out)}")
+            raise SchedulerError(f"qacct printed no record of job {job_id}: {raw_output(out)}")
         record = mine[-1]   # several records: array tasks, or an id reused; the last is newest
         failed = _QACCT_FAILED.match(record.get("failed", ""))
         exit_status = _QACCT_EXIT.match(record.get("exit_status", ""))
         if not failed or not exit_status:
-            raise SchedulerError(f"qacct record of job {job_id} lacks failed/exit_status: {_raw(out)}")
+            raise SchedulerError(f"qacct record of job {job_id} lacks failed/exit_status: {raw_output(out)}")
         failed_code, code = int(failed.group("code")), int(exit_status.group("code"))
         raw = f"failed {failed_code}"
         if failed_code == 0 and code == 0:
@@ -194,10 +184,7 @@ class SGE(Scheduler):
 
     def cancel_argv(self, job_ids: Sequence[str]) -> list[str]:
         # qdel exits 1 when an id is already gone: that is not an error here, anything else is
-        script = ('out=$(qdel "$@" 2>&1); rc=$?; [ -n "$out" ] && printf "%s\\n" "$out"\n'
-                  f'[ $rc -eq 0 ] || ! printf "%s\\n" "$out" | grep -Evq "{_CANCEL_OK}" || exit $rc\n'
-                  'exit 0')
-        return ["sh", "-c", script, "sh", *_check_ids(job_ids)]
+        return qdel_argv(_ids(job_ids), _CANCEL_OK)
 
 
 def _error_reasons(text: str) -> dict[str, str]:

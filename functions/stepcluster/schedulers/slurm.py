@@ -17,7 +17,9 @@ import re
 from typing import Sequence
 
 from stepcluster.errors import SchedulerError
-from stepcluster.schedulers.base import Category, CommandOutput, JobStatus, Scheduler
+from stepcluster.schedulers.base import (
+    Category, CommandOutput, JobStatus, Scheduler, check_job_ids, raw_output,
+)
 
 # Job state words as printed by `squeue -o %T`, `scontrol show job` (JobState=) and `sacct`
 # (State), from squeue(1) "JOB STATE CODES": https://slurm.schedmd.com/squeue.html#SECTION_JOB-STATE-CODES
@@ -66,22 +68,14 @@ _SACCT_ROW = re.compile(r"^(?P<id>[^|]+)\|(?P<state>[^|]+)\|(?P<code>\d+):(?P<si
 _BAD_PATH = re.compile(r"[%\\\n]")   # sbatch expands %j, %x... in -o/-e; "\" turns that off
 
 
-def _check_ids(job_ids: Sequence[str]) -> list[str]:
-    ids = [str(i) for i in job_ids]
-    if not ids:
-        raise ValueError("no job ids given")
-    bad = [i for i in ids if not _JOB_ID.match(i)]
-    if bad:
-        raise SchedulerError(f"not Slurm job ids: {bad!r}")
-    return ids
-
-
-def _raw(out: CommandOutput) -> str:
-    return f"(exit {out.exit_code})\nstdout:\n{out.stdout}\nstderr:\n{out.stderr}"
 
 
 def _reason(text: str | None) -> str | None:
     return None if text in (None, "", "None", "(null)") else text
+
+
+def _ids(job_ids: Sequence[str]) -> list[str]:
+    return check_job_ids(job_ids, _JOB_ID, "Slurm")
 
 
 class Slurm(Scheduler):
@@ -104,24 +98,24 @@ class Slurm(Scheduler):
         lines = [line.strip() for line in out.stdout.splitlines() if line.strip()]
         matches = [m for m in map(_SUBMIT.match, lines) if m]
         if out.exit_code != 0 or len(matches) != 1:
-            raise SchedulerError(f"sbatch did not print one job id: {_raw(out)}")
+            raise SchedulerError(f"sbatch did not print one job id: {raw_output(out)}")
         return matches[0].group("id")
 
     def status_argv(self, job_ids: Sequence[str]) -> list[str]:
-        return ["squeue", "--noheader", "--states=all", "--jobs=" + ",".join(_check_ids(job_ids)),
+        return ["squeue", "--noheader", "--states=all", "--jobs=" + ",".join(_ids(job_ids)),
                 "--format=" + _STATUS_FORMAT]
 
     def parse_status(self, out: CommandOutput, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         wanted = [str(i) for i in job_ids]
         found: dict[str, JobStatus] = {}
         if out.exit_code != 0 and not (_UNKNOWN_ID.search(out.stderr) and not out.stdout.strip()):
-            raise SchedulerError(f"squeue failed: {_raw(out)}")
+            raise SchedulerError(f"squeue failed: {raw_output(out)}")
         for line in out.stdout.splitlines():
             if not line.strip():
                 continue
             m = _ROW.match(line.strip())
             if not m:
-                raise SchedulerError(f"unexpected squeue line {line!r}: {_raw(out)}")
+                raise SchedulerError(f"unexpected squeue line {line!r}: {raw_output(out)}")
             job_id = m.group("id")
             if job_id in wanted and job_id not in found:
                 found[job_id] = self._status(job_id, m.group("state").strip(), _reason(m.group("reason").strip()))
@@ -139,7 +133,7 @@ class Slurm(Scheduler):
                          signal=signal or None, reason=reason)
 
     def accounting_argv(self, job_id: str) -> list[str] | None:
-        _check_ids([job_id])
+        _ids([job_id])
         # slurmctld's memory first (any cluster), then slurmdbd's (clusters that keep accounting)
         return ["sh", "-c",
                 'scontrol --oneliner show job "$1" || '
@@ -153,7 +147,7 @@ class Slurm(Scheduler):
             if m and m.group("id") == job_id:
                 state, reason, code = _SC_STATE.search(line), _SC_REASON.search(line), _SC_EXIT.search(line)
                 if not state or not code:
-                    raise SchedulerError(f"scontrol record without JobState/ExitCode: {_raw(out)}")
+                    raise SchedulerError(f"scontrol record without JobState/ExitCode: {raw_output(out)}")
                 return self._status(job_id, state.group("state"), _reason(reason and reason.group("reason")),
                                     int(code.group("code")), int(code.group("signal")))
         rows = [m for m in map(_SACCT_ROW.match, (r.strip() for r in records)) if m and m.group("id") == job_id]
@@ -162,13 +156,13 @@ class Slurm(Scheduler):
             return self._status(job_id, row.group("state"), None,
                                 int(row.group("code")), int(row.group("signal")))
         if records and not any(_SC_ID.search(r) or "|" in r for r in records):
-            raise SchedulerError(f"unexpected accounting output for job {job_id}: {_raw(out)}")
+            raise SchedulerError(f"unexpected accounting output for job {job_id}: {raw_output(out)}")
         unexplained = [line for line in out.stderr.splitlines()
                        if line.strip() and not _ACCOUNTING_NOT_KNOWN.search(line)]
         if out.exit_code != 0 and unexplained:
-            raise SchedulerError(f"cannot read Slurm's history of job {job_id}: {_raw(out)}")
+            raise SchedulerError(f"cannot read Slurm's history of job {job_id}: {raw_output(out)}")
         return JobStatus(job_id, Category.MISSING, "")
 
     def cancel_argv(self, job_ids: Sequence[str]) -> list[str]:
         # scancel exits 0 for finished and unknown ids (observed on 22.05)
-        return ["scancel", *_check_ids(job_ids)]
+        return ["scancel", *_ids(job_ids)]

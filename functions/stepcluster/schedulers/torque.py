@@ -22,7 +22,9 @@ import re
 from typing import Sequence
 
 from stepcluster.errors import SchedulerError
-from stepcluster.schedulers.base import Category, CommandOutput, JobStatus, Scheduler
+from stepcluster.schedulers.base import (
+    Category, CommandOutput, JobStatus, Scheduler, check_job_ids, letter_first, qdel_argv, raw_output,
+)
 
 # job_state letters from qstat(1B) of Torque ("the state of the job"):
 # http://docs.adaptivecomputing.com/torque/6-1-2/adminGuide/torque.htm#topics/torque/commands/qstat.htm
@@ -68,28 +70,12 @@ _BAD_OUTPUT_PATH = re.compile(r"[:\n]")   # -o/-e take [hostname:]path
 _CANCEL_OK = r"Unknown Job Id|invalid state for job|Request invalid for state of job|Job has finished"
 
 
-def _check_ids(job_ids: Sequence[str]) -> list[str]:
-    ids = [str(i) for i in job_ids]
-    if not ids:
-        raise ValueError("no job ids given")
-    bad = [i for i in ids if not _JOB_ID.match(i)]
-    if bad:
-        raise SchedulerError(f"not Torque job ids: {bad!r}")
-    return ids
-
 
 def _seq(job_id: str) -> str:
     """The sequence number: qsub may print 123.head while qstat says 123.head.example.com."""
     return job_id.split(".", 1)[0]
 
 
-def _raw(out: CommandOutput) -> str:
-    return f"(exit {out.exit_code})\nstdout:\n{out.stdout}\nstderr:\n{out.stderr}"
-
-
-def torque_job_name(name: str) -> str:
-    """The name given to qsub -N: qsub(1B) wants "the first character alphabetic"."""
-    return name if name[:1].isalpha() else "j" + name
 
 
 def parse_full(text: str) -> list[tuple[str, dict[str, str]]]:
@@ -119,6 +105,10 @@ def parse_full(text: str) -> list[tuple[str, dict[str, str]]]:
     return jobs
 
 
+def _ids(job_ids: Sequence[str]) -> list[str]:
+    return check_job_ids(job_ids, _JOB_ID, "Torque")
+
+
 class Torque(Scheduler):
     name = "torque"
     STATES = STATES
@@ -131,18 +121,18 @@ class Torque(Scheduler):
         for path in (stdout, stderr):
             if _BAD_OUTPUT_PATH.search(path):
                 raise ValueError(f"Torque would misread this output path (: or newline): {path!r}")
-        return ["qsub", "-N", torque_job_name(job_name), "-d", workdir,
+        return ["qsub", "-N", letter_first(job_name), "-d", workdir,
                 "-o", stdout, "-e", stderr, script]
 
     def parse_submit(self, out: CommandOutput) -> str:
         lines = [line.strip() for line in out.stdout.splitlines() if line.strip()]
         matches = [m for m in map(_SUBMIT.match, lines) if m]
         if out.exit_code != 0 or len(matches) != 1:
-            raise SchedulerError(f"qsub did not print one job id: {_raw(out)}")
+            raise SchedulerError(f"qsub did not print one job id: {raw_output(out)}")
         return matches[0].group("id")
 
     def status_argv(self, job_ids: Sequence[str]) -> list[str]:
-        return ["qstat", "-f", *_check_ids(job_ids)]
+        return ["qstat", "-f", *_ids(job_ids)]
 
     def parse_status(self, out: CommandOutput, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         wanted = [str(i) for i in job_ids]
@@ -150,11 +140,11 @@ class Torque(Scheduler):
         other_errors = [line for line in out.stderr.splitlines()
                         if line.strip() and not _UNKNOWN.search(line)]
         if out.exit_code != 0 and (other_errors or not unknown_lines):
-            raise SchedulerError(f"qstat -f failed: {_raw(out)}")
+            raise SchedulerError(f"qstat -f failed: {raw_output(out)}")
         try:
             jobs = parse_full(out.stdout)
         except SchedulerError as exc:
-            raise SchedulerError(f"{exc}: {_raw(out)}") from None
+            raise SchedulerError(f"{exc}: {raw_output(out)}") from None
         by_seq = {_seq(i): i for i in wanted}
         found: dict[str, JobStatus] = {}
         for printed_id, attrs in jobs:
@@ -162,7 +152,7 @@ class Torque(Scheduler):
             if job_id is None or job_id in found:
                 continue
             if "job_state" not in attrs:
-                raise SchedulerError(f"qstat -f record of {printed_id} has no job_state: {_raw(out)}")
+                raise SchedulerError(f"qstat -f record of {printed_id} has no job_state: {raw_output(out)}")
             found[job_id] = self._status(job_id, attrs)
         return {i: found.get(i) or JobStatus(i, Category.MISSING, "") for i in wanted}
 
@@ -191,7 +181,4 @@ class Torque(Scheduler):
 
     def cancel_argv(self, job_ids: Sequence[str]) -> list[str]:
         # qdel fails for ids already gone (Unknown Job Id) or completed (invalid state): fine here
-        script = ('out=$(qdel "$@" 2>&1); rc=$?; [ -n "$out" ] && printf "%s\\n" "$out"\n'
-                  f'[ $rc -eq 0 ] || ! printf "%s\\n" "$out" | grep -Evq "{_CANCEL_OK}" || exit $rc\n'
-                  'exit 0')
-        return ["sh", "-c", script, "sh", *_check_ids(job_ids)]
+        return qdel_argv(_ids(job_ids), _CANCEL_OK)
