@@ -1,6 +1,6 @@
 """State "Cancel Jobs": cancels the run's jobs still queued or running after a failure."""
 
-from handlers._service import service
+from stepcluster.runtime import service
 
 
 def handler(event, context):

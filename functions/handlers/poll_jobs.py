@@ -1,6 +1,6 @@
 """State "Poll Jobs": one polling round over every job in flight (one SSH connection)."""
 
-from handlers._service import service
+from stepcluster.runtime import service
 
 
 def handler(event, context):

@@ -1,6 +1,6 @@
 """State "Submit Jobs": stages and submits the next job, or every job in parallel mode."""
 
-from handlers._service import service
+from stepcluster.runtime import service
 
 
 def handler(event, context):

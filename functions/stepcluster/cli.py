@@ -41,7 +41,8 @@ def cmd_preprocess(args) -> int:
     from stepcluster import preprocess
 
     try:
-        result = preprocess.preprocess(args.config, plan_dir=args.plan_dir, samconfig=args.samconfig)
+        result = preprocess.preprocess(args.config, plan_dir=args.plan_dir, samconfig=args.samconfig,
+                                       backend=args.backend, cluster_config=args.cluster_config)
     except ConfigError as exc:
         _print_problems(exc)
         return EXIT_BAD_INPUT
@@ -57,7 +58,7 @@ def cmd_run_local(args) -> int:
     progress = (lambda line: print(line, file=sys.stderr)) if args.json else print
     try:
         report = run_local(args.config, args.cluster_name, scheduler=args.scheduler,
-                           progress=progress, timeout=args.timeout)
+                           backend=args.backend, progress=progress, timeout=args.timeout)
     except ConfigError as exc:
         _print_problems(exc)
         return EXIT_BAD_INPUT
@@ -93,12 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to write the plan (default: functions/plan in this checkout)")
     p.add_argument("--samconfig", type=Path, default=None,
                    help="samconfig.toml to update (default: the one in this checkout)")
+    p.add_argument("--backend", choices=["existing", "parallelcluster", "cfncluster"], default="existing",
+                   help="where the cluster comes from (default: an existing head node)")
+    p.add_argument("--cluster-config", type=Path, default=None,
+                   help="ParallelCluster 3 YAML, or the cfncluster INI `cfncluster configure` writes")
     p.set_defaults(func=cmd_preprocess)
 
     p = sub.add_parser("run-local", help="run the real definition here, on the local cluster")
     p.add_argument("config")
     p.add_argument("--cluster-name", required=True)
     p.add_argument("--scheduler", choices=["slurm", "sge"], default="slurm")
+    p.add_argument("--backend", choices=["existing", "cfncluster"], default="existing",
+                   help="existing: the local head node as it is; cfncluster: cfncluster's own code "
+                        "against moto, with a stand-in stack whose head node is the local one")
     p.add_argument("--json", action="store_true", help="print one JSON report on stdout")
     p.add_argument("--timeout", type=float, default=3600, help="give up after this many seconds")
     p.set_defaults(func=cmd_run_local)

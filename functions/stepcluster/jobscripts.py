@@ -47,6 +47,13 @@ def prepare_run_script(scheduler: str, probe_argv: Sequence[str], remote_root: s
             "mkdir -p \"$run/jobs\" && printf '@@run_dir %s\\n' \"$run\"\n")
 
 
+def find_run_script(remote_root: str, execution: str) -> str:
+    """Print `@@run_dir PATH` if the execution's run folder exists (nothing otherwise)."""
+    return (f"root={q(remote_root)}; case $root in /*) ;; *) root=\"$HOME/$root\";; esac\n"
+            f"run=\"$root\"/{q(execution)}\n"
+            "if [ -d \"$run\" ]; then printf '@@run_dir %s\\n' \"$run\"; fi\n")
+
+
 def wrapper_script(*, run_dir: str, name: str, handler: str, env: Mapping[str, str]) -> str:
     """The batch script for one job: runs the handler, records exit code and signal."""
     d = job_dir(run_dir, name)

@@ -54,6 +54,14 @@ class Plan:
     jobs: tuple[PlannedJob, ...]
     digest: str
     folder: Path | None = None      # where archives are read from
+    backend: str = "existing"       # the cluster backend the plan was prepared for
+    cluster_config: str | None = None  # its cluster configuration file, relative to folder
+
+    def cluster_config_path(self) -> Path:
+        if self.folder is None or self.cluster_config is None:
+            raise PlanError(f"the deployed plan has no cluster configuration for backend {self.backend!r}: "
+                            "run `stepcluster preprocess JOBS --backend ... --cluster-config FILE`")
+        return self.folder / self.cluster_config
 
     @property
     def names(self) -> list[str]:
@@ -76,16 +84,19 @@ class Plan:
 
     def to_dict(self) -> dict:
         return {"format": PLAN_FORMAT, "order": self.order, "digest": self.digest,
+                "backend": self.backend, "cluster_config": self.cluster_config,
                 "jobs": [job.to_dict() for job in self.jobs]}
 
 
-def _digest(order: str, jobs: list[PlannedJob]) -> str:
-    canonical = json.dumps({"order": order, "jobs": [j.to_dict() for j in jobs]},
+def _digest(order: str, jobs: list[PlannedJob], backend: str, cluster_config: str | None) -> str:
+    canonical = json.dumps({"order": order, "jobs": [j.to_dict() for j in jobs],
+                            "backend": backend, "cluster_config": cluster_config},
                            sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
-def build_plan(config: JobsConfig, folder: Path) -> Plan:
+def build_plan(config: JobsConfig, folder: Path, *, backend: str = "existing",
+               cluster_config: Path | None = None) -> Plan:
     """Compile `config` into `folder` (plan.json + payloads/); return the plan.
 
     local_path jobs are packed into content-addressed archives, so an unchanged job keeps its
@@ -111,14 +122,21 @@ def build_plan(config: JobsConfig, folder: Path) -> Plan:
         jobs.append(PlannedJob(spec.name, spec.handler, spec.wait_time, archive=name))
     if problems:
         raise ConfigError(problems)
-    plan = Plan(config.order, tuple(jobs), _digest(config.order, jobs), folder)
+    config_name = None
+    if cluster_config is not None:
+        # Content-addressed like the payloads: the digest changes with the cluster config.
+        data = Path(cluster_config).read_bytes()
+        config_name = f"{PAYLOAD_DIR}/cluster-{hashlib.sha256(data).hexdigest()[:32]}{Path(cluster_config).suffix}"
+        (folder / config_name).write_bytes(data)
+    plan = Plan(config.order, tuple(jobs), _digest(config.order, jobs, backend, config_name), folder,
+                backend, config_name)
     (folder / PLAN_FILE).write_text(json.dumps(plan.to_dict(), indent=1) + "\n")
-    _remove_stale_payloads(folder, {j.archive for j in jobs if j.archive})
+    _remove_stale_payloads(folder, {j.archive for j in jobs if j.archive} | {config_name})
     return plan
 
 
 def _remove_stale_payloads(folder: Path, keep: set[str]) -> None:
-    for path in (folder / PAYLOAD_DIR).glob("*.tar.gz"):
+    for path in (folder / PAYLOAD_DIR).iterdir():
         if f"{PAYLOAD_DIR}/{path.name}" not in keep:
             path.unlink()
 
@@ -138,7 +156,8 @@ def load_plan(folder: Path | str | None = None) -> Plan:
         raise PlanError(f"jobs plan {path} has format {raw.get('format')!r}, expected {PLAN_FORMAT}")
     jobs = tuple(PlannedJob(j["name"], j["handler"], int(j["wait_time"]),
                             s3_uri=j.get("s3_uri"), archive=j.get("archive")) for j in raw["jobs"])
-    return Plan(raw["order"], jobs, raw["digest"], folder)
+    return Plan(raw["order"], jobs, raw["digest"], folder, raw.get("backend", "existing"),
+                raw.get("cluster_config"))
 
 
 def pack_local_path(path: Path, handler: str) -> bytes:

@@ -70,14 +70,45 @@ def source_arns(plan: Plan) -> tuple[list[str], list[str]]:
     return [f"arn:aws:s3:::{b}" for b in sorted(prefixes)], objects
 
 
-def preprocess(config_path, *, plan_dir=None, samconfig=None) -> PreprocessResult:
-    config = load_jobs_config(config_path)
+def check_cluster_config(backend: str, cluster_config) -> list[Problem]:
+    """The backend's cluster configuration, checked before anything is deployed."""
+    if backend == "existing":
+        if cluster_config:
+            return [Problem(str(cluster_config), None, None, None,
+                            "an existing head node takes no cluster configuration (its settings are "
+                            "template parameters): leave out --cluster-config")]
+        return []
+    if not cluster_config:
+        return [Problem("--cluster-config", None, None, None,
+                        f"backend {backend} needs its cluster configuration file")]
+    if not Path(cluster_config).is_file():
+        return [Problem(str(cluster_config), None, None, None, "no such file")]
+    if backend == "parallelcluster":
+        from stepcluster.clusters.parallelcluster_config import check_parallelcluster_config
+        return check_parallelcluster_config(cluster_config)
+    from stepcluster.clusters.cfncluster_config import check_cfncluster_config
+    return check_cfncluster_config(cluster_config)
+
+
+def preprocess(config_path, *, plan_dir=None, samconfig=None, backend: str = "existing",
+               cluster_config=None) -> PreprocessResult:
+    """Validate the jobs config (and the cluster configuration), write the plan and samconfig."""
+    problems = []
+    try:
+        config = load_jobs_config(config_path)
+    except ConfigError as exc:
+        problems += exc.problems
+        config = None
+    problems += [p for p in check_cluster_config(backend, cluster_config) if p.severity == "error"]
+    if problems:
+        raise ConfigError(problems)
     plan_dir = Path(plan_dir or BUNDLED_PLAN_DIR)
     samconfig = Path(samconfig or CHECKOUT / "samconfig.toml")
-    plan = build_plan(config, plan_dir)
+    plan = build_plan(config, plan_dir, backend=backend,
+                      cluster_config=Path(cluster_config) if cluster_config else None)
     buckets, objects = source_arns(plan)
-    overrides = {"JobsPlanDigest": plan.digest, "JobSourceBucketArns": ",".join(buckets),
-                 "JobSourceObjectArns": ",".join(objects)}
+    overrides = {"ClusterBackend": backend, "JobsPlanDigest": plan.digest,
+                 "JobSourceBucketArns": ",".join(buckets), "JobSourceObjectArns": ",".join(objects)}
     too_long = [Problem(str(config_path), None, None, None,
                         f"the S3 sources need a {key} parameter of {len(value.encode())} bytes, over "
                         f"CloudFormation's {MAX_PARAMETER_BYTES}: put the jobs' files under fewer "

@@ -9,6 +9,11 @@ The run record (`$.run` in the state machine) is small and flat enough to read i
 
 Job states: NOT_STARTED PENDING RUNNING SUCCEEDED FAILED CANCELLED.
 Phases the definition branches on: READY RUNNING NEXT SUCCEEDED FAILED.
+
+Two kinds of task: the cluster's lifecycle (create, status, delete, deletion status: AWS APIs
+and the cluster tools, no SSH) and the head node's work (prepare, submit, poll, cancel,
+release: SSH only). paramiko is imported only by the latter, so the ParallelCluster function,
+which runs on another Python with its own layer, never needs it.
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ from typing import Callable
 
 from stepcluster import jobscripts, secrets, staging
 from stepcluster.clusters import ClusterBackend, get_backend
+from stepcluster.clusters.base import RunContext, SshKey
 from stepcluster.errors import InputError, PlanError, SchedulerError, StagingError
+from stepcluster.keys import RunKeys
 from stepcluster.plan import Plan, load_plan
-from stepcluster.remote.ssh import HeadNodeConnection
 from stepcluster.schedulers import Category, CommandOutput, JobStatus, Scheduler, get_scheduler
 from stepcluster.settings import Settings
 
@@ -53,11 +59,12 @@ class RunService:
     def __init__(self, settings: Settings, *, plan: Plan | None = None,
                  backend: ClusterBackend | None = None,
                  private_key: Callable[[str], str] = secrets.private_key,
-                 s3_client=None):
+                 keys: RunKeys | None = None, s3_client=None):
         self.settings = settings
         self._plan = plan
-        self.backend = backend or get_backend(settings)
+        self._backend = backend
         self._private_key = private_key
+        self.keys = keys or RunKeys(prefix=settings.resource_prefix)
         self._s3 = s3_client
 
     # -- wiring -------------------------------------------------------------------------
@@ -67,44 +74,123 @@ class RunService:
             self._plan = load_plan()
         return self._plan
 
-    def connect(self, run: dict) -> HeadNodeConnection:
+    @property
+    def backend(self) -> ClusterBackend:
+        if self._backend is None:
+            self._backend = get_backend(self.settings, self.plan)
+        return self._backend
+
+    def connect(self, run: dict):
+        from stepcluster.remote.ssh import HeadNodeConnection  # paramiko: head-node tasks only
+
         node = self.backend.head_node(run["cluster"])
-        return HeadNodeConnection(node.host, node.port, node.user,
-                                  self._private_key(self.settings.ssh_key_secret_id), node.host_key)
+        secret = run["cluster"].get("key", {}).get("secret_arn") or self.settings.ssh_key_secret_id
+        return HeadNodeConnection(node.host, node.port, node.user, self._private_key(secret),
+                                  node.host_key)
 
     def scheduler(self, run: dict) -> Scheduler:
         return get_scheduler(run["cluster"]["head_node"]["scheduler"])
 
-    # -- Create Cluster / Check Cluster Status -----------------------------------------
+    # -- the cluster's lifecycle (no SSH) ------------------------------------------------
     def create_cluster(self, run: dict) -> dict:
-        """Check the input and the plan, then create the cluster (READY or CREATING)."""
+        """Check the input and the plan, make the run's key, start creating the cluster."""
         user_input = run.get("input")
         if not isinstance(user_input, dict) or "cluster_name" not in user_input:
             raise InputError('execution input must be a JSON object like {"cluster_name": "my-cluster"}; '
                              f"got {user_input!r}")
-        cluster_name = self.backend.check_name(user_input["cluster_name"])
+        keep = user_input.get("keep_cluster", False)
+        if not isinstance(keep, bool):
+            raise InputError(f"keep_cluster must be true or false, got {keep!r}")
         plan = self.plan
         if run.get("plan_digest") != plan.digest:
             raise PlanError(
                 f"the state machine was deployed with jobs plan {run.get('plan_digest')!r} but the "
                 f"functions hold plan {plan.digest!r}: run `stepcluster preprocess` and deploy again")
+        if plan.backend != self.settings.backend:
+            raise PlanError(f"the plan was prepared for backend {plan.backend!r} but the deployment "
+                            f"uses {self.settings.backend!r}: run `stepcluster preprocess` with --backend "
+                            f"{self.settings.backend}")
+        ctx = RunContext(run["execution"], run.get("execution_arn") or run["execution"],
+                         self.backend.check_name(user_input["cluster_name"]))
+        key = self._run_key(ctx)
+        try:
+            cluster = self.backend.create(ctx, key)
+        except Exception:
+            # InputError ("name in use") skips the teardown states: leave no key behind.
+            if key.owned:
+                self.keys.delete(ctx.execution)
+            raise
+        if self.backend.creates_clusters:
+            cluster["key"] = {"key_name": key.key_name, "secret_arn": key.secret_arn, "owned": key.owned}
         new = {
-            "execution": run["execution"], "cluster_name": cluster_name,
-            "plan_digest": plan.digest, "order": plan.order,
-            "cluster": self.backend.create(cluster_name, run["execution"]),
+            "execution": ctx.execution, "execution_arn": ctx.execution_arn,
+            "cluster_name": ctx.cluster_name, "keep_cluster": keep,
+            "plan_digest": plan.digest, "order": plan.order, "cluster": cluster,
             "jobs": {job.name: _new_job() for job in plan.jobs},
             "next": 0, "phase": "READY", "wait_seconds": min(j.wait_time for j in plan.jobs),
         }
-        log.info("cluster %s: %s", cluster_name, new["cluster"]["status"])
-        return self._when_ready(new)
+        log.info("cluster %s: %s", ctx.cluster_name, cluster["status"])
+        return new
+
+    def _run_key(self, ctx: RunContext) -> SshKey:
+        s = self.settings
+        if not self.backend.creates_clusters or s.ssh_key_name:
+            return SshKey(s.ssh_key_name, s.ssh_key_secret_id, owned=False)
+        return self.keys.create(ctx)
 
     def cluster_status(self, run: dict) -> dict:
-        return self._when_ready({**run, "cluster": self.backend.status(run["cluster"])})
+        return {**run, "cluster": self.backend.status(run["cluster"])}
 
-    def _when_ready(self, run: dict) -> dict:
-        """Once the cluster is READY: check the scheduler answers, make the run's folder."""
+    def delete_cluster(self, run: dict) -> dict:
+        """Delete the cluster (unless keep_cluster on success); a missing cluster is done."""
+        cluster = run.get("cluster")
+        if not cluster:                      # creation never started: nothing to delete
+            return {**run, "cluster": {"status": "DELETED"}}
+        if run.get("keep_cluster") and run.get("phase") == "SUCCEEDED" and "failure" not in run:
+            return {**run, "cluster": {**cluster, "status": "KEPT"}}
+        return self._after_deletion({**run, "cluster": self.backend.delete(cluster)})
+
+    def deletion_status(self, run: dict) -> dict:
+        return self._after_deletion({**run, "cluster": self.backend.deletion_status(run["cluster"])})
+
+    def _after_deletion(self, run: dict) -> dict:
+        """Once the cluster is gone, its key goes too (only a key made for this run)."""
         cluster = run["cluster"]
-        if cluster["status"] != "READY" or cluster.get("run_dir"):
+        if cluster["status"] == "DELETED" and cluster.get("key", {}).get("owned"):
+            self.keys.delete(run["execution"])
+            cluster = {**cluster, "key": {**cluster["key"], "deleted": True}}
+        return {**run, "cluster": cluster}
+
+    def cleanup_execution(self, execution_arn: str) -> dict:
+        """After an abort or timeout: delete what is tagged with the execution. Idempotent."""
+        execution = execution_arn.rsplit(":", 1)[-1]
+        deleted = []
+        if self.backend.creates_clusters:
+            for cluster in self.backend.find_clusters(execution_arn):
+                result = self.backend.delete(cluster)
+                deleted.append({"name": cluster.get("name"), "status": result["status"]})
+            self.keys.delete(execution)
+            return {"execution": execution_arn, "clusters": deleted}
+        # An existing head node stays; the run's jobs and folder on it do not.
+        return {"execution": execution_arn, "clusters": deleted,
+                "released": self._release_existing(execution)}
+
+    def _release_existing(self, execution: str) -> str | None:
+        node = self.backend.head_node({})
+        run = {"execution": execution, "cluster": {"status": "READY", "head_node": {"scheduler": node.scheduler}}}
+        with self.connect(run) as ssh:
+            found = ssh.run_script(jobscripts.find_run_script(self.settings.remote_root, execution))
+            run_dir = next((" ".join(r.fields) for r in jobscripts.parse_records(found.stdout)
+                            if r.tag == "run_dir"), None)
+        if run_dir is not None:
+            self.release_head_node({**run, "cluster": {**run["cluster"], "run_dir": run_dir}})
+        return run_dir
+
+    # -- the head node's work (SSH) ------------------------------------------------------
+    def prepare_head_node(self, run: dict) -> dict:
+        """Check the scheduler answers; make the run's folder."""
+        cluster = run["cluster"]
+        if cluster.get("run_dir"):
             return run
         scheduler = self.scheduler(run)
         script = jobscripts.prepare_run_script(scheduler.name, scheduler.probe_argv(),
@@ -293,7 +379,7 @@ class RunService:
     def cancel_jobs(self, run: dict) -> dict:
         """Cancel every job of the run still queued or running (known to the payload or not)."""
         run = _copy(run)
-        if not run.get("cluster", {}).get("run_dir"):
+        if not run.get("cluster", {}).get("run_dir") or run["cluster"].get("status") != "READY":
             return run
         with self.connect(run) as ssh:
             cancelled = self._cancel_leftovers(ssh, run)
@@ -303,17 +389,15 @@ class RunService:
                 _set(job, state="CANCELLED", ended=now)
         return run
 
-    def delete_cluster(self, run: dict) -> dict:
-        """Release the cluster: cancel leftovers, remove the run folder, delete the cluster."""
+    def release_head_node(self, run: dict) -> dict:
+        """Leave the head node as the run found it: cancel leftovers, remove the run folder."""
         run = _copy(run)
-        cluster = run.get("cluster")
-        if not cluster:          # the cluster was never created: nothing to delete
-            return run
-        if cluster.get("run_dir"):
+        cluster = run.get("cluster") or {}
+        if cluster.get("run_dir") and cluster.get("status") == "READY":
             with self.connect(run) as ssh:
                 self._cancel_leftovers(ssh, run)
                 ssh.run(["rm", "-rf", "--", cluster["run_dir"]])
-        run["cluster"] = self.backend.delete(cluster)
+            run["cluster"] = {**cluster, "run_dir_removed": True}
         return run
 
     def _cancel_leftovers(self, ssh, run: dict) -> list[str]:

@@ -3,65 +3,75 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Mapping
 
-from stepcluster.errors import ConfigError
 from stepcluster.config import Problem
+from stepcluster.errors import ConfigError
 
-BACKENDS = ("existing",)
+BACKENDS = ("existing", "parallelcluster", "cfncluster")
 SCHEDULERS = ("slurm", "sge", "torque")
 
 
 @dataclass(frozen=True)
 class Settings:
-    backend: str
-    scheduler: str
-    head_node_host: str
-    head_node_port: int
-    head_node_user: str
-    head_node_host_key: str
-    ssh_key_secret_id: str
+    backend: str = "existing"
+    # existing head node (backend "existing"); for created clusters these come from the backend
+    scheduler: str | None = None
+    head_node_host: str | None = None
+    head_node_port: int = 22
+    head_node_user: str | None = None
+    head_node_host_key: str | None = None
+    # SSH key: for "existing", the secret holding its private key; for created clusters, empty
+    # (a key pair is made per execution) or a key pair the user names with its secret
+    ssh_key_secret_id: str | None = None
+    ssh_key_name: str | None = None
     remote_root: str = "stepcluster-runs"
     cluster_poll_seconds: int = 30
+    create_timeout_seconds: int = 3600
+    use_public_address: bool = False
+    region: str | None = None
+    resource_prefix: str = "stepcluster"  # names of per-run keys and secrets (IAM scopes to it)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         """Read STEPCLUSTER_* variables; every missing or bad one is named in one error."""
         env = os.environ if env is None else env
-        problems = []
-
-        def get(name, default=None, choices=None, integer=False):
-            var = f"STEPCLUSTER_{name}"
-            value = (env.get(var) or "").strip() or default
-            if value is None:
-                problems.append(Problem("environment", None, None, var, "is not set"))
-                return None
-            if choices and value not in choices:
-                problems.append(Problem("environment", None, None, var,
-                                        f"must be one of {', '.join(choices)}, got {value!r}"))
-            if integer:
+        problems, values = [], {}
+        for field in fields(cls):
+            var = f"STEPCLUSTER_{field.name.upper()}"
+            raw = (env.get(var) or "").strip()
+            if not raw:
+                continue
+            if field.type == "int":
                 try:
-                    return int(value)
+                    values[field.name] = int(raw)
                 except ValueError:
-                    problems.append(Problem("environment", None, None, var,
-                                            f"must be an integer, got {value!r}"))
-            return value
+                    problems.append(Problem("environment", None, None, var, f"must be an integer, got {raw!r}"))
+            elif field.type == "bool":
+                values[field.name] = raw.lower() in ("1", "true", "yes")
+            else:
+                values[field.name] = raw
+        values.setdefault("region", env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"))
 
-        values = dict(
-            backend=get("BACKEND", "existing", BACKENDS),
-            scheduler=get("SCHEDULER", None, SCHEDULERS),
-            head_node_host=get("HEAD_NODE_HOST"),
-            head_node_port=get("HEAD_NODE_PORT", "22", integer=True),
-            head_node_user=get("HEAD_NODE_USER"),
-            head_node_host_key=get("HEAD_NODE_HOST_KEY"),
-            ssh_key_secret_id=get("SSH_KEY_SECRET_ID"),
-            remote_root=get("REMOTE_ROOT", "stepcluster-runs"),
-            cluster_poll_seconds=get("CLUSTER_POLL_SECONDS", "30", integer=True),
-        )
+        def need(name, why):
+            if not values.get(name):
+                problems.append(Problem("environment", None, None, f"STEPCLUSTER_{name.upper()}", why))
+
+        backend = values.get("backend", "existing")
+        if backend not in BACKENDS:
+            problems.append(Problem("environment", None, None, "STEPCLUSTER_BACKEND",
+                                    f"must be one of {', '.join(BACKENDS)}, got {backend!r}"))
+        if backend == "existing":
+            for name in ("scheduler", "head_node_host", "head_node_user", "head_node_host_key",
+                         "ssh_key_secret_id"):
+                need(name, "is not set (required for an existing head node)")
+        if values.get("scheduler") and values["scheduler"] not in SCHEDULERS:
+            problems.append(Problem("environment", None, None, "STEPCLUSTER_SCHEDULER",
+                                    f"must be one of {', '.join(SCHEDULERS)}, got {values['scheduler']!r}"))
+        if bool(values.get("ssh_key_name")) != bool(values.get("ssh_key_secret_id")) and backend != "existing":
+            problems.append(Problem("environment", None, None, "STEPCLUSTER_SSH_KEY_NAME",
+                                    "a key pair name and the secret holding its private key go together"))
         if problems:
             raise ConfigError(problems)
         return cls(**values)
-
-    def to_env(self) -> dict[str, str]:
-        return {f"STEPCLUSTER_{k.upper()}": str(v) for k, v in self.__dict__.items()}

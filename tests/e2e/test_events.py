@@ -1,7 +1,8 @@
-"""Every handler, invoked with its file in events/ (what `sam local invoke -e` would send),
+"""Every handler, invoked with its files in events/ (what `sam local invoke -e` would send),
 against the local cluster, in the order a run calls them."""
 
 import json
+import os
 from pathlib import Path
 
 import boto3
@@ -28,33 +29,34 @@ def lambda_environment(local_cluster, tmp_path):
     """The environment the template gives the functions, with the example plan deployed."""
     plan = build_plan(load_jobs_config(ROOT / "examples" / "jobs.ini"), tmp_path)
     with local_environment(str(tmp_path), local_cluster, "slurm", {}), mock_aws():
-        import os
         secret = boto3.client("secretsmanager").create_secret(
             Name="head-node-key", SecretString=local_cluster.private_key)
         os.environ["STEPCLUSTER_SSH_KEY_SECRET_ID"] = secret["ARN"]
         yield plan
 
 
-def test_there_is_an_event_for_every_function():
+def test_there_is_an_event_for_every_handler():
     handlers = {p.stem for p in (ROOT / "functions" / "handlers").glob("*.py") if not p.stem.startswith("_")}
-    assert handlers == {p.stem for p in EVENTS.glob("*.json")}
+    covered = {h for h in handlers if any(EVENTS.glob(f"{h}*.json"))}
+    assert covered == handlers
 
 
 def test_the_create_event_names_the_example_plan(lambda_environment):
-    assert event("create_cluster")["plan_digest"] == lambda_environment.digest
+    assert event("cluster_create")["run"]["plan_digest"] == lambda_environment.digest
 
 
 def test_every_handler_runs_with_its_event(lambda_environment, head_node):
-    from handlers import (cancel_jobs, cluster_status, create_cluster, delete_cluster, poll_jobs,
+    from handlers import (cancel_jobs, cluster, poll_jobs, prepare_head_node, release_head_node,
                           submit_jobs)
 
-    created = create_cluster.handler(event("create_cluster"), None)
+    created = cluster.handler(event("cluster_create"), None)
     assert created["cluster"]["status"] == "READY"
-    run_dir = created["cluster"]["run_dir"]
+    assert cluster.handler(event("cluster_status"), None)["cluster"]["status"] == "READY"
+
+    prepared = prepare_head_node.handler(event("prepare_head_node"), None)
+    run_dir = prepared["cluster"]["run_dir"]
     assert run_dir == event("submit_jobs")["cluster"]["run_dir"]
     assert remote_exists(head_node, run_dir)
-
-    assert cluster_status.handler(event("cluster_status"), None)["cluster"]["run_dir"] == run_dir
 
     submitted = submit_jobs.handler(event("submit_jobs"), None)
     assert submitted["phase"] == "RUNNING"
@@ -69,6 +71,12 @@ def test_every_handler_runs_with_its_event(lambda_environment, head_node):
     assert cancelled["jobs"]["simulate"]["state"] == "CANCELLED"
     assert cancelled["jobs"]["report"]["state"] == "NOT_STARTED"
 
-    deleted = delete_cluster.handler(event("delete_cluster"), None)
-    assert deleted["cluster"]["status"] == "RELEASED"
+    released = release_head_node.handler(event("release_head_node"), None)
+    assert released["cluster"]["run_dir_removed"] is True
     assert not remote_exists(head_node, run_dir)
+
+    assert cluster.handler(event("cluster_delete"), None)["cluster"]["status"] == "RELEASED"
+    assert cluster.handler(event("cluster_deletion_status"), None)["cluster"]["status"] == "RELEASED"
+    # An existing head node is never deleted; this run's folder is already gone.
+    assert cluster.handler(event("cluster_cleanup"), None) == {
+        "execution": event("cluster_cleanup")["detail"]["executionArn"], "clusters": [], "released": None}

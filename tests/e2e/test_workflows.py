@@ -52,7 +52,8 @@ def test_sequential_jobs_run_in_order_and_the_run_folder_is_removed(
     assert jobs["first"]["ended"] <= jobs["second"]["started"]
     assert jobs["second"]["ended"] <= jobs["third"]["started"]
     assert report.invocations["SubmitJobsFunction"] == 3
-    assert report.invocations["DeleteClusterFunction"] == 1
+    assert report.invocations["ReleaseHeadNodeFunction"] == 1
+    assert report.invocations["ClusterFunction"] == 2  # create, delete
     assert not remote_exists(head_node, run_dir_of(report))
     assert report.output["cluster"]["status"] == "RELEASED"
 
@@ -68,9 +69,10 @@ def test_parallel_jobs_are_submitted_together_and_polled_together(
     assert report.invocations["SubmitJobsFunction"] == 1  # all four in one submission
     polls = report.invocations["PollJobsFunction"]
     # Each polling round: one Lambda call and one SSH connection, however many jobs.
-    # Beside the polls, one connection each to create (check the head node), submit, delete.
+    # Beside the polls, one connection each to prepare the head node, submit, release it;
+    # two more Lambda calls (create and delete the cluster) use no SSH.
     assert report.counts["ssh_connections"] == polls + 3
-    assert report.counts["lambda_invocations"] == polls + 3
+    assert report.counts["lambda_invocations"] == polls + 5
     # Everything overlapped: every job started before any ended.
     assert max(j["started"] for j in report.jobs) <= min(j["ended"] for j in report.jobs)
 
@@ -95,7 +97,7 @@ def test_a_failing_sequential_job_stops_the_run_and_names_itself(
     assert "'bad'" in report.cause and jobs["bad"]["job_id"] in report.cause
     assert "exit code 3" in report.cause and "cannot open input.dat" in report.cause
     assert report.invocations["SubmitJobsFunction"] == 2
-    assert report.invocations["DeleteClusterFunction"] == 1
+    assert report.invocations["ReleaseHeadNodeFunction"] == 1
     assert not remote_exists(head_node, run_dir_of(report))
 
 
@@ -119,7 +121,7 @@ def test_a_failing_parallel_job_cancels_the_others_on_the_scheduler(
                     if s.category in (Category.QUEUED, Category.RUNNING)]
     assert not still_active, still_active
     assert report.invocations["CancelJobsFunction"] == 1
-    assert report.invocations["DeleteClusterFunction"] == 1
+    assert report.invocations["ReleaseHeadNodeFunction"] == 1
 
 
 def test_each_job_is_polled_at_its_wait_time_the_smallest_while_several_run(
@@ -149,7 +151,7 @@ def test_a_bad_cluster_name_fails_fast_and_touches_nothing(execution_input, loca
     assert report.error == "InputError"
     assert "cluster_name" in report.cause
     assert report.counts["ssh_connections"] == 0
-    assert set(report.invocations) == {"CreateClusterFunction"}
+    assert report.invocations == {"ClusterFunction": 1}
 
 
 def test_a_lambda_error_mid_run_still_cancels_and_tears_down(local_cluster, write_config, head_node):
@@ -167,7 +169,8 @@ def test_a_lambda_error_mid_run_still_cancels_and_tears_down(local_cluster, writ
     assert report.error == "RuntimeError"
     assert "simulated crash" in report.cause
     assert jobs_by_name(report)["busy"]["state"] == "CANCELLED"
-    assert report.invocations["DeleteClusterFunction"] == 1
+    assert report.invocations["ReleaseHeadNodeFunction"] == 1
+    assert report.invocations["ClusterFunction"] == 2
     assert not remote_exists(head_node, run_dir_of(report))
 
 
@@ -234,7 +237,7 @@ def test_a_head_node_with_another_host_key_is_refused(local_cluster, write_confi
     assert report.status == "FAILED"
     assert report.error == "HostKeyError"
     assert "refusing to connect" in report.cause
-    assert report.invocations["CreateClusterFunction"] == 1  # never retried
+    assert report.invocations["PrepareHeadNodeFunction"] == 1  # never retried
     assert "SubmitJobsFunction" not in report.invocations
 
 
@@ -245,4 +248,37 @@ def test_a_head_node_without_the_scheduler_fails_before_any_job(local_cluster, w
     assert report.status == "FAILED"
     assert "torque does not answer on this head node" in report.cause
     assert "SubmitJobsFunction" not in report.invocations
-    assert report.invocations["DeleteClusterFunction"] == 1
+    assert report.invocations["ClusterFunction"] == 2  # created, then deleted
+
+
+def test_an_aborted_run_on_an_existing_head_node_is_released_by_the_cleanup(
+        local_cluster, write_config, head_node):
+    """Abort skips the teardown states; the EventBridge cleanup cancels the run's jobs and
+    removes its folder (the head node itself stays)."""
+    import boto3
+    from pathlib import Path
+
+    from handlers import cluster
+
+    config = write_config("parallel", {"long": "sleep 120"})
+
+    def abort(endpoint):
+        def fault(name, event):
+            if name == "PollJobsFunction":
+                boto3.client("stepfunctions").stop_execution(executionArn=event["execution_arn"])
+        endpoint.fault = fault
+
+    seen = {}
+
+    def cleanup(report):
+        seen["job_id"] = report.jobs[0]["job_id"]
+        event = json.loads((Path(__file__).parents[2] / "events" / "cluster_cleanup.json").read_text())
+        event["detail"]["executionArn"] = report.execution_arn
+        seen["result"] = cluster.handler(event, None)
+
+    report = run_local(config, "abort", cluster=local_cluster, on_start=abort, on_finish=cleanup)
+    assert report.status == "ABORTED"
+    assert seen["result"]["released"] == run_dir_of(report)
+    assert not remote_exists(head_node, run_dir_of(report))
+    status = scheduler_view(head_node, "slurm", [seen["job_id"]])[seen["job_id"]]
+    assert status.category not in (Category.QUEUED, Category.RUNNING)

@@ -95,7 +95,7 @@ def world(tmp_path, monkeypatch):
         svc.scheduler = lambda run: scheduler
         run = svc.create_cluster({"input": {"cluster_name": "c1"}, "execution": "exec-1",
                                   "plan_digest": plan.digest})
-        return svc, scheduler, run
+        return svc, scheduler, svc.prepare_head_node(run)
 
     return make
 
@@ -234,12 +234,20 @@ def test_cancel_finds_jobs_the_payload_does_not_know(world):
     assert submitted["phase"] == "RUNNING"
 
 
-def test_delete_removes_the_run_folder_and_is_idempotent(world):
+def test_release_removes_the_run_folder_and_is_idempotent(world):
     svc, scheduler, run = world()
     run = svc.submit_jobs(run)
     finish(run, "a", 0)
-    deleted = svc.delete_cluster(run)
+    released = svc.release_head_node(run)
     assert not Path(run["cluster"]["run_dir"]).exists()
-    assert deleted["cluster"]["status"] == "RELEASED"
-    assert svc.delete_cluster(run)["cluster"]["status"] == "RELEASED"
+    assert released["cluster"]["run_dir_removed"] is True
+    assert svc.release_head_node(run)["cluster"]["run_dir_removed"] is True
     assert not scheduler.cancelled.exists()   # a finished job is not a leftover
+    assert svc.delete_cluster(released)["cluster"]["status"] == "RELEASED"
+
+
+def test_keep_cluster_must_be_a_boolean(world):
+    svc, _, _ = world()
+    with pytest.raises(InputError, match="keep_cluster"):
+        svc.create_cluster({"input": {"cluster_name": "c1", "keep_cluster": "yes"}, "execution": "e",
+                            "plan_digest": svc.plan.digest})

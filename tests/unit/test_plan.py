@@ -153,3 +153,51 @@ def test_cli_validate_exit_codes(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "bad.ini:2: [order] sequential" in err and "Traceback" not in err
     assert cli.main(["validate", str(tmp_path / "missing.ini")]) == 2
+
+
+def test_preprocess_checks_the_parallelcluster_config_and_bundles_it(tmp_path):
+    from pathlib import Path
+    example = Path(__file__).resolve().parents[2] / "examples" / "parallelcluster.yaml"
+    config = write_config(tmp_path)
+    result = preprocess(config, plan_dir=tmp_path / "plan", samconfig=tmp_path / "s.toml",
+                        backend="parallelcluster", cluster_config=example)
+    assert result.overrides["ClusterBackend"] == "parallelcluster"
+    plan = load_plan(tmp_path / "plan")
+    assert plan.backend == "parallelcluster"
+    assert plan.cluster_config_path().read_bytes() == example.read_bytes()
+    again = preprocess(config, plan_dir=tmp_path / "plan2", samconfig=tmp_path / "s.toml")
+    assert again.plan.digest != result.plan.digest   # the cluster config is part of the plan
+
+
+def test_preprocess_refuses_a_broken_parallelcluster_config(tmp_path):
+    (tmp_path / "cluster.yaml").write_text("Region: us-east-1\nImage:\n  Os: alinux2023\n"
+                                           "Scheduling:\n  Scheduler: sge\n")
+    with pytest.raises(ConfigError) as caught:
+        preprocess(write_config(tmp_path), plan_dir=tmp_path / "plan", samconfig=tmp_path / "s.toml",
+                   backend="parallelcluster", cluster_config=tmp_path / "cluster.yaml")
+    text = str(caught.value)
+    assert "HeadNode" in text and "slurm" in text
+    assert not (tmp_path / "plan").exists()          # nothing written
+
+
+def test_preprocess_refuses_credentials_in_a_cfncluster_config(tmp_path):
+    (tmp_path / "cfn.config").write_text(
+        "[global]\ncluster_template = default\nupdate_check = false\n\n[aws]\naws_region_name = us-east-1\n"
+        "aws_access_key_id = AKIAABCDEFGHIJKLMNOP\naws_secret_access_key = abc\n\n"
+        "[cluster default]\nkey_name = k\nvpc_settings = public\n\n"
+        "[vpc public]\nvpc_id = vpc-12345678\nmaster_subnet_id = subnet-12345678\n")
+    with pytest.raises(ConfigError) as caught:
+        preprocess(write_config(tmp_path), plan_dir=tmp_path / "plan", samconfig=tmp_path / "s.toml",
+                   backend="cfncluster", cluster_config=tmp_path / "cfn.config")
+    text = str(caught.value)
+    assert "aws_access_key_id" in text and "IAM role" in text
+
+
+def test_preprocess_needs_a_cluster_config_for_created_clusters_only(tmp_path):
+    with pytest.raises(ConfigError, match="needs its cluster configuration"):
+        preprocess(write_config(tmp_path), plan_dir=tmp_path / "p", samconfig=tmp_path / "s.toml",
+                   backend="cfncluster")
+    (tmp_path / "x.yaml").write_text("x: 1\n")
+    with pytest.raises(ConfigError, match="takes no cluster configuration"):
+        preprocess(write_config(tmp_path), plan_dir=tmp_path / "p", samconfig=tmp_path / "s.toml",
+                   cluster_config=tmp_path / "x.yaml")

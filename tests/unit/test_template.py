@@ -1,12 +1,14 @@
 """template.yaml and samconfig.toml: they agree with the definition, the code and each other.
 
-The last tests run `sam validate --lint` and `sam build` (about 10 s together) with the
-environment the Makefile gives them: dummy credentials, a region, the venv's bin first on PATH.
+The last tests run `sam validate --lint` and two `sam build`s (default parameters, and
+ClusterBackend=parallelcluster) in parallel, about 20 s together, with the environment the
+Makefile gives them: dummy credentials, a region, the venv's bin first on PATH.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import os
 import re
@@ -25,32 +27,53 @@ DEFINITION = ROOT / "statemachine" / "definition.asl.json"
 SAMCONFIG = ROOT / "samconfig.toml"
 VENV_BIN = Path(sys.executable).parent
 
-FUNCTIONS = {  # logical id -> handler module
-    "CreateClusterFunction": "create_cluster",
-    "ClusterStatusFunction": "cluster_status",
+# The python3.11 functions sharing functions/ (logical id -> handler module).
+SHARED_CODE_FUNCTIONS = {
+    "ClusterFunction": "cluster",
+    "PrepareHeadNodeFunction": "prepare_head_node",
     "SubmitJobsFunction": "submit_jobs",
     "PollJobsFunction": "poll_jobs",
     "CancelJobsFunction": "cancel_jobs",
-    "DeleteClusterFunction": "delete_cluster",
+    "ReleaseHeadNodeFunction": "release_head_node",
 }
-SSH_FUNCTIONS = set(FUNCTIONS)  # each may SSH to the head node (status: once READY)
+FUNCTIONS = [*SHARED_CODE_FUNCTIONS, "ParallelClusterFunction"]
+# The head node's work, over SSH; the cluster functions never SSH.
+SSH_FUNCTIONS = {"PrepareHeadNodeFunction", "SubmitJobsFunction", "PollJobsFunction",
+                 "CancelJobsFunction", "ReleaseHeadNodeFunction"}
+# Cluster function -> the condition it exists under (exactly one exists per backend).
+CLUSTER_FUNCTIONS = {"ClusterFunction": "UseClusterFunction",
+                     "ParallelClusterFunction": "UseParallelCluster"}
+BACKENDS = ["existing", "parallelcluster", "cfncluster"]
+# The cluster tools' documented policies, attached only to the cluster function of their backend.
+TOOL_POLICIES = {"CfnclusterPolicy": ("ClusterFunctionRole", "UseCfncluster"),
+                 "ParallelClusterStackPolicy": ("ParallelClusterFunctionRole", "UseParallelCluster"),
+                 "ParallelClusterResourcePolicy": ("ParallelClusterFunctionRole", "UseParallelCluster")}
 
-# Actions AWS documents as supporting only Resource "*" (Step Functions log delivery set-up).
+# Actions AWS authorizes on Resource "*" only (no resource-level permissions, or a list/describe
+# call without a resource): Step Functions log delivery set-up, and look-ups.
 STAR_RESOURCE_ACTIONS = {
     "logs:CreateLogDelivery", "logs:GetLogDelivery", "logs:UpdateLogDelivery",
     "logs:DeleteLogDelivery", "logs:ListLogDeliveries", "logs:PutResourcePolicy",
     "logs:DescribeResourcePolicies", "logs:DescribeLogGroups",
+    "cloudformation:DescribeStacks", "sns:ListTopics", "cloudwatch:ListDashboards",
+    "cloudwatch:DescribeAlarms", "route53:CreateHostedZone", "route53:ListQueryLoggingConfigs",
 }
+STAR_RESOURCE_PREFIXES = ("ec2:Describe", "autoscaling:Describe")
+# The one wildcard action: read-only, as ParallelCluster's documented user policy has it.
+WILDCARD_ACTIONS = {"ec2:Describe*"}
 
 # Resource type -> property that would fix its physical name.
 NAME_PROPERTIES = {
     "AWS::Serverless::Function": "FunctionName",
     "AWS::Lambda::Function": "FunctionName",
+    "AWS::Serverless::LayerVersion": "LayerName",
+    "AWS::Lambda::LayerVersion": "LayerName",
     "AWS::Serverless::StateMachine": "Name",
     "AWS::StepFunctions::StateMachine": "StateMachineName",
     "AWS::Logs::LogGroup": "LogGroupName",
     "AWS::IAM::Role": "RoleName",
     "AWS::IAM::ManagedPolicy": "ManagedPolicyName",
+    "AWS::Events::Rule": "Name",
 }
 
 
@@ -75,6 +98,10 @@ def transformed(template):
 
     doc = json.loads(json.dumps(template))
     doc["Globals"]["Function"]["CodeUri"] = "s3://bucket/code.zip"
+    for resource in doc["Resources"].values():
+        for key in ("CodeUri", "ContentUri"):
+            if key in resource.get("Properties", {}):
+                resource["Properties"][key] = "s3://bucket/other.zip"
     doc["Resources"]["JobsStateMachine"]["Properties"]["DefinitionUri"] = "s3://bucket/definition.json"
     saved = os.environ.get("AWS_DEFAULT_REGION")
     os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
@@ -115,6 +142,58 @@ def parameter_accepts(parameter: dict, value: str) -> bool:
     return True
 
 
+def parameter_values(template, **given) -> dict:
+    """Every parameter's value as CloudFormation sees it: `given`, else the default."""
+    values = {}
+    for name, parameter in template["Parameters"].items():
+        raw = str(given.get(name, parameter.get("Default", "")))
+        values[name] = raw.split(",") if parameter["Type"] == "CommaDelimitedList" else raw
+    return values
+
+
+def evaluate(node, values: dict, conditions: dict | None = None):
+    """The intrinsic functions Rules and Conditions use here, on parameter values."""
+    if isinstance(node, list):
+        return [evaluate(n, values, conditions) for n in node]
+    if not isinstance(node, dict):
+        return node
+    (key, arg), = node.items()
+    if key == "Ref":
+        return values[arg]
+    if key == "Condition":
+        return evaluate(conditions[arg], values, conditions)
+    args = evaluate(arg, values, conditions)
+    return {
+        "Fn::Equals": lambda: args[0] == args[1],
+        "Fn::Not": lambda: not args[0],
+        "Fn::And": lambda: all(args),
+        "Fn::Or": lambda: any(args),
+        "Fn::EachMemberEquals": lambda: all(item == args[1] for item in args[0]),
+        "Fn::Join": lambda: args[0].join(args[1]),
+    }[key]()
+
+
+def failed_rules(template, values) -> list[str]:
+    """The AssertDescriptions of the Rules that refuse these parameter values."""
+    failures = []
+    for rule in template["Rules"].values():
+        if "RuleCondition" in rule and not evaluate(rule["RuleCondition"], values):
+            continue
+        failures += [a["AssertDescription"] for a in rule["Assertions"] if not evaluate(a["Assert"], values)]
+    return failures
+
+
+def conditions_for(template, **given) -> dict[str, bool]:
+    values = parameter_values(template, **given)
+    return {name: bool(evaluate(c, values, template["Conditions"])) for name, c in template["Conditions"].items()}
+
+
+def resources_for(template, **given) -> set[str]:
+    """The logical ids CloudFormation creates with these parameter values."""
+    conditions = conditions_for(template, **given)
+    return {name for name, r in template["Resources"].items() if conditions.get(r.get("Condition"), True)}
+
+
 def walk(node, path=()):
     """Yield (path, node) for every dict and list in a template tree."""
     yield path, node
@@ -136,6 +215,33 @@ def as_list(value):
     return value if isinstance(value, list) else [value]
 
 
+def sub(value, stack="mystack", region="us-east-1", account="123456789012"):
+    """A !Sub string with the pseudo parameters filled in (for matching ARNs)."""
+    text = value["Fn::Sub"] if isinstance(value, dict) else value
+    names = {"AWS::Partition": "aws", "AWS::Region": region, "AWS::AccountId": account,
+             "AWS::StackName": stack}
+    return re.sub(r"\$\{([^}]+)\}", lambda m: names[m[1]], text)
+
+
+def unwrap_if(entry):
+    """(condition, value) of an `!If [condition, value, !Ref AWS::NoValue]`, else (None, entry)."""
+    if isinstance(entry, dict) and "Fn::If" in entry:
+        condition, value, otherwise = entry["Fn::If"]
+        assert otherwise == {"Ref": "AWS::NoValue"}, entry
+        return condition, value
+    return None, entry
+
+
+def managed_policies(role) -> dict[str, str | None]:
+    """The stack's managed policies a role has: logical id -> the condition attaching it."""
+    found = {}
+    for entry in role["Properties"].get("ManagedPolicyArns", []):
+        condition, value = unwrap_if(entry)
+        if isinstance(value, dict) and "Ref" in value:
+            found[value["Ref"]] = condition
+    return found
+
+
 # --- the definition and the template ------------------------------------------------------------
 
 def test_definition_placeholders_are_the_substitution_keys(template):
@@ -148,9 +254,33 @@ def test_definition_placeholders_are_the_substitution_keys(template):
 
 def test_substitutions_point_at_the_right_things(template):
     substitutions = template["Resources"]["JobsStateMachine"]["Properties"]["DefinitionSubstitutions"]
-    expected = {f"{name}Arn": {"Fn::GetAtt": [name, "Arn"]} for name in FUNCTIONS}
+    expected = {f"{name}Arn": {"Fn::GetAtt": [name, "Arn"]} for name in SSH_FUNCTIONS}
+    expected["ClusterFunctionArn"] = {"Fn::If": ["UseParallelCluster",
+                                                 {"Fn::GetAtt": ["ParallelClusterFunction", "Arn"]},
+                                                 {"Fn::GetAtt": ["ClusterFunction", "Arn"]}]}
     expected["JobsPlanDigest"] = {"Ref": "JobsPlanDigest"}
     assert substitutions == expected
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_each_backend_gets_exactly_one_cluster_function(template, backend):
+    created = resources_for(template, ClusterBackend=backend)
+    cluster_functions = created & set(CLUSTER_FUNCTIONS)
+    expected = "ParallelClusterFunction" if backend == "parallelcluster" else "ClusterFunction"
+    assert cluster_functions == {expected}
+    assert SSH_FUNCTIONS <= created and "JobsStateMachine" in created
+    # the layers exist exactly when the function that uses them does
+    assert ("StepclusterLayer" in created) == (backend == "parallelcluster")
+    assert ("CfnclusterLayer" in created) == (backend == "cfncluster")
+    # what a cluster function needs exists with it (role, log group, tool policies)
+    for function, condition in CLUSTER_FUNCTIONS.items():
+        role, group = f"{function}Role", function.removesuffix("Function") + "LogGroup"
+        for name in (function, role, group):
+            assert template["Resources"][name]["Condition"] == condition, name
+    assert ("RunResourcesPolicy" in created) == (backend != "existing")
+    for policy, (_, condition) in TOOL_POLICIES.items():
+        assert template["Resources"][policy]["Condition"] == condition
+        assert (policy in created) == conditions_for(template, ClusterBackend=backend)[condition]
 
 
 def task_states(states):
@@ -168,35 +298,42 @@ def test_no_task_gives_up_before_its_function_does(template):
     """A Task's TimeoutSeconds below the Lambda timeout would start the cleanup states while the
     function still works on the cluster (e.g. still submitting)."""
     default = template["Globals"]["Function"]["Timeout"]
+    substitutions = template["Resources"]["JobsStateMachine"]["Properties"]["DefinitionSubstitutions"]
     definition = json.loads(DEFINITION.read_text())
     called = set()
     for name, state in task_states(definition["States"]):
         target = state.get("Parameters", {}).get("FunctionName", state["Resource"])
-        match = re.fullmatch(r"\$\{(\w+Function)Arn\}(:\$LATEST)?", target)
+        match = re.fullmatch(r"\$\{(\w+Arn)\}(:\$LATEST)?", target)
         if not match:
             continue
-        function = match[1]
-        called.add(function)
-        timeout = template["Resources"][function]["Properties"].get("Timeout", default)
-        assert state.get("TimeoutSeconds", 0) >= timeout, f"{name}: TimeoutSeconds < {function} Timeout {timeout}"
+        functions = [n[0] for _, n in walk(substitutions[match[1]])
+                     if isinstance(n, list) and len(n) == 2 and n[1] == "Arn"]
+        for function in functions:
+            called.add(function)
+            timeout = template["Resources"][function]["Properties"].get("Timeout", default)
+            assert state.get("TimeoutSeconds", 0) >= timeout, f"{name}: TimeoutSeconds < {function} Timeout {timeout}"
     assert called == set(FUNCTIONS)
 
 
-def test_state_machine_may_invoke_exactly_the_six_functions(template):
+def test_state_machine_may_invoke_exactly_the_functions_that_exist(template):
     machine = template["Resources"]["JobsStateMachine"]["Properties"]
     assert machine["Type"] == "STANDARD"
-    invoked = [p["LambdaInvokePolicy"]["FunctionName"] for p in machine["Policies"] if "LambdaInvokePolicy" in p]
-    assert sorted(invoked, key=str) == sorted(({"Ref": name} for name in FUNCTIONS), key=str)
+    invoked = {}
+    for entry in machine["Policies"]:
+        condition, policy = unwrap_if(entry)
+        if "LambdaInvokePolicy" in policy:
+            invoked[policy["LambdaInvokePolicy"]["FunctionName"]["Ref"]] = condition
+    assert invoked == {**{name: None for name in SSH_FUNCTIONS}, **CLUSTER_FUNCTIONS}
     logging = machine["Logging"]
     assert logging["IncludeExecutionData"] is True and logging["Level"] in ("ALL", "ERROR")
 
 
-def test_functions_share_one_code_folder_and_their_handlers_exist(template):
+def test_python311_functions_share_one_code_folder_and_their_handlers_exist(template):
     glob = template["Globals"]["Function"]
     assert glob["CodeUri"] == "functions/" and glob["Runtime"] == "python3.11"
     functions = {k: v for k, v in template["Resources"].items() if v["Type"] == "AWS::Serverless::Function"}
     assert set(functions) == set(FUNCTIONS)
-    for name, module in FUNCTIONS.items():
+    for name, module in SHARED_CODE_FUNCTIONS.items():
         props = functions[name]["Properties"]
         assert "CodeUri" not in props and "Runtime" not in props, name
         assert props["Handler"] == f"handlers.{module}.handler"
@@ -204,40 +341,87 @@ def test_functions_share_one_code_folder_and_their_handlers_exist(template):
         assert re.search(r"^def handler\(", source.read_text(), re.M), f"{source} has no handler()"
 
 
+def test_run_local_serves_the_template_functions():
+    """`stepcluster run-local` names the functions as the template does (ParallelClusterFunction
+    runs the same handler, cluster.handler, as ClusterFunction)."""
+    from stepcluster.local.lambda_endpoint import FUNCTIONS as LOCAL
+
+    assert LOCAL == {name: f"handlers.{module}" for name, module in SHARED_CODE_FUNCTIONS.items()}
+
+
+def test_parallelcluster_function_runs_on_the_layers_python_with_both_layers(template):
+    props = template["Resources"]["ParallelClusterFunction"]["Properties"]
+    assert props["Runtime"] == "python3.12" and props["MemorySize"] >= 1024
+    assert props["CodeUri"] == "functions/handlers/" and props["Handler"] == "cluster.handler"
+    # `sam build` looks for a python3.12 binary (absent here) only to install requirements
+    assert not (ROOT / "functions" / "handlers" / "requirements.txt").exists()
+    layers = [unwrap_if(layer)[1] for layer in props["Layers"]]
+    assert layers == [{"Ref": "ParallelClusterLayerArn"}, {"Ref": "StepclusterLayer"}]
+    layer = template["Resources"]["StepclusterLayer"]
+    assert layer["Properties"]["CompatibleRuntimes"] == ["python3.12"]
+    assert layer["Properties"]["ContentUri"] == "functions/"
+    assert layer["Metadata"]["BuildMethod"] == "makefile"
+    makefile = ROOT / layer["Metadata"]["ContextPath"] / "Makefile"
+    assert re.search(r"^build-StepclusterLayer:", makefile.read_text(), re.M)
+
+
+def test_cfncluster_layer_is_attached_only_for_cfncluster(template):
+    props = template["Resources"]["ClusterFunction"]["Properties"]
+    assert [unwrap_if(layer) for layer in props["Layers"]] == [("UseCfncluster", {"Ref": "CfnclusterLayer"})]
+    layer = template["Resources"]["CfnclusterLayer"]
+    assert layer["Condition"] == "UseCfncluster" and layer["Metadata"]["BuildMethod"] == "python3.11"
+    requirements = (ROOT / layer["Properties"]["ContentUri"] / "requirements.txt").read_text().split()
+    assert "cfncluster==1.6.1" in requirements and "setuptools<82" in requirements
+
+
 def test_environment_matches_what_the_code_reads(template):
     from stepcluster.settings import Settings
 
     variables = template["Globals"]["Function"]["Environment"]["Variables"]
     read = {f"STEPCLUSTER_{f.name.upper()}" for f in dataclasses.fields(Settings)}
-    assert set(variables) == read | {"LOG_LEVEL"}
-    for value in variables.values():  # every value comes from a parameter
+    # Lambda sets AWS_REGION, which Settings falls back to
+    assert set(variables) == read - {"STEPCLUSTER_REGION"} | {"LOG_LEVEL"}
+    assert variables.pop("STEPCLUSTER_RESOURCE_PREFIX") == {"Fn::Sub": "stepcluster/${AWS::StackName}"}
+    for value in variables.values():  # every other value comes from a parameter
         assert set(value) == {"Ref"} and value["Ref"] in template["Parameters"]
 
 
-def test_parameters_are_described_and_their_defaults_valid(template):
+def test_parameters_are_described_grouped_and_their_defaults_valid(template):
+    groups = template["Metadata"]["AWS::CloudFormation::Interface"]["ParameterGroups"]
+    grouped = [name for group in groups for name in group["Parameters"]]
+    assert sorted(grouped) == sorted(template["Parameters"]), "each parameter in exactly one group"
     for name, parameter in template["Parameters"].items():
         assert len(parameter.get("Description", "")) > 20, f"{name} needs a Description"
         if "AllowedPattern" in parameter:
             assert parameter.get("ConstraintDescription"), f"{name} needs a ConstraintDescription"
         if "Default" in parameter:
             assert parameter_accepts(parameter, str(parameter["Default"])), name
+    assert template["Parameters"]["ClusterBackend"]["AllowedValues"] == BACKENDS
 
 
 @pytest.mark.parametrize("name, good, bad", [
     ("SshKeySecretArn",
-     ["arn:aws:secretsmanager:eu-west-1:123456789012:secret:stepcluster/hpc-key-AbC123"],
+     ["", "arn:aws:secretsmanager:eu-west-1:123456789012:secret:stepcluster/hpc-key-AbC123"],
      ["arn:aws:secretsmanager:eu-west-1:123456789012:secret:stepcluster/hpc-key",  # partial ARN
       "stepcluster/hpc-key", "REPLACE_ME"]),
     ("HeadNodeHostKey",
-     ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGb0cJ1dLvh6gI+Ixk2Ju4GqzN7sY0v0s2y1aBkKo7fT",
+     ["", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGb0cJ1dLvh6gI+Ixk2Ju4GqzN7sY0v0s2y1aBkKo7fT",
       "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTY= root@head",
       "head.example.org ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGb0cJ1dLvh6gI+Ixk2Ju4GqzN7sY0v0s2y1aBkKo7fT",
       "[10.0.0.5]:2222 ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQ==",
       "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s"],
      ["256 SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s root@head (ED25519)",
-      "MD5:aa:bb", "ssh-dss AAAAB3NzaC1kc3M=", "REPLACE_ME", ""]),
-    ("HeadNodeHost", ["head.example.org", "10.0.1.23", "fd00::23"], ["REPLACE_ME", "", "-x"]),
-    ("HeadNodeUser", ["ec2-user", "hpc"], ["REPLACE_ME", "root; rm", ""]),
+      "MD5:aa:bb", "ssh-dss AAAAB3NzaC1kc3M=", "REPLACE_ME"]),
+    ("HeadNodeHost", ["", "head.example.org", "10.0.1.23", "fd00::23"], ["REPLACE_ME", "-x", "a b"]),
+    ("HeadNodeUser", ["", "ec2-user", "hpc"], ["REPLACE_ME", "root; rm"]),
+    ("Scheduler", ["", "slurm", "sge", "torque"], ["pbs", "SLURM"]),
+    ("ParallelClusterLayerArn",
+     ["", "arn:aws:lambda:us-east-1:123456789012:layer:pcluster:1"],
+     ["arn:aws:lambda:us-east-1:123456789012:layer:pcluster",  # no version
+      "arn:aws:lambda:us-east-1:123456789012:function:pcluster", "pcluster"]),
+    ("SshKeyName", ["", "my-key", "team_key.2024"], ["-key", "a b", "x" * 256]),
+    ("ClusterCreateTimeoutSeconds", ["3600", "300", "86400"], ["60", "60m", "100000"]),
+    ("UsePublicAddress", ["true", "false"], ["yes", ""]),
     ("JobsPlanDigest", ["none", "0123456789abcdef0123456789abcdef"], ['a"b', "", "a b"]),
     ("JobSourceBucketArns", ["", "arn:aws:s3:::my-bucket,arn:aws:s3:::other.bucket"],
      ["s3://my-bucket", "arn:aws:s3:::my-bucket/key"]),
@@ -256,37 +440,137 @@ def test_parameter_patterns(template, name, good, bad):
         assert not parameter_accepts(parameter, value), value
 
 
+EXISTING = {"HeadNodeHost": "head.example.org", "HeadNodeUser": "hpc", "Scheduler": "slurm",
+            "HeadNodeHostKey": "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s",
+            "SshKeySecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:hpc-key-AbC123"}
+LAYER = {"ParallelClusterLayerArn": "arn:aws:lambda:us-east-1:123456789012:layer:pcluster:1"}
+
+
+@pytest.mark.parametrize("given, refused", [
+    ({"ClusterBackend": "existing", **EXISTING}, []),
+    *[({"ClusterBackend": "existing", **{k: v for k, v in EXISTING.items() if k != missing}}, [missing])
+      for missing in EXISTING],
+    ({"ClusterBackend": "parallelcluster"}, ["ParallelClusterLayerArn"]),
+    ({"ClusterBackend": "parallelcluster", **LAYER}, []),
+    ({"ClusterBackend": "cfncluster"}, []),
+    ({"ClusterBackend": "cfncluster", "SshKeyName": "team-key"}, ["SshKeyName and SshKeySecretArn"]),
+    ({"ClusterBackend": "cfncluster", "SshKeySecretArn": EXISTING["SshKeySecretArn"]},
+     ["SshKeyName and SshKeySecretArn"]),
+    ({"ClusterBackend": "parallelcluster", **LAYER, "SshKeyName": "team-key",
+      "SshKeySecretArn": EXISTING["SshKeySecretArn"]}, []),
+    ({"ClusterBackend": "cfncluster", "VpcSubnetIds": "subnet-0123abcd"}, ["VpcSecurityGroupIds"]),
+])
+def test_rules_refuse_what_a_backend_cannot_run_with(template, given, refused):
+    failures = failed_rules(template, parameter_values(template, **given))
+    assert len(failures) == len(refused), failures
+    for failure, what in zip(failures, refused):
+        assert what in failure
+
+
 # --- permissions --------------------------------------------------------------------------------
 
 def test_no_wildcard_actions_and_star_resources_only_where_aws_requires_them(transformed):
     found = list(statements(transformed["Resources"]))
-    assert len(found) > 10
+    assert len(found) > 20
     for path, statement in found:
         assert "NotAction" not in statement and "NotResource" not in statement, path
         actions = as_list(statement["Action"])
         for action in actions:
             assert isinstance(action, str), path
             assert action != "*" and not action.endswith(":*"), (path, action)
+            assert "*" not in action or action in WILDCARD_ACTIONS, (path, action)
         if statement["Effect"] == "Allow" and "*" in as_list(statement.get("Resource")):
-            assert set(actions) <= STAR_RESOURCE_ACTIONS, (path, actions)
+            looked_up = [a for a in actions if a not in STAR_RESOURCE_ACTIONS
+                         and not a.startswith(STAR_RESOURCE_PREFIXES)]
+            if looked_up:
+                # only the cluster tools' resources that have no id before CloudFormation
+                # creates them, and only in this region
+                assert path[0] in TOOL_POLICIES and statement["Sid"] in ("EC2Modify", "EC2Write"), path
+                assert statement["Condition"] == {"StringEquals": {"aws:RequestedRegion": {"Ref": "AWS::Region"}}}
+                assert all(a.startswith("ec2:") for a in looked_up), path
 
 
-def test_ssh_key_readable_only_by_the_functions_that_ssh(transformed):
+def test_each_star_resource_says_why(template):
+    """Every `Resource: "*"` in template.yaml follows a comment that mentions "*"."""
+    lines = TEMPLATE.read_text().splitlines()
+    stars = [i for i, line in enumerate(lines) if re.fullmatch(r'\s*Resource: "\*"', line)]
+    assert stars
+    for i in stars:
+        j = max(j for j in range(i) if re.match(r"\s*- (Sid|Effect):", lines[j])) - 1
+        while re.fullmatch(r"\s*(- )?Statement:", lines[j]):
+            j -= 1
+        comment = []
+        while lines[j].strip().startswith("#"):
+            comment.append(lines[j])
+            j -= 1
+        assert '"*"' in " ".join(comment), f"template.yaml line {i + 1}: no comment says why \"*\""
+
+
+def test_ssh_keys_readable_only_by_the_functions_that_ssh(transformed):
     resources = transformed["Resources"]
-    key_policy = resources["SshKeyReadPolicy"]["Properties"]["PolicyDocument"]["Statement"]
-    assert key_policy == [{"Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
-                           "Resource": {"Ref": "SshKeySecretArn"}}]
-    readers = {name for name in FUNCTIONS
-               if {"Ref": "SshKeyReadPolicy"} in as_list(resources[f"{name}Role"]["Properties"]["ManagedPolicyArns"])}
+    policy = resources["SshKeyReadPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert [unwrap_if(s) for s in policy] == [
+        ("HasSshKeySecret", {"Sid": "ReadUserSshKey", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
+                             "Resource": {"Ref": "SshKeySecretArn"}}),
+        (None, {"Sid": "ReadRunSshKeys", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
+                "Resource": {"Fn::Sub": "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}"
+                                        ":secret:stepcluster/${AWS::StackName}/*"}}),
+    ]
+    readers = {name for name in FUNCTIONS if "SshKeyReadPolicy" in managed_policies(resources[f"{name}Role"])}
     assert readers == SSH_FUNCTIONS
-    others = [path for path, s in statements(resources)
-              if any(a.startswith("secretsmanager:") for a in as_list(s["Action"]))]
-    assert others == [("SshKeyReadPolicy", "Properties", "PolicyDocument", "Statement", 0)]
+    for name in SSH_FUNCTIONS:
+        assert managed_policies(resources[f"{name}Role"])["SshKeyReadPolicy"] is None
+    getters = [path[0] for path, s in statements(resources) if "secretsmanager:GetSecretValue" in as_list(s["Action"])]
+    assert set(getters) == {"SshKeyReadPolicy"}
 
 
-def test_s3_reads_only_for_submit_and_only_when_given(transformed):
+def test_run_key_names_fall_under_the_iam_scopes(transformed):
+    """keys.py names each run's key pair and secret after STEPCLUSTER_RESOURCE_PREFIX; the
+    statements that create, delete and read them are scoped to exactly those names."""
+    from stepcluster.keys import RunKeys
+
+    key_pair, secret = RunKeys(prefix="stepcluster/mystack").names("exec-1")
+    other_key_pair, other_secret = RunKeys(prefix="stepcluster/otherstack").names("exec-1")
+    secret_arn = f"arn:aws:secretsmanager:us-east-1:123456789012:secret:{secret}-AbC123"
+    key_pair_arn = f"arn:aws:ec2:us-east-1:123456789012:key-pair/{key_pair}"
+    resources = transformed["Resources"]
+    read = resources["SshKeyReadPolicy"]["Properties"]["PolicyDocument"]["Statement"][1]["Resource"]
+    assert fnmatch.fnmatchcase(secret_arn, sub(read))
+    assert not fnmatch.fnmatchcase(secret_arn.replace(secret, other_secret), sub(read))
+    run = {s["Sid"]: s for s in resources["RunResourcesPolicy"]["Properties"]["PolicyDocument"]["Statement"]}
+    assert set(run["RunKeySecrets"]["Action"]) == {"secretsmanager:CreateSecret", "secretsmanager:DescribeSecret",
+                                                   "secretsmanager:DeleteSecret", "secretsmanager:TagResource"}
+    assert fnmatch.fnmatchcase(secret_arn, sub(run["RunKeySecrets"]["Resource"]))
+    for sid in ("RunKeyPairs", "TagRunKeyPairsOnImport"):
+        assert fnmatch.fnmatchcase(key_pair_arn, sub(run[sid]["Resource"])), sid
+        assert not fnmatch.fnmatchcase(key_pair_arn.replace(key_pair, other_key_pair), sub(run[sid]["Resource"]))
+    assert set(run["RunKeyPairs"]["Action"]) == {"ec2:ImportKeyPair", "ec2:DeleteKeyPair"}
+    assert run["TagRunKeyPairsOnImport"]["Condition"] == {"StringEquals": {"ec2:CreateAction": "ImportKeyPair"}}
+    console = run["ReadRunHeadNodeConsole"]
+    assert console["Action"] == "ec2:GetConsoleOutput" and "ec2:ResourceTag/stepcluster:execution" in json.dumps(console)
+    # the per-run resources belong to the cluster function of a backend that creates clusters
+    attached = {name: managed_policies(resources[f"{name}Role"]).get("RunResourcesPolicy", "-") for name in FUNCTIONS}
+    assert attached == {**{name: "-" for name in SSH_FUNCTIONS},
+                        "ClusterFunction": "UseCfncluster", "ParallelClusterFunction": None}
+
+
+def test_tool_policies_only_on_their_backends_cluster_function(transformed):
+    resources = transformed["Resources"]
+    for policy, (role, condition) in TOOL_POLICIES.items():
+        holders = {name: managed_policies(r)[policy] for name, r in resources.items()
+                   if r["Type"] == "AWS::IAM::Role" and policy in managed_policies(r)}
+        expected = None if resources[role]["Condition"] == condition else condition
+        assert holders == {role: expected}, policy
+    cfncluster = json.dumps(resources["CfnclusterPolicy"]["Properties"]["PolicyDocument"])
+    assert "stack/cfncluster-*/*" in cfncluster and "role/cfncluster-*" in cfncluster
+    parallelcluster = json.dumps([resources[p]["Properties"]["PolicyDocument"] for p in TOOL_POLICIES
+                                  if p.startswith("ParallelCluster")])
+    assert "role/parallelcluster/*" in parallelcluster and "iam:CreateRole" not in parallelcluster
+
+
+def test_s3_job_sources_readable_only_by_submit_and_only_when_given(transformed):
     s3 = [(path, s) for path, s in statements(transformed["Resources"])
-          if any(a.startswith("s3:") for a in as_list(s["Action"]))]
+          if path[0] not in TOOL_POLICIES and any(a.startswith("s3:") for a in as_list(s["Action"]))]
     assert {(s["Action"], json.dumps(s["Resource"])) for _, s in s3} == {
         ("s3:ListBucket", json.dumps({"Ref": "JobSourceBucketArns"})),
         ("s3:GetObject", json.dumps({"Ref": "JobSourceObjectArns"})),
@@ -330,6 +614,29 @@ def test_each_function_writes_only_its_own_log_group(transformed):
                          "Resource": {"Fn::GetAtt": [group, "Arn"]}}]
 
 
+def test_one_cleanup_rule_for_this_state_machines_failed_executions(template, transformed):
+    resources = transformed["Resources"]
+    rules = {name: r for name, r in resources.items() if r["Type"] == "AWS::Events::Rule"}
+    assert set(rules) == {f"{function}ExecutionEnded" for function in CLUSTER_FUNCTIONS}
+    event = json.loads((ROOT / "events" / "cluster_cleanup.json").read_text())
+    for function, condition in CLUSTER_FUNCTIONS.items():
+        rule = rules[f"{function}ExecutionEnded"]
+        assert rule["Condition"] == condition  # the two conditions exclude each other (see above)
+        pattern = rule["Properties"]["EventPattern"]
+        assert pattern == {"source": ["aws.states"], "detail-type": ["Step Functions Execution Status Change"],
+                           "detail": {"status": ["ABORTED", "TIMED_OUT", "FAILED"],
+                                      "stateMachineArn": [{"Ref": "JobsStateMachine"}]}}
+        assert rule["Properties"]["Targets"][0]["Arn"] == {"Fn::GetAtt": [function, "Arn"]}
+        permission = resources[f"{function}ExecutionEndedPermission"]
+        assert permission["Condition"] == condition
+        assert permission["Properties"]["SourceArn"] == {"Fn::GetAtt": [f"{function}ExecutionEnded", "Arn"]}
+        # the recorded event the cleanup handler is tested with matches the pattern
+        assert event["source"] in pattern["source"] and event["detail-type"] in pattern["detail-type"]
+        assert event["detail"]["status"] in pattern["detail"]["status"]
+    # the handler recognizes the event by its detail-type
+    assert '"Step Functions Execution Status Change"' in (ROOT / "functions/handlers/cluster.py").read_text()
+
+
 def test_no_fixed_physical_names(template, transformed):
     for doc in (template, transformed):
         for name, resource in doc["Resources"].items():
@@ -364,17 +671,18 @@ def test_samconfig_settings(samconfig):
     assert not any("region" in section["parameters"] for section in default.values())
 
 
-def test_samconfig_overrides_cover_the_required_parameters(template, samconfig):
+def test_samconfig_overrides_are_valid_placeholders(template, samconfig):
     overrides = deploy_overrides(samconfig)
     parameters = template["Parameters"]
+    assert {"ClusterBackend", "JobsPlanDigest", "JobSourceBucketArns", "JobSourceObjectArns"} <= set(overrides)
     assert set(overrides) <= set(parameters)
-    required = {name for name, p in parameters.items() if "Default" not in p}
-    assert required <= set(overrides)
     for name, value in overrides.items():
-        if value == "REPLACE_ME":  # a placeholder must fail the deployment, not deploy
-            assert name in required and not parameter_accepts(parameters[name], value), name
-        else:
-            assert parameter_accepts(parameters[name], value), (name, value)
+        assert parameter_accepts(parameters[name], value), (name, value)
+    # `sam deploy --guided` shows these first: every parameter a Rule may ask for is there
+    asked = {m for rule in template["Rules"].values() for m in re.findall(r"'Ref': '(\w+)'", str(rule["Assertions"]))}
+    assert asked - {"VpcSubnetIds", "VpcSecurityGroupIds"} <= set(overrides)
+    # the placeholders themselves cannot deploy: the Rules stop it before anything is created
+    assert failed_rules(template, parameter_values(template, **overrides))
 
 
 def test_preprocess_rewrite_keeps_samconfig_valid_for_the_template(template, tmp_path):
@@ -382,15 +690,18 @@ def test_preprocess_rewrite_keeps_samconfig_valid_for_the_template(template, tmp
 
     copy = tmp_path / "samconfig.toml"
     shutil.copy(SAMCONFIG, copy)
-    values = {"JobsPlanDigest": "0123456789abcdef0123456789abcdef",
+    values = {"ClusterBackend": "parallelcluster",
+              "JobsPlanDigest": "0123456789abcdef0123456789abcdef",
               "JobSourceBucketArns": "arn:aws:s3:::bucket-a,arn:aws:s3:::bucket-b",
               "JobSourceObjectArns": "arn:aws:s3:::bucket-a/inputs/x.dat*,arn:aws:s3:::bucket-b/*"}
     update_parameter_overrides(copy, values)
     rewritten = tomllib.loads(copy.read_text())
     overrides = deploy_overrides(rewritten)
+    for name, value in overrides.items():
+        assert parameter_accepts(template["Parameters"][name], value), name
     for name, value in values.items():
         assert overrides[name] == value
-        assert parameter_accepts(template["Parameters"][name], value), name
+    assert set(deploy_overrides(tomllib.loads(SAMCONFIG.read_text()))) == set(overrides)
     before = tomllib.loads(SAMCONFIG.read_text())
     before["default"]["deploy"]["parameters"].pop("parameter_overrides")
     rewritten["default"]["deploy"]["parameters"].pop("parameter_overrides")
@@ -399,67 +710,138 @@ def test_preprocess_rewrite_keeps_samconfig_valid_for_the_template(template, tmp
 
 # --- the SAM CLI --------------------------------------------------------------------------------
 
-def sam(*args, cwd=ROOT, timeout=120):
+def sam_command(*args, cwd=ROOT):
     env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
                AWS_DEFAULT_REGION=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
                PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", SAM_CLI_TELEMETRY="0")
     binary = shutil.which("sam", path=env["PATH"])
     if binary is None:
         pytest.fail(f"the `sam` command is not on PATH (nor in {VENV_BIN}): run `make install`")
-    result = subprocess.run([binary, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                            timeout=timeout)
-    assert result.returncode == 0, f"sam {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-    return result
+    return subprocess.Popen([binary, *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish(process, timeout=180):
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    assert process.returncode == 0, f"{' '.join(process.args)} failed:\n{stdout}\n{stderr}"
+    return stdout + stderr
 
 
 def test_sam_validate_lint():
-    result = sam("validate", "--lint", "--template-file", str(TEMPLATE))
-    assert "is a valid SAM Template" in result.stdout + result.stderr
+    output = finish(sam_command("validate", "--lint", "--template-file", str(TEMPLATE)), timeout=120)
+    assert "is a valid SAM Template" in output
+
+
+PARALLELCLUSTER_OVERRIDES = ["ClusterBackend=parallelcluster", f"ParallelClusterLayerArn={LAYER['ParallelClusterLayerArn']}"]
 
 
 @pytest.fixture(scope="module")
-def build_dir(tmp_path_factory):
-    """One `sam build` into a temporary folder; no cache, so a stale .aws-sam cannot hide a failure."""
+def builds(tmp_path_factory):
+    """`sam build` with the default parameters and with ClusterBackend=parallelcluster, side by
+    side into temporary folders; no cache, so a stale .aws-sam cannot hide a failure."""
     base = tmp_path_factory.mktemp("sam")
-    sam("build", "--template-file", str(TEMPLATE), "--build-dir", str(base / "build"),
-        "--no-cached", "--parallel")
-    return base / "build"
+    common = ["build", "--template-file", str(TEMPLATE), "--no-cached", "--parallel"]
+    started = {
+        "default": sam_command(*common, "--build-dir", str(base / "default")),
+        "parallelcluster": sam_command(*common, "--build-dir", str(base / "parallelcluster"),
+                                       "--parameter-overrides", *PARALLELCLUSTER_OVERRIDES),
+    }
+    for process in started.values():
+        finish(process)
+    return {name: base / name for name in started}
 
 
-def test_sam_build_ships_the_package_and_paramiko(build_dir):
+def built_paths(build_dir) -> dict[str, Path]:
     built = plain(cfn_yaml.load(str(build_dir / "template.yaml")))
-    for name, module in FUNCTIONS.items():
-        code = build_dir / built["Resources"][name]["Properties"]["CodeUri"]
+    return {name: build_dir / r["Properties"].get("CodeUri", r["Properties"].get("ContentUri", ""))
+            for name, r in built["Resources"].items()
+            if r["Type"] in ("AWS::Serverless::Function", "AWS::Serverless::LayerVersion")}
+
+
+def test_sam_build_ships_the_package_and_paramiko(builds):
+    paths = built_paths(builds["default"])
+    for name, module in SHARED_CODE_FUNCTIONS.items():
+        code = paths[name]
         for path in ("stepcluster/__init__.py", "paramiko/__init__.py", f"handlers/{module}.py"):
             assert (code / path).is_file(), f"{name}: no {path} in {code}"
+    # CfnclusterLayer holds only what pip installs from layers/cfncluster/requirements.txt
+    # (botocore's CA bundle, test certificates of `future`): no project file reaches it.
+    for name, code in paths.items():
+        if name == "CfnclusterLayer":
+            assert not (code / "python" / "stepcluster").exists()
+            continue
         secrets = [p for p in code.rglob("*") if p.name in ("credentials", "id_rsa", "id_ed25519")
                    or p.suffix in (".pem", ".key")]
         assert not secrets, f"{name} ships key or credential files: {secrets}"
+    layer = paths["CfnclusterLayer"] / "python"
+    for path in ("cfncluster/cfncluster.py", "pkg_resources/__init__.py"):
+        assert (layer / path).is_file(), f"CfnclusterLayer: no {path}"
 
 
-def test_built_wheels_run_on_the_lambda_runtime(template, build_dir):
-    """python3.11 Lambda runs Amazon Linux 2 (glibc 2.26): no wheel may need a newer glibc, nor
-    another CPU than the template's Architectures (this machine's pip would happily pick one)."""
-    arch = {"x86_64": "x86_64", "arm64": "aarch64"}[template["Globals"]["Function"]["Architectures"][0]]
+def test_sam_build_for_parallelcluster_ships_the_stepcluster_layer(builds):
+    paths = built_paths(builds["parallelcluster"])
+    function = paths["ParallelClusterFunction"]
+    assert (function / "cluster.py").is_file()
+    assert not (function / "stepcluster").exists() and not (function / "paramiko").exists()
+    layer = paths["StepclusterLayer"] / "python"
+    for path in ("stepcluster/__init__.py", "stepcluster/keys.py", "stepcluster/clusters/parallelcluster.py",
+                 "cryptography/__init__.py"):
+        assert (layer / path).is_file(), f"StepclusterLayer: no python/{path}"
+    assert not list(layer.rglob("__pycache__"))
+    plan = ROOT / "functions" / "plan"
+    if plan.is_dir():  # written by `stepcluster preprocess`, absent in a fresh checkout
+        assert sorted(p.name for p in (layer / "plan").iterdir()) == sorted(p.name for p in plan.iterdir())
+
+
+def wheel_tags(folder: Path) -> dict[str, set[tuple[str, str, str]]]:
+    """Each wheel installed in a built folder -> its (python, abi, platform) tags."""
+    wheels = {}
+    for wheel in folder.glob("*.dist-info/WHEEL"):
+        wheels[wheel.parent.name] = {tuple(line.split(":", 1)[1].strip().split("-"))
+                                     for line in wheel.read_text().splitlines() if line.startswith("Tag:")}
+    return wheels
+
+
+def loads_on_lambda(tag: tuple[str, str, str], arch: str, glibc_max: tuple[int, int], python: int) -> bool:
+    """Whether a wheel tag fits a Lambda runtime: CPU, glibc, and Python 3.`python`."""
+    py, abi, platform = tag
+    if not (py in ("py3", "py2.py3", f"cp3{python}") or abi == "abi3" and int(py.removeprefix("cp3")) <= python):
+        return False
+    if platform == "any":
+        return True
     legacy = {"manylinux1": (2, 5), "manylinux2010": (2, 12), "manylinux2014": (2, 17)}
-    tags = {line.split(":", 1)[1].strip() for wheel in (build_dir / "SubmitJobsFunction").glob("*.dist-info/WHEEL")
-            for line in wheel.read_text().splitlines() if line.startswith("Tag:")}
-    assert tags
-    for tag in tags:
-        platform = tag.split("-")[2]
-        if platform == "any":
-            continue
-        match = re.fullmatch(r"(manylinux1|manylinux2010|manylinux2014|manylinux_(\d+)_(\d+))_(\w+)", platform)
-        assert match, f"wheel tag {tag} is not a manylinux tag"
-        glibc = legacy.get(match[1]) or (int(match[2]), int(match[3]))
-        assert glibc <= (2, 26) and match[4] == arch, f"wheel tag {tag} will not load on Lambda"
+    match = re.fullmatch(r"(manylinux1|manylinux2010|manylinux2014|manylinux_(\d+)_(\d+))_(\w+)", platform)
+    if not match:
+        return False
+    glibc = legacy.get(match[1]) or (int(match[2]), int(match[3]))
+    return glibc <= glibc_max and match[4] == arch
 
 
-def test_built_code_imports_paramiko_from_the_artifact(build_dir):
-    code = build_dir / "SubmitJobsFunction"
+def test_built_wheels_run_on_the_lambda_runtime(template, builds):
+    """python3.11 Lambda runs Amazon Linux 2 (glibc 2.26), python3.12 Amazon Linux 2023 (glibc
+    2.34): every wheel needs a tag for the runtime's Python, a glibc no newer, and the template's
+    Architectures (this machine's pip would happily pick another)."""
+    arch = {"x86_64": "x86_64", "arm64": "aarch64"}[template["Globals"]["Function"]["Architectures"][0]]
+    default = built_paths(builds["default"])
+    layer = built_paths(builds["parallelcluster"])["StepclusterLayer"] / "python"
+    for folder, glibc_max, python in ((default["SubmitJobsFunction"], (2, 26), 11),
+                                      (default["CfnclusterLayer"] / "python", (2, 26), 11),
+                                      (layer, (2, 34), 12)):
+        wheels = wheel_tags(folder)
+        assert wheels, folder
+        for wheel, tags in wheels.items():
+            assert any(loads_on_lambda(tag, arch, glibc_max, python) for tag in tags), (folder, wheel, tags)
+
+
+def test_built_code_imports_paramiko_from_the_artifact(builds):
+    code = built_paths(builds["default"])["SubmitJobsFunction"]
     probe = ("import sys; sys.path.insert(0, sys.argv[1]); import paramiko, stepcluster, handlers; "
              "print(paramiko.__file__); print(stepcluster.__file__)")
     result = subprocess.run([sys.executable, "-c", probe, str(code)], capture_output=True, text=True,
-                            cwd=build_dir, timeout=60)
+                            cwd=code.parent, timeout=60)
     assert result.returncode == 0, result.stderr
     assert all(line.startswith(str(code)) for line in result.stdout.split()), result.stdout

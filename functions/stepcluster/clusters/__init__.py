@@ -5,11 +5,17 @@ from stepcluster.clusters.base import ClusterBackend, HeadNode
 __all__ = ["ClusterBackend", "HeadNode", "get_backend"]
 
 
-def get_backend(settings) -> ClusterBackend:
-    from stepcluster.clusters.existing import ExistingHeadNode
-
-    backends = {"existing": ExistingHeadNode}
-    try:
-        return backends[settings.backend](settings)
-    except KeyError:
-        raise ValueError(f"unknown cluster backend {settings.backend!r}") from None
+def get_backend(settings, plan) -> ClusterBackend:
+    """The deployment's backend, with the cluster configuration the plan carries."""
+    if settings.backend == "existing":
+        from stepcluster.clusters.existing import ExistingHeadNode
+        return ExistingHeadNode(settings)
+    if settings.backend == "parallelcluster":
+        from stepcluster.clusters.parallelcluster import ParallelClusterBackend
+        from stepcluster.clusters.parallelcluster_config import load_parallelcluster_config
+        return ParallelClusterBackend(
+            settings, cluster_config=load_parallelcluster_config(plan.cluster_config_path()))
+    if settings.backend == "cfncluster":
+        from stepcluster.clusters.cfncluster import CfnClusterBackend
+        return CfnClusterBackend(settings, config_path=str(plan.cluster_config_path()))
+    raise ValueError(f"unknown cluster backend {settings.backend!r}")

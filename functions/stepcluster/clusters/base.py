@@ -1,4 +1,19 @@
-"""What every cluster backend provides to a run."""
+"""What every cluster backend provides to a run.
+
+A backend creates, watches and deletes one cluster per execution. Every method is safe to call
+again (Lambda retries, a cleanup after an abort): create adopts a cluster this execution
+already started, delete of a cluster already gone is done, and nothing is ever deleted that
+does not carry this execution's tag.
+
+The cluster record (`run.cluster` in the state machine) is a flat dict the backend owns:
+
+    {"backend": "parallelcluster", "name": "my-cluster", "status": "CREATING",
+     "poll_seconds": 30, "created_at": 1764460000, "create_timeout_seconds": 3600,
+     "head_node": {"host": ..., "port": 22, "user": ..., "scheduler": ..., "host_key": ...},
+     "reason": "...", ...backend fields (stack name, key pair...)}
+
+Statuses: CREATING READY FAILED (create); DELETING DELETED DELETE_FAILED RELEASED KEPT (delete).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +26,26 @@ from stepcluster.errors import InputError
 # Safe everywhere a cluster name goes (stack names, tags, folder names): ParallelCluster's
 # rule (a letter first, at most 60 characters), with the characters CloudFormation allows.
 CLUSTER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,59}$")
+#: Tag put on everything a run creates, so a cleanup can find it from the execution alone.
+EXECUTION_TAG = "stepcluster:execution"
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Who is asking: the execution (its name and ARN) and the cluster name it was given."""
+
+    execution: str
+    execution_arn: str
+    cluster_name: str
+
+
+@dataclass(frozen=True)
+class SshKey:
+    """The key the run logs in with: an EC2 key pair name and the secret holding its private part."""
+
+    key_name: str | None
+    secret_arn: str
+    owned: bool  # True: made for this run, deleted with it; False: the user's, never deleted
 
 
 @dataclass(frozen=True)
@@ -26,15 +61,16 @@ class HeadNode:
 
     @classmethod
     def from_dict(cls, data: dict) -> "HeadNode":
-        return cls(**data)
+        return cls(**{k: data[k] for k in ("host", "port", "user", "scheduler", "host_key")})
 
 
 class ClusterBackend(abc.ABC):
-    """Create/inspect/delete one cluster. Every method is safe to call again (retries)."""
-
     name: str
+    #: False for a head node the user keeps (nothing to create or delete)
+    creates_clusters: bool = True
 
     def check_name(self, cluster_name) -> str:
+        """The name, if this backend accepts it; InputError naming the rule otherwise."""
         if not isinstance(cluster_name, str) or not CLUSTER_NAME.match(cluster_name):
             raise InputError(
                 f"cluster_name must start with a letter and hold at most 60 letters, digits or "
@@ -42,12 +78,16 @@ class ClusterBackend(abc.ABC):
         return cluster_name
 
     @abc.abstractmethod
-    def create(self, cluster_name: str, execution: str) -> dict:
-        """Start creating; returns the cluster record: {"status": READY|CREATING|FAILED, ...}."""
+    def create(self, ctx: RunContext, key: SshKey) -> dict:
+        """Start creating the cluster; return its record (status CREATING or READY).
+
+        A cluster of that name already tagged with this execution is adopted (a retried
+        create); one of that name belonging to anything else raises InputError ("in use").
+        """
 
     @abc.abstractmethod
     def status(self, cluster: dict) -> dict:
-        """The cluster record, refreshed."""
+        """The record, refreshed: READY (with head_node), CREATING, or FAILED (with reason)."""
 
     @abc.abstractmethod
     def head_node(self, cluster: dict) -> HeadNode:
@@ -55,4 +95,12 @@ class ClusterBackend(abc.ABC):
 
     @abc.abstractmethod
     def delete(self, cluster: dict) -> dict:
-        """Delete (idempotent: a cluster already gone counts as deleted)."""
+        """Start deleting: the record with status DELETING, DELETED, or DELETE_FAILED (reason)."""
+
+    @abc.abstractmethod
+    def deletion_status(self, cluster: dict) -> dict:
+        """The record during deletion: DELETING, DELETED or DELETE_FAILED (with reason)."""
+
+    def find_clusters(self, execution_arn: str) -> list[dict]:
+        """Records of the live clusters tagged with this execution (for the abort cleanup)."""
+        return []

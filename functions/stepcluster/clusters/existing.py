@@ -1,25 +1,26 @@
 """A head node the user already has: nothing is created, and nothing is stopped.
 
-"Create" checks the head node answers (with its pinned host key) and the scheduler is there;
-"delete" is done by the run service, which cancels the run's leftover jobs and removes the
-run's folder: the cluster itself stays as it was.
+"Create" hands over the head node from the deployment settings (the service then checks that
+it answers with its pinned host key and that the scheduler is there); "delete" releases it: the
+service has already cancelled the run's leftover jobs and removed the run's folder.
 """
 
 from __future__ import annotations
 
-from stepcluster.clusters.base import ClusterBackend, HeadNode
+from stepcluster.clusters.base import ClusterBackend, HeadNode, RunContext, SshKey
 
 
 class ExistingHeadNode(ClusterBackend):
     name = "existing"
+    creates_clusters = False
 
     def __init__(self, settings):
         self.settings = settings
 
-    def create(self, cluster_name: str, execution: str) -> dict:
+    def create(self, ctx: RunContext, key: SshKey) -> dict:
         node = self.head_node({})
         # The record shows where the run goes; the pinned key stays in the deployment settings.
-        return {"backend": self.name, "name": cluster_name, "status": "READY",
+        return {"backend": self.name, "name": ctx.cluster_name, "status": "READY",
                 "head_node": {"host": node.host, "port": node.port, "user": node.user,
                               "scheduler": node.scheduler},
                 "poll_seconds": self.settings.cluster_poll_seconds}
@@ -34,3 +35,6 @@ class ExistingHeadNode(ClusterBackend):
 
     def delete(self, cluster: dict) -> dict:
         return {**cluster, "status": "RELEASED"}
+
+    def deletion_status(self, cluster: dict) -> dict:
+        return cluster

@@ -20,12 +20,12 @@ log = logging.getLogger(__name__)
 
 #: Logical id in template.yaml -> handler module in functions/handlers/.
 FUNCTIONS = {
-    "CreateClusterFunction": "handlers.create_cluster",
-    "ClusterStatusFunction": "handlers.cluster_status",
+    "ClusterFunction": "handlers.cluster",
+    "PrepareHeadNodeFunction": "handlers.prepare_head_node",
     "SubmitJobsFunction": "handlers.submit_jobs",
     "PollJobsFunction": "handlers.poll_jobs",
     "CancelJobsFunction": "handlers.cancel_jobs",
-    "DeleteClusterFunction": "handlers.delete_cluster",
+    "ReleaseHeadNodeFunction": "handlers.release_head_node",
 }
 
 

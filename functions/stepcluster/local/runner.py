@@ -71,21 +71,31 @@ class RunReport:
 
 
 def run_local(config_path: str, cluster_name: str, *, scheduler: str = "slurm",
-              cluster: LocalCluster | None = None, execution_input: dict | None = None,
+              backend: str = "existing", cluster: LocalCluster | None = None,
+              execution_input: dict | None = None,
               progress: Callable[[str], None] = lambda line: None,
               timeout: float = 3600, settings_overrides: dict | None = None,
-              on_start: Callable[[LocalLambdaEndpoint], None] | None = None) -> RunReport:
+              on_start: Callable[[LocalLambdaEndpoint], None] | None = None,
+              on_finish: Callable[["RunReport"], None] | None = None,
+              standin_failure: str | None = None) -> RunReport:
     """Run CONFIG end to end; raises ConfigError for a bad config, FileNotFoundError for no rig.
 
+    backend "existing" uses the local head node as it is; "cfncluster" runs cfncluster's own
+    code against moto with a stand-in stack template whose head node is the local one (moto
+    creates no machines), so creation, status, head node discovery and deletion all happen.
+
     `on_start(endpoint)` is called inside the AWS mock before the execution starts: tests use
-    it to put S3 objects in place or to make a function fail.
+    it to put S3 objects in place, to make a function fail, or to break the stand-in stack.
+    `on_finish(report)` is called inside the mock after the execution ended: tests count what
+    is left in (moto's) AWS there, or play the EventBridge cleanup of an aborted run.
+    `standin_failure`: with cfncluster, the stand-in stack fails to create with this reason.
     """
     config = load_jobs_config(config_path)
     cluster = cluster or LocalCluster()
     cluster.check()
+    overrides = {"backend": backend, **(settings_overrides or {})}
     with tempfile.TemporaryDirectory(prefix="stepcluster-plan-") as plan_dir, \
-            local_environment(plan_dir, cluster, scheduler, settings_overrides or {}):
-        plan = build_plan(config, Path(plan_dir))
+            local_environment(plan_dir, cluster, scheduler, overrides):
         from moto import mock_aws  # lazily: only run-local and the tests need moto
 
         # The interpreter logs an ERROR for an IsPresent test on an absent path, though it
@@ -94,10 +104,39 @@ def run_local(config_path: str, cluster_name: str, *, scheduler: str = "slurm",
 
         with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}), \
                 LocalLambdaEndpoint() as endpoint:
+            cluster_config = _local_cluster_config(backend, cluster, scheduler, Path(plan_dir),
+                                                   standin_failure)
+            plan = build_plan(config, Path(plan_dir) / "plan", backend=backend, cluster_config=cluster_config)
+            os.environ["STEPCLUSTER_PLAN_DIR"] = str(Path(plan_dir) / "plan")
             if on_start:
                 on_start(endpoint)
             os.environ["AWS_ENDPOINT_URL_LAMBDA"] = endpoint.url
-            return _execute(plan, cluster, cluster_name, execution_input, endpoint, progress, timeout)
+            report = _execute(plan, cluster, cluster_name, execution_input, endpoint, progress, timeout)
+            if on_finish:
+                on_finish(report)
+            return report
+
+
+def _local_cluster_config(backend: str, cluster: LocalCluster, scheduler: str, folder: Path,
+                          standin_failure: str | None) -> Path | None:
+    """For cfncluster: the stand-in stack in moto, a cfncluster config using it, and the local
+    head node's key registered as the user's own key pair (the local sshd accepts only it)."""
+    if backend == "existing":
+        return None
+    if backend != "cfncluster":
+        raise ValueError(f"run-local supports the existing and cfncluster backends, not {backend!r}")
+    import boto3
+
+    from stepcluster.local.cfncluster_standin import install_standin, write_local_cfncluster_config
+
+    ec2 = boto3.client("ec2", region_name=REGION)
+    standin = install_standin(boto3.client("s3", region_name=REGION), ec2, bucket="stepcluster-local-templates",
+                              head_node_host=cluster.host, user=cluster.user, scheduler=scheduler,
+                              fail_reason=standin_failure)
+    public_key = (cluster.rig / "ssh" / "client_ed25519.pub").read_text()
+    ec2.import_key_pair(KeyName="local-head-node", PublicKeyMaterial=public_key.encode())
+    os.environ["STEPCLUSTER_SSH_KEY_NAME"] = "local-head-node"
+    return write_local_cfncluster_config(folder / "cfncluster.config", standin)
 
 
 def _execute(plan, cluster, cluster_name, execution_input, endpoint, progress, timeout) -> RunReport:
@@ -212,7 +251,7 @@ class _HistoryFollower:
 @contextlib.contextmanager
 def local_environment(plan_dir: str, cluster: LocalCluster, scheduler: str, overrides: dict):
     """Set what the template would set (and dummy AWS credentials); restore it afterwards."""
-    from handlers import _service
+    from stepcluster import runtime
 
     saved = dict(os.environ)
     os.environ.update({
@@ -224,12 +263,12 @@ def local_environment(plan_dir: str, cluster: LocalCluster, scheduler: str, over
         "STEPCLUSTER_HEAD_NODE_HOST_KEY": cluster.host_key, "STEPCLUSTER_CLUSTER_POLL_SECONDS": "1",
         **{f"STEPCLUSTER_{k.upper()}": str(v) for k, v in overrides.items()},
     })
-    _service.reset()
+    runtime.reset()
     secrets._cached.cache_clear()
     try:
         yield
     finally:
         os.environ.clear()
         os.environ.update(saved)
-        _service.reset()
+        runtime.reset()
         secrets._cached.cache_clear()

@@ -8,6 +8,14 @@ branches), mapping the scheduler's own word to a `Category`.
 What counts as a job's final result is the exit-code file written by the job wrapper (see
 `stepcluster.jobscript`); the scheduler's view matters while the job is queued or running and
 when the job died without the wrapper recording anything (killed, node failure, cancelled).
+
+A queued job can also be one that will never start by itself: held, asking for more than the
+cluster's configuration allows, or depending on a job that failed. Schedulers leave such jobs
+queued for ever, so `JobStatus.blocked` says so, in the scheduler's words; each adapter declares
+the words that mean it as data next to its state table, with where they are documented. Only
+conditions that need a person (the user, an operator, an administrator) to change something
+count: a job waiting for resources, its turn, its start time or a running predecessor is not
+blocked, since the service fails blocked jobs after a bounded time.
 """
 
 from __future__ import annotations
@@ -47,6 +55,10 @@ class JobStatus:
     exit_code: int | None = None
     signal: int | None = None
     reason: str | None = None   # scheduler's explanation, e.g. Slurm's Reason field
+    #: set (only for QUEUED jobs) when the scheduler says the job cannot start by itself; the
+    #: text says why in the scheduler's words: "PartitionConfig", "user hold (hqw)",
+    #: "job_state H (Hold_Types u)". The category stays QUEUED: the job is still queued.
+    blocked: str | None = None
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,17 @@ tests/fixtures/schedulers/sge/:
   until then). `qstat -j` does not show the state word, but is the only place that shows why
   a job is in error state (the "error reason" line).
 - `qdel` of a finished or unknown id exits 1 ('denied: job "5" does not exist').
+- Impossible requests: qsub REFUSES at submit (exit 1, "Unable to run job: ...") an unknown
+  queue (`-q nosuchqueue`), parallel environment (`-pe nonexistent 2`), resource name
+  (`-l nosuchres=1`) or host (`-l hostname=nosuchhost`). It ACCEPTS (default `-w n`: no
+  validation) requests no host can meet: `-l mem_free=1000T`, `-l arch=sparc`,
+  `-l qname=nosuch` stay qw for ever; `-l h_vmem=10000G` simply runs (all.q has h_vmem
+  INFINITY). Only `qstat -j` says why, in its "scheduling info" lines, and only when
+  sched_conf(5) schedd_job_info is true (the rig sets it; SGE installs default to false, then
+  the line reads "(Collecting of scheduler job information is turned off)").
+- hqw means held OR waiting for -hold_jid predecessors (qstat(1)); `qstat -s hu|ho|hs|hj` tell
+  them apart. A -hold_jid successor runs once its predecessor ended, whatever its exit status
+  (rig: hold_jid on a job that exited 3 ran), so a dependency never blocks for ever.
 """
 
 from __future__ import annotations
@@ -58,9 +69,59 @@ STATES: dict[str, Category] = {
     "z": Category.MISSING,
 }
 
+# -- jobs that cannot start by themselves -----------------------------------------------------------
+# Holds that only qrls (or an operator/manager) lifts: qstat(1) -s "hu/ho/hs: user/operator/system
+# hold" (qhold, qalter -h, qsub -h). Not blocking: hj (-hold_jid predecessors), hd (array
+# dependency), ha (qsub -a start time): they end by themselves.
+BLOCKING_HOLDS: dict[str, str] = {"hu": "user", "ho": "operator", "hs": "system"}
+
+# "scheduling info" lines of `qstat -j` (text: source/libs/sched/msg_schedd.h of Son of Grid
+# Engine) that mean a job can NEVER be dispatched to the queue/host the line is about, whatever
+# other jobs do. A job is blocked only when EVERY line about it is one of these: one line about a
+# full, suspended, disabled or unreachable queue instance, a consumable, a changing load value,
+# a hold, a dependency, a start time or a limit shared with other jobs means it may still run.
+# "it offers only XY:attr=value": qstat(1) -F format: X = g(lobal) h(ost) q(ueue); Y =
+# l (load value), L (scaled load value), c (consumable), f ("a fixed availability definition
+# derived from a non-consumable complex attribute or a fixed resource limit").
+_STATIC_LOAD_VALUES = "arch|num_proc|mem_total|swap_total|virtual_total|m_topology|m_socket|m_core|m_thread"
+BLOCKED_SCHEDULING_INFO: dict[str, str] = {
+    r'^\(-l [^)]*\) cannot run (?:at host "[^"]*"|in queue "[^"]*"|globally) because it offers only [gqh]f:':
+        "CANNOTRUNATHOST/INQUEUE/GLOBALLY with a fixed attribute or resource limit (rig: -l qname=nosuch)",
+    rf'^\(-l [^)]*\) cannot run (?:at host "[^"]*"|in queue "[^"]*"|globally) because it offers only [gqh][lL]:(?:{_STATIC_LOAD_VALUES})=':
+        "a static load value (load_parameters(5)): a host's arch or size does not change (rig: -l arch=sparc)",
+    r'^\(-l [^)]*\) cannot run .* because job requests (?:unknown|non requestable) resource':
+        "MSG_SCHEDD_JOBREQUESTSUNKOWNRESOURCE_S / JOBREQUESTSNONREQUESTABLERESOURCE",
+    r'^cannot run in queue "[^"]*" because it is not contained in its hard queue list \(-q\)$':
+        "MSG_SCHEDD_INFO_NOTINHARDQUEUELST_S",
+    r'^has no permission for .+ "[^"]*"$': "MSG_SCHEDD_INFO_HASNOPERMISSION_SS (access lists)",
+    r'^\((?:project [^)]*|no project)\) does not have the correct project to run in ':
+        "MSG_SCHEDD_INFO_HASINCORRECTPRJ_SSS / HASNOPRJ_S",
+    r'^\(project [^)]*\) is not allowed to run in .* based on the excluded project list$':
+        "MSG_SCHEDD_INFO_EXCLPRJ_SSS",
+    r'^cannot run in queue instance "[^"]*" because queues are non requestable$':
+        "MSG_SCHEDD_INFO_QUEUENOTREQUESTABLE_S",
+    r'^cannot run in queue instance "[^"]*" because (?:it is not of (?:parallel type|type checkpointing|type batch)|the job is not parallel|ckpt object "[^"]*" is not in ckpt list of queue)$':
+        "MSG_SCHEDD_INFO_NOTPARALLELQUEUE_S / NOTACKPTQUEUE_SS / NOTASERIALQUEUE_S / NOTPARALLELJOB_S / NOTINQUEUELSTOFCKPT_SS",
+    r'^cannot run in queue "[^"]*" because PE "[^"]*" is not in pe list$': "MSG_SCHEDD_INFO_NOTINQUEUELSTOFPE_SS",
+    r'^cannot run in queue instance "[^"]*" because it has "0" slots$': "MSG_SCHEDD_INFO_NOSLOTSINQUEUE_S",
+    r"^does not request (?:globally )?'forced' resource ": "MSG_SCHEDD_INFO_NOTREQFORCEDRES_SS / NOFORCEDRES_SS / NOGLOBFORCEDRES_SS",
+    r'^cannot run because requested ckpt object not found$': "MSG_SCHEDD_INFO_CKPTNOTFOUND_",
+    r'^cannot run because no access to pe "[^"]*"$': "MSG_SCHEDD_INFO_NOACCESSTOPE_S",
+    r'^cannot run because total slots of pe "[^"]*" not in range of job$': "MSG_SCHEDD_INFO_TOTALPESLOTSNOTINRANGE_S",
+    r'^pe "[^"]*" dropped because allocation rule is not suitable$': "MSG_SCHEDD_INFO_PEALLOCRULE_S",
+    r'^no matching pe found$': "MSG_SCHEDD_INFO_NOPEMATCH_",
+}
+_BLOCKED_INFO = [re.compile(pattern) for pattern in BLOCKED_SCHEDULING_INFO]
+# lines that carry no reason at all
+_NO_INFO = re.compile(r"^\((?:Collecting of scheduler job information is turned off|Scheduler job information not "
+                      r"available for every job)\b|^there are no messages available$", re.IGNORECASE)
+
 _JOB_ID = re.compile(r"^\d+$")
 _SUBMIT = re.compile(r"^(?P<id>\d+)(?:\.(?P<tasks>\d+-\d+:\d+))?$")   # -terse; arrays: 12.1-5:1
-_MARK = "@@stepcluster-qstat-j"
+_MARK = "@@stepcluster-qstat-j"              # then: job_number / error reason / scheduling info lines
+_HOLD_MARK = "@@stepcluster-qstat-s"         # "@@stepcluster-qstat-s hu", then one job id a line
+_SECTION = re.compile(r"^(@@stepcluster-qstat-(?:j|s [a-z]+))[ \t]*$", re.MULTILINE)
+_SCHED_INFO = re.compile(r"^scheduling info:\s*(?P<msg>.*?)\s*$")
 _JOB_NUMBER = re.compile(r"^job_number:\s+(?P<id>\d+)\s*$")
 _ERROR_REASON = re.compile(r"^error reason\s+\d+:\s+(?:\d\d/\d\d/\d{4} \d\d:\d\d:\d\d \[[^\]]*\]:\s+)?(?P<msg>.*?)\s*$")
 _QACCT_LINE = re.compile(r"^(?P<key>[a-z_]+)\s+(?P<value>.*?)\s*$")
@@ -106,13 +167,22 @@ class SGE(Scheduler):
     def status_argv(self, job_ids: Sequence[str]) -> list[str]:
         ids = ",".join(_ids(job_ids))
         # One command: the job table as XML (every user: ids are what we filter on); then, only
-        # when some job is in an E(rror) state, the "error reason" lines of `qstat -j`.
+        # when some job is pending (q: qw hqw Eqw...), the "error reason" and "scheduling info"
+        # lines of `qstat -j` for our ids; then, only when some job is in a h(old) state, the ids
+        # under each blocking hold (qstat -s hu/ho/hs).
         script = (
             'out=$(qstat -xml -u "*") || { rc=$?; printf "%s\\n" "$out"; exit $rc; }\n'
             'printf "%s\\n" "$out"\n'
-            'if printf "%s\\n" "$out" | grep -q "<state>[^<]*E"; then\n'
+            'if printf "%s\\n" "$out" | grep -q "<state>[^<]*[Eq]"; then\n'
             f'  echo {_MARK}\n'
-            '  qstat -j "$1" 2>&1 | grep -E "^(job_number|error reason)"\n'
+            '  qstat -j "$1" 2>&1 | awk \'/^(job_number|error reason)/ {print; s=0; next}\n'
+            '    /^scheduling info:/ {print; s=1; next}  s && /^[ \\t]/ {print; next}  {s=0}\'\n'
+            'fi\n'
+            'if printf "%s\\n" "$out" | grep -q "<state>[^<]*h"; then\n'
+            f'  for h in {" ".join(BLOCKING_HOLDS)}; do\n'
+            f'    echo "{_HOLD_MARK} $h"\n'
+            '    qstat -u "*" -s "$h" | awk \'$1 ~ /^[0-9]+$/ {print $1}\'\n'
+            '  done\n'
             'fi\n'
             'exit 0')
         return ["sh", "-c", script, "sh", ids]
@@ -121,14 +191,20 @@ class SGE(Scheduler):
         wanted = [str(i) for i in job_ids]
         if out.exit_code != 0:
             raise SchedulerError(f"qstat failed: {raw_output(out)}")
-        xml_text, _, details = out.stdout.partition(_MARK)
+        xml_text, *sections = _SECTION.split(out.stdout)
+        details, holds = "", {}
+        for name, body in zip(sections[::2], sections[1::2]):
+            if name == _MARK:
+                details = body
+            else:
+                holds[name.split()[-1]] = set(body.split())
         try:
             root = ET.fromstring(xml_text.strip())
         except ET.ParseError as exc:
             raise SchedulerError(f"qstat -xml printed no valid XML ({exc}): {raw_output(out)}") from None
         if root.tag != "job_info":
             raise SchedulerError(f"unexpected qstat -xml document <{root.tag}>: {raw_output(out)}")
-        reasons = _error_reasons(details)
+        errors, scheduling = _job_details(details)
         found: dict[str, JobStatus] = {}
         for job in root.iter("job_list"):
             job_id = (job.findtext("JB_job_number") or "").strip()
@@ -139,10 +215,14 @@ class SGE(Scheduler):
             if job_id in wanted and job_id not in found:
                 state = state.strip()
                 category = self.categorize(state)
-                reason = None
+                reason = blocked = None
                 if category == Category.FAILED:
-                    reason = reasons.get(job_id) or "job in error state (see qstat -j)"
-                found[job_id] = JobStatus(job_id, category, state, reason=reason)
+                    reason = errors.get(job_id) or "job in error state (see qstat -j)"
+                elif category == Category.QUEUED:
+                    lines = scheduling.get(job_id, [])
+                    reason = "; ".join(lines) or None
+                    blocked = blocked_reason(job_id, state, lines, holds)
+                found[job_id] = JobStatus(job_id, category, state, reason=reason, blocked=blocked)
         return {i: found.get(i) or JobStatus(i, Category.MISSING, "") for i in wanted}
 
     def accounting_argv(self, job_id: str) -> list[str] | None:
@@ -187,16 +267,43 @@ class SGE(Scheduler):
         return qdel_argv(_ids(job_ids), _CANCEL_OK)
 
 
-def _error_reasons(text: str) -> dict[str, str]:
-    """job id -> first "error reason" message, from `qstat -j` lines."""
-    reasons: dict[str, str] = {}
-    current = None
+def blocked_reason(job_id: str, state: str, scheduling_info: list[str],
+                   holds: dict[str, set[str]]) -> str | None:
+    """Why a pending job cannot start by itself, in Grid Engine's words; None if it may start.
+
+    `holds` maps "hu"/"ho"/"hs" to the ids `qstat -s` lists under that hold; `scheduling_info`
+    are the job's "scheduling info" messages from `qstat -j`.
+    """
+    kinds = [kind for flag, kind in BLOCKING_HOLDS.items() if job_id in holds.get(flag, ())]
+    if kinds and "h" in state:
+        return f"{'/'.join(kinds)} hold ({state})"
+    if scheduling_info and all(any(p.search(line) for p in _BLOCKED_INFO) for line in scheduling_info):
+        return "; ".join(scheduling_info)
+    return None
+
+
+def _job_details(text: str) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """From `qstat -j` lines: job id -> first "error reason"; job id -> "scheduling info" messages."""
+    errors: dict[str, str] = {}
+    scheduling: dict[str, list[str]] = {}
+    current, in_info = None, False
     for line in text.splitlines():
         m = _JOB_NUMBER.match(line)
         if m:
-            current = m.group("id")
+            current, in_info = m.group("id"), False
             continue
         m = _ERROR_REASON.match(line)
-        if m and current and current not in reasons:
-            reasons[current] = m.group("msg")
-    return reasons
+        if m:
+            in_info = False
+            if current and current not in errors:
+                errors[current] = m.group("msg")
+            continue
+        m = _SCHED_INFO.match(line)
+        if m or (in_info and line[:1] in (" ", "\t")):
+            in_info = True
+            message = m.group("msg") if m else line.strip()
+            if current and message and not _NO_INFO.search(message):
+                scheduling.setdefault(current, []).append(message)
+            continue
+        in_info = False
+    return errors, scheduling

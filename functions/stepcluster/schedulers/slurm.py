@@ -9,6 +9,16 @@ Observed on Slurm 22.05 (the local rig) and recorded in tests/fixtures/scheduler
 - Finished jobs stay visible to `squeue -t all` and `scontrol show job` for MinJobAge seconds
   (default 300), then only `sacct` (slurmdbd) knows them.
 - `scancel` exits 0 for finished and unknown ids.
+- Impossible requests (rig: one node, 32 CPUs, RealMemory=1000, EnforcePartLimits=NO, the
+  default): sbatch REFUSES at submit `--mem` above RealMemory and `--tmp` above TmpDisk
+  ("Memory specification can not be satisfied" / "Requested node configuration is not
+  available", exit 1), an unknown partition, feature (-C) or gres; it ACCEPTS `-c 64` (pending,
+  Reason=PartitionConfig) and `-N 2` (PartitionNodeLimit): with EnforcePartLimits=ALL|ANY those
+  would be refused at submit too. Held jobs (`--hold`) pend with JobHeldUser, a job
+  `--dependency=afterok:` on a failed job with DependencyNeverSatisfied (for ever: unless
+  SchedulerParameters=kill_invalid_depend, which cancels it). `scontrol requeuehold` leaves a
+  PENDING job whose Reason is the free text "job requeued in held state" (squeue; scontrol:
+  "job_requeued_in_held_state"): held jobs are recognised by their priority 0, not by the text.
 """
 
 from __future__ import annotations
@@ -51,10 +61,123 @@ STATES: dict[str, Category] = {
     "CANCELLED": Category.CANCELLED,    # CA  cancelled by a user or administrator ("CANCELLED by N")
 }
 
+# -- jobs that cannot start by themselves ---------------------------------------------------------
+# Reason codes (squeue %r, scontrol Reason=) of PENDING jobs that only a person can unblock: the
+# request does not fit the configuration, a per-job limit, a hold, a dependency that can never be
+# satisfied. From "Job Reason Codes" https://slurm.schedmd.com/job_reason_codes.html (doc/html/
+# job_reason_codes.shtml) and squeue(1) JOB REASON CODES (22.05.8 on the rig); the code -> text
+# mapping is job_state_reason_string() in the Slurm source.
+_PER_ASSOC = "AssocMax* per-job/per-node limit: 'A portion of the job request exceeds a maximum limit (e.g., PerJob, PerNode) for the requested association'"
+_PER_QOS = "QOSMax* per-job/per-node limit: 'A portion of the job request exceeds a maximum limit (e.g., PerJob, PerNode) for the requested QOS'"
+_QOS_MIN = "QOSMin*: the request 'does not meet the minimum each job is allowed to use for the requested QOS'"
+BLOCKED_REASONS: dict[str, str] = {
+    # the request does not fit the partition (sbatch accepts it while EnforcePartLimits=NO)
+    "PartitionConfig": "'Fallback reason when the job violates some limit on the partition' (rig: sbatch -c 64, 32-CPU node)",
+    "PartitionNodeLimit": "'number of nodes required by this job is outside of its partition's current limits' (rig: sbatch -N 2, 1-node partition)",
+    "PartitionTimeLimit": "'The job's time limit exceeds its partition's current time limit'",
+    "BadConstraints": "'The job's requirements cannot be satisfied. Used in cases when the job is never expected to be runnable'",
+    "MaxMemPerLimit": "'The job violates the limit on the maximum amount of Memory per-CPU or per-Node'",
+    "InvalidAccount": "'The job's account is invalid'",
+    "InvalidQOS": "'The job's QOS is invalid'",
+    "AccountNotAllowed": "'Job is in an account not allowed in a partition'",
+    "QOSNotAllowed": "'The job requests a QOS is not allowed by the requested association or partition'",
+    "ReservationDeleted": "'The job requested a reservation that is no longer on the system'",
+    # holds: priority 0 until `scontrol release`
+    "JobHeldUser": "'The job is held by the user or an account coordinator' (rig: sbatch --hold)",
+    "JobHeldAdmin": "'The job is held by a privileged user'",
+    "JobHoldMaxRequeue": "'Job has been requeued enough times to reach the MAX_BATCH_REQUEUE limit' (held)",
+    "DependencyNeverSatisfied": "'dependency on another job that will never be satisfied' (rig: afterok on a failed job)",
+    **{code: _PER_ASSOC for code in (
+        "AssocMaxBBMinutesPerJob", "AssocMaxBBPerJob", "AssocMaxBBPerNode", "AssocMaxBillingMinutesPerJob",
+        "AssocMaxBillingPerJob", "AssocMaxBillingPerNode", "AssocMaxCpuMinutesPerJobLimit",
+        "AssocMaxCpuPerJobLimit", "AssocMaxCpuPerNode", "AssocMaxEnergyMinutesPerJob", "AssocMaxEnergyPerJob",
+        "AssocMaxEnergyPerNode", "AssocMaxGRESMinutesPerJob", "AssocMaxGRESPerJob", "AssocMaxGRESPerNode",
+        "AssocMaxLicenseMinutesPerJob", "AssocMaxLicensePerJob", "AssocMaxMemMinutesPerJob", "AssocMaxMemPerJob",
+        "AssocMaxMemPerNode", "AssocMaxNodeMinutesPerJob", "AssocMaxNodePerJobLimit",
+        "AssocMaxUnknownMinutesPerJob", "AssocMaxUnknownPerJob", "AssocMaxUnknownPerNode",
+        "AssocMaxWallDurationPerJobLimit")},
+    **{code: _PER_QOS for code in (
+        "QOSMaxBBMinutesPerJob", "QOSMaxBBPerJob", "QOSMaxBBPerNode", "QOSMaxBillingMinutesPerJob",
+        "QOSMaxBillingPerJob", "QOSMaxBillingPerNode", "QOSMaxCpuMinutesPerJobLimit", "QOSMaxCpuPerJobLimit",
+        "QOSMaxCpuPerNode", "QOSMaxEnergyMinutesPerJob", "QOSMaxEnergyPerJob", "QOSMaxEnergyPerNode",
+        "QOSMaxGRESMinutesPerJob", "QOSMaxGRESPerJob", "QOSMaxGRESPerNode", "QOSMaxLicenseMinutesPerJob",
+        "QOSMaxLicensePerJob", "QOSMaxMemoryMinutesPerJob", "QOSMaxMemoryPerJob", "QOSMaxMemoryPerNode",
+        "QOSMaxNodeMinutesPerJob", "QOSMaxNodePerJobLimit", "QOSMaxUnknownMinutesPerJob",
+        "QOSMaxUnknownPerJob", "QOSMaxUnknownPerNode", "QOSMaxWallDurationPerJobLimit")},
+    **{code: _QOS_MIN for code in (
+        "QOSMinBB", "QOSMinBilling", "QOSMinCpuNotSatisfied", "QOSMinEnergy", "QOSMinGRES", "QOSMinLicense",
+        "QOSMinMemory", "QOSMinNode", "QOSMinUnknown")},
+}
+# Reasons that look alarming but are NOT blocked (the judgement, for readers and tests): each
+# changes without anyone acting on this job, or after a routine action on the cluster.
+WAITING_REASONS: dict[str, str] = {
+    "None": "not considered yet in the current scheduling cycle",
+    "WaitingForScheduling": "no reason set yet",
+    "Priority": "higher-priority jobs first",
+    "Resources": "resources in use by other jobs",
+    "BeginTime": "--begin not reached",
+    "Dependency": "predecessor still running",
+    "Licenses": "waiting for a license",
+    "Reservation": "waiting for its reservation to start",
+    "Prolog": "PrologSlurmctld running",
+    "Cleaning": "being requeued",
+    "Constraints": "'cannot be satisfied at this time'",
+    "SchedDefer": "immediate allocation deferred",
+    "FedJobLock": "federation sync",
+    "JobArrayTaskLimit": "array throttle (%N)",
+    "BurstBufferResources": "burst buffer pool full",
+    "BurstBufferStageIn": "staging in",
+    "PowerNotAvail": "power capping",
+    "PowerReserved": "power capping",
+    "AccountingPolicy": "fallback for limits reached",
+    # nodes / partitions down or drained: maintenance ends, nodes come back; an administrator
+    # acts for the whole cluster, not for this job. ReqNodeNotAvail "may currently be in use,
+    # reserved for another job" too. The service's bound on queued time covers long outages.
+    "ReqNodeNotAvail": "nodes in use, reserved, down or drained (maintenance)",
+    "NodeDown": "a required node is down",
+    "PartitionDown": "partition DOWN (maintenance)",
+    "PartitionInactive": "partition INACTIVE (maintenance)",
+    "FrontEndDown": "no front end node available",
+    # aggregate and per-user/per-account limits: other jobs ending frees them. (A job that alone
+    # exceeds such a limit shows the same code and then waits for ever: Slurm cannot tell.)
+    "AssocMaxJobsLimit": "per-user running-jobs limit of the association: met until other jobs end",
+    "AssocMaxSubmitJobLimit": "running+pending jobs limit",
+    "AssociationJobLimit": "association's job count",
+    "AssociationResourceLimit": "association's resource limit",
+    "AssociationTimeLimit": "association's time limit",
+    "AssocGrpCpuLimit": "AssocGrp*: aggregate limit reached",
+    "AssocGrpJobsLimit": "AssocGrp*: aggregate limit reached",
+    "AssocGrpCPUMinutesLimit": "AssocGrp*Minutes: usage budget; decays / reset by the site's policy",
+    "QOSGrpNodeLimit": "QOSGrp*: aggregate limit reached",
+    "QOSGrpCPURunMinutesLimit": "QOSGrp*RunMinutes: running jobs' minutes",
+    "QOSJobLimit": "QOS job count",
+    "QOSResourceLimit": "QOS resource limit",
+    "QOSTimeLimit": "QOS time limit",
+    "QOSUsageThreshold": "QOS usage threshold",
+    "QOSMaxJobsPerUserLimit": "per-user running jobs",
+    "QOSMaxSubmitJobPerUserLimit": "per-user running+pending jobs",
+    "QOSMaxCpuPerUserLimit": "per-user CPUs in use",
+    "QOSMaxNodePerUserLimit": "per-user nodes in use",
+    "QOSMaxMemoryPerUser": "per-user memory in use",
+    "QOSMaxGRESPerUser": "per-user GRES in use",
+    "MaxJobsPerAccount": "per-account running jobs of the QOS",
+    "MaxCpuPerAccount": "per-account CPUs in use",
+}
+# Job states that are holds whatever the reason (job_state_codes.html): the category stays QUEUED.
+BLOCKED_STATES: dict[str, str] = {
+    "REQUEUE_HOLD": "'Held job is being requeued' (released only by scontrol release)",
+    "RESV_DEL_HOLD": "'Job is being held after requested reservation was deleted'",
+}
+# priority 0 is "reserved for held jobs" (priority plugins raise any computed priority to 1);
+# it catches holds whose Reason is free text: "job requeued in held state", "launch failed
+# requeued held".
+_HELD_PRIORITY = 0
+_REASON_CODE = re.compile(r"^[A-Za-z_]+")
+
 _SUBMIT = re.compile(r"^(?P<id>\d+)(?:;(?P<cluster>\S+))?$")
 _JOB_ID = re.compile(r"^\d+(?:_\d+)?$")
-_STATUS_FORMAT = "%i|%T|%r"
-_ROW = re.compile(r"^(?P<id>[0-9_\[\]\-,%]+)\|(?P<state>[^|]*)\|(?P<reason>.*)$")
+_STATUS_FORMAT = "%i|%T|%Q|%r"    # id | state | priority | reason (last: it may be free text)
+_ROW = re.compile(r"^(?P<id>[0-9_\[\]\-,%]+)\|(?P<state>[^|]*)\|(?P<priority>\d*)\|(?P<reason>.*)$")
 _UNKNOWN_ID = re.compile(r"Invalid job id specified")
 # stderr lines of `scontrol show job` / `sacct` that only mean "I do not know this job"; any
 # other complaint (controller or database unreachable...) is an error, not a missing job
@@ -63,6 +186,7 @@ _ACCOUNTING_NOT_KNOWN = re.compile(r"Invalid job id specified|accounting storage
 _SC_ID = re.compile(r"(?:^|\s)JobId=(?P<id>\S+)")
 _SC_STATE = re.compile(r"\sJobState=(?P<state>\S+)")
 _SC_REASON = re.compile(r"\sReason=(?P<reason>\S+)")
+_SC_PRIORITY = re.compile(r"\sPriority=(?P<priority>\d+)")
 _SC_EXIT = re.compile(r"\sExitCode=(?P<code>\d+):(?P<signal>\d+)")
 _SACCT_ROW = re.compile(r"^(?P<id>[^|]+)\|(?P<state>[^|]+)\|(?P<code>\d+):(?P<signal>\d+)$")
 _BAD_PATH = re.compile(r"[%\\\n]")   # sbatch expands %j, %x... in -o/-e; "\" turns that off
@@ -72,6 +196,23 @@ _BAD_PATH = re.compile(r"[%\\\n]")   # sbatch expands %j, %x... in -o/-e; "\" tu
 
 def _reason(text: str | None) -> str | None:
     return None if text in (None, "", "None", "(null)") else text
+
+
+def blocked_reason(raw_state: str, reason: str | None, priority: int | None) -> str | None:
+    """Why a queued job cannot start by itself, in Slurm's words; None when it may still start.
+
+    `reason` is squeue's %r (a code, "ReqNodeNotAvail, UnavailableNodes:n1", or free text) or
+    scontrol's Reason=; `priority` squeue's %Q / scontrol's Priority= (None: unknown).
+    """
+    state = raw_state.split(" ")[0]
+    if state in BLOCKED_STATES:
+        return f"{state} ({reason})" if reason else state
+    code = _REASON_CODE.match(reason or "")
+    if code and code.group(0) in BLOCKED_REASONS:
+        return reason
+    if priority == _HELD_PRIORITY and state == "PENDING":
+        return reason.replace("_", " ") if reason else "held (priority 0)"
+    return None
 
 
 def _ids(job_ids: Sequence[str]) -> list[str]:
@@ -118,19 +259,23 @@ class Slurm(Scheduler):
                 raise SchedulerError(f"unexpected squeue line {line!r}: {raw_output(out)}")
             job_id = m.group("id")
             if job_id in wanted and job_id not in found:
-                found[job_id] = self._status(job_id, m.group("state").strip(), _reason(m.group("reason").strip()))
+                priority = m.group("priority")
+                found[job_id] = self._status(job_id, m.group("state").strip(), _reason(m.group("reason").strip()),
+                                             priority=int(priority) if priority else None)
         return {i: found.get(i) or JobStatus(i, Category.MISSING, "") for i in wanted}
 
     def _status(self, job_id: str, raw_state: str, reason: str | None,
-                code: int | None = None, signal: int | None = None) -> JobStatus:
+                code: int | None = None, signal: int | None = None,
+                priority: int | None = None) -> JobStatus:
         # "CANCELLED by 1001" (sacct) -> CANCELLED; the raw text is kept
         category = self.categorize(raw_state.split(" ")[0]) if raw_state else Category.UNKNOWN
         if category not in (Category.SUCCEEDED, Category.FAILED, Category.CANCELLED):
             code = signal = None
         elif category == Category.SUCCEEDED and (code or signal):
             category = Category.FAILED   # never call a non-zero exit a success
+        blocked = blocked_reason(raw_state, reason, priority) if category == Category.QUEUED else None
         return JobStatus(job_id, category, raw_state, exit_code=code,
-                         signal=signal or None, reason=reason)
+                         signal=signal or None, reason=reason, blocked=blocked)
 
     def accounting_argv(self, job_id: str) -> list[str] | None:
         _ids([job_id])
@@ -148,8 +293,10 @@ class Slurm(Scheduler):
                 state, reason, code = _SC_STATE.search(line), _SC_REASON.search(line), _SC_EXIT.search(line)
                 if not state or not code:
                     raise SchedulerError(f"scontrol record without JobState/ExitCode: {raw_output(out)}")
+                priority = _SC_PRIORITY.search(line)
                 return self._status(job_id, state.group("state"), _reason(reason and reason.group("reason")),
-                                    int(code.group("code")), int(code.group("signal")))
+                                    int(code.group("code")), int(code.group("signal")),
+                                    priority=int(priority.group("priority")) if priority else None)
         rows = [m for m in map(_SACCT_ROW.match, (r.strip() for r in records)) if m and m.group("id") == job_id]
         if rows:   # a reused id (state wiped) gives several rows: the last is the newest
             row = rows[-1]

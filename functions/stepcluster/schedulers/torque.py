@@ -14,6 +14,12 @@ Torque documentation, and tests/fixtures/schedulers/torque/ holds outputs writte
 - exit_status (Torque Administrator Guide, "Job Exit Status"): the job script's exit code;
   negative values are Torque's own JOB_EXEC_* failures; 256 + N when the job was killed by
   signal N (271 = SIGTERM: what a qdel of a running job, or a walltime kill, leaves).
+- Holds (qhold(1B), qstat -f "Hold_Types"): u USER, o OTHER (operator), s SYSTEM, n none; a held
+  job is job_state H. pbs_server also puts a SYSTEM hold on a job whose depend= predecessors
+  have not finished (set_depend_hold() in src/server/req_register.c: H, substate DEPNHOLD) and
+  lifts it by itself; when such a dependency can never be satisfied (afterok on a job that
+  failed) the server deletes the dependent job (JOB_DEPEND_OP_DELETE -> job_abt) instead of
+  leaving it queued. W (waiting for its qsub -a execution time) starts by itself.
 """
 
 from __future__ import annotations
@@ -39,6 +45,16 @@ STATES: dict[str, Category] = {
     # completed after having run: FAILED unless exit_status is 0 (see parse_status), so that
     # a C without a readable exit_status is never taken for a success
     "C": Category.FAILED,
+}
+
+# Hold_Types letters that keep a job in H until someone runs qrls (qhold(1B): "A job that has a
+# hold is not eligible for execution"). "s" only when the job has no depend= attribute: with one,
+# the server's own dependency hold, released when the predecessors end.
+BLOCKING_HOLD_TYPES: dict[str, str] = {
+    "u": "USER hold (qhold, qsub -h)",
+    "o": "OTHER (operator) hold",
+    "s": "SYSTEM hold (administrator, or the server) -- unless a depend= attribute explains it",
+    "p": "bad password hold (PBS Professional: set after a failed run with a wrong password)",
 }
 
 # Torque's own exit codes (JOB_EXEC_* in src/include/job.h; Administrator Guide "Job Exit Status")
@@ -109,6 +125,19 @@ def _ids(job_ids: Sequence[str]) -> list[str]:
     return check_job_ids(job_ids, _JOB_ID, "Torque")
 
 
+def blocked_reason(state: str, attrs: dict[str, str]) -> str | None:
+    """Why a queued job cannot start by itself ("job_state H (Hold_Types u)"); None otherwise."""
+    if state != "H":
+        return None
+    hold_types = (attrs.get("Hold_Types") or "").strip()
+    letters = set(hold_types) & set(BLOCKING_HOLD_TYPES)
+    if letters == {"s"} and (attrs.get("depend") or "").strip():
+        return None     # the server's dependency hold: lifted when the predecessors end
+    if letters:
+        return f"job_state H (Hold_Types {hold_types})"
+    return None
+
+
 class Torque(Scheduler):
     name = "torque"
     STATES = STATES
@@ -161,7 +190,8 @@ class Torque(Scheduler):
         category = self.categorize(state)
         comment = attrs.get("comment") or None
         if state != "C":
-            return JobStatus(job_id, category, state, reason=comment)
+            blocked = blocked_reason(state, attrs) if category == Category.QUEUED else None
+            return JobStatus(job_id, category, state, reason=comment, blocked=blocked)
         # Torque spells it exit_status; PBS Pro Exit_status
         text = attrs.get("exit_status", attrs.get("Exit_status"))
         if text is None or not _INT.match(text.strip()):

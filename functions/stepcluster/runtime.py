@@ -1,17 +1,19 @@
-"""The RunService the handlers share, built once per warm container from the environment."""
+"""The RunService the Lambda handlers share, built once per warm container from the environment."""
+
+from __future__ import annotations
 
 import logging
 import os
 
-from stepcluster.service import RunService
-from stepcluster.settings import Settings
-
 _service = None
 
 
-def service() -> RunService:
+def service():
     global _service
     if _service is None:
+        from stepcluster.service import RunService
+        from stepcluster.settings import Settings
+
         logging.getLogger("stepcluster").setLevel(os.environ.get("LOG_LEVEL", "INFO"))
         _service = RunService(Settings.from_env())
     return _service

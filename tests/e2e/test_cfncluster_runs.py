@@ -1,0 +1,138 @@
+"""cfncluster's own code creating and deleting a (stand-in) cluster stack in moto, with the
+jobs running on the local head node it points at: every teardown path, and after each one
+nothing the run created is left (stacks, key pairs, secrets counted in moto)."""
+
+import functools
+import json
+from pathlib import Path
+
+import boto3
+import pytest
+
+from stepcluster.local import runner
+
+pytestmark = pytest.mark.e2e
+EVENTS = Path(__file__).resolve().parents[2] / "events"
+run_local = functools.partial(runner.run_local, backend="cfncluster", timeout=150)
+# What a local cfncluster run registers as the user's own key: never deleted by a run.
+USER_KEY_PAIRS = {"local-head-node"}
+USER_SECRETS = {"stepcluster/local-head-node-key"}
+
+
+def leftovers() -> dict:
+    """What the run created and left behind, in moto."""
+    cfn, ec2, sm = boto3.client("cloudformation"), boto3.client("ec2"), boto3.client("secretsmanager")
+    stacks = [s["StackName"] for s in cfn.describe_stacks()["Stacks"] if s["StackStatus"] != "DELETE_COMPLETE"]
+    pairs = [k["KeyName"] for k in ec2.describe_key_pairs()["KeyPairs"] if k["KeyName"] not in USER_KEY_PAIRS]
+    secrets = [s["Name"] for s in sm.list_secrets()["SecretList"] if s["Name"] not in USER_SECRETS]
+    running = [i["InstanceId"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]
+               if i["State"]["Name"] not in ("terminated", "shutting-down")]
+    return {"stacks": stacks, "key_pairs": pairs, "secrets": secrets, "instances": running}
+
+
+NOTHING = {"stacks": [], "key_pairs": [], "secrets": [], "instances": []}
+
+
+class Recorder:
+    def __init__(self):
+        self.left = None
+
+    def __call__(self, report):
+        self.left = leftovers()
+
+
+def test_the_example_runs_on_a_cfncluster_stack_that_is_then_deleted(local_cluster):
+    seen = {}
+
+    def during(endpoint):
+        def watch(name, event):
+            if name == "PollJobsFunction" and "stacks" not in seen:
+                seen["stacks"] = [s["StackName"] for s in boto3.client("cloudformation").describe_stacks()["Stacks"]]
+                seen["params"] = boto3.client("cloudformation").describe_stacks(
+                    StackName="cfncluster-cfn-demo")["Stacks"][0]["Parameters"]
+        endpoint.fault = watch
+
+    after = Recorder()
+    report = run_local("examples/jobs.ini", "cfn-demo", cluster=local_cluster, on_start=during, on_finish=after)
+    assert report.status == "SUCCEEDED", report.cause
+    assert seen["stacks"] == ["cfncluster-cfn-demo"]            # it existed while jobs ran
+    assert {"ParameterKey": "Scheduler", "ParameterValue": "slurm"} in seen["params"]
+    assert report.output["cluster"]["status"] == "DELETED"
+    assert report.output["cluster"]["head_node"]["user"] == "hpc"  # discovered from the stack
+    assert after.left == NOTHING
+
+
+def test_a_failing_job_still_deletes_the_stack(local_cluster, write_config):
+    config = write_config("parallel", {"bad": "exit 5", "long": "sleep 60"})
+    after = Recorder()
+    report = run_local(config, "cfn-jobfail", cluster=local_cluster, on_finish=after)
+    assert report.status == "FAILED" and report.error == "JobFailed"
+    assert "exit code 5" in report.cause
+    assert after.left == NOTHING
+
+
+def test_a_stack_that_fails_to_create_ends_the_run_with_its_reason(local_cluster, write_config):
+    config = write_config("sequential", {"a": "true"})
+    after = Recorder()
+    report = run_local(config, "cfn-broken", cluster=local_cluster, on_finish=after,
+                       standin_failure="The requested instance type (c9.huge) is not supported")
+    assert report.status == "FAILED" and report.error == "ClusterFailed"
+    assert "c9.huge" in report.cause and "cfn-broken" in report.cause
+    assert "PrepareHeadNodeFunction" not in report.invocations
+    assert after.left == NOTHING
+
+
+def test_a_cluster_not_ready_in_time_is_deleted(local_cluster, write_config):
+    # No host key can be pinned (moto prints none, and none is configured): never ready.
+    config = write_config("sequential", {"a": "true"})
+    after = Recorder()
+    report = run_local(config, "cfn-slow", cluster=local_cluster, on_finish=after,
+                       settings_overrides={"head_node_host_key": "", "create_timeout_seconds": 3})
+    assert report.status == "FAILED" and report.error == "ClusterFailed"
+    assert "not ready" in report.cause or "host key" in report.cause
+    assert after.left == NOTHING
+
+
+def test_a_lambda_error_mid_run_still_deletes_the_stack(local_cluster, write_config):
+    config = write_config("sequential", {"a": "sleep 30"})
+
+    def crash(endpoint):
+        def fault(name, event):
+            if name == "PollJobsFunction":
+                raise RuntimeError("simulated crash")
+        endpoint.fault = fault
+
+    after = Recorder()
+    report = run_local(config, "cfn-crash", cluster=local_cluster, on_start=crash, on_finish=after)
+    assert report.status == "FAILED" and report.error == "RuntimeError"
+    assert after.left == NOTHING
+
+
+def test_an_aborted_run_is_cleaned_up_by_the_eventbridge_handler(local_cluster, write_config):
+    """An abort skips the teardown states; the rule on ABORTED executions invokes the cluster
+    function with the status-change event, which deletes what carries the execution's tag.
+    (moto delivers no such events to rules: the recorded event is played here.)"""
+    from handlers import cluster
+
+    config = write_config("sequential", {"a": "sleep 60"})
+
+    def abort(endpoint):
+        def fault(name, event):
+            if name == "PollJobsFunction":
+                boto3.client("stepfunctions").stop_execution(executionArn=event["execution_arn"])
+        endpoint.fault = fault
+
+    seen = {}
+
+    def cleanup(report):
+        seen["before"] = leftovers()
+        event = json.loads((EVENTS / "cluster_cleanup.json").read_text())
+        event["detail"]["executionArn"] = report.execution_arn
+        seen["result"] = cluster.handler(event, None)
+        seen["after"] = leftovers()
+
+    report = run_local(config, "cfn-abort", cluster=local_cluster, on_start=abort, on_finish=cleanup)
+    assert report.status == "ABORTED"
+    assert seen["before"]["stacks"] == ["cfncluster-cfn-abort"]   # the abort left it running
+    assert seen["result"]["clusters"][0]["name"] == "cfn-abort"
+    assert seen["after"] == NOTHING
