@@ -58,7 +58,8 @@ def cmd_run_local(args) -> int:
     progress = (lambda line: print(line, file=sys.stderr)) if args.json else print
     try:
         report = run_local(args.config, args.cluster_name, scheduler=args.scheduler,
-                           backend=args.backend, progress=progress, timeout=args.timeout)
+                           backend=args.backend, progress=progress, timeout=args.timeout,
+                           s3_dir=args.s3_dir, artifacts_dir=args.artifacts_dir)
     except ConfigError as exc:
         _print_problems(exc)
         return EXIT_BAD_INPUT
@@ -77,6 +78,8 @@ def cmd_run_local(args) -> int:
             print(f"{job['name']:<{width}}  {job['job_id'] or '-':>8}  {job['state']:<11} {exit_code!s:>4}  "
                   f"{job['started'] or '-':<20}  {job['ended'] or '-'}")
         print("counts: " + ", ".join(f"{k}={v}" for k, v in report.counts.items()))
+        if args.artifacts_dir:
+            print(f"results: {args.artifacts_dir}/<execution>/<job>/ (stdout, stderr, exit_code, output/)")
     return EXIT_OK if report.status == "SUCCEEDED" else EXIT_RUN_FAILED
 
 
@@ -108,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="existing: the local head node as it is; cfncluster: cfncluster's own code "
                         "against moto, with a stand-in stack whose head node is the local one")
     p.add_argument("--json", action="store_true", help="print one JSON report on stdout")
+    p.add_argument("--s3-dir", type=Path, default=None,
+                   help="a folder standing in for S3: its first level are buckets, below are keys")
+    p.add_argument("--artifacts-dir", type=Path, default=None,
+                   help="after the run, write what it kept in the artifacts bucket here (same keys)")
     p.add_argument("--timeout", type=float, default=3600, help="give up after this many seconds")
     p.set_defaults(func=cmd_run_local)
     return parser

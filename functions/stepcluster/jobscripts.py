@@ -155,6 +155,24 @@ def submitted_jobs_script(run_dir: str) -> str:
             "printf '@@left %s %s\\n' \"$n\" \"$(base64 -w0 \"$n/submit.out\")\"; fi; done\n")
 
 
+#: What of a job's folder outlives the cluster: its output streams, exit record, output folder.
+RESULT_FILES = ("stdout", "stderr", "result", "output")
+
+
+def results_script(run_dir: str, names: Iterable[str]) -> str:
+    """Stream a tar.gz of every existing NAME/{stdout,stderr,result,output} on stdout.
+
+    Prints nothing when there is nothing to collect. tar's complaints go to a file beside the
+    run (stderr is not read while the stream is).
+    """
+    lines = [f"cd {q(run_dir + '/jobs')} || exit 3", "files=()"]
+    wanted = " ".join(q(f"{n}/{f}") for n in names for f in RESULT_FILES)
+    lines.append(f"for f in {wanted}; do [ -e \"$f\" ] && files+=(\"$f\"); done")
+    lines.append('[ ${#files[@]} -gt 0 ] || exit 0')
+    lines.append('exec tar -czf - -- "${files[@]}" 2> ../collect.err')
+    return "\n".join(lines) + "\n"
+
+
 @dataclass(frozen=True)
 class Record:
     tag: str

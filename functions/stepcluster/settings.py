@@ -32,6 +32,7 @@ class Settings:
     use_public_address: bool = False
     region: str | None = None
     resource_prefix: str = "stepcluster"  # names of per-run keys and secrets (IAM scopes to it)
+    artifacts_bucket: str | None = None   # where each job's results are kept after the run
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":

@@ -382,8 +382,19 @@ def test_environment_matches_what_the_code_reads(template):
     # Lambda sets AWS_REGION, which Settings falls back to
     assert set(variables) == read - {"STEPCLUSTER_REGION"} | {"LOG_LEVEL"}
     assert variables.pop("STEPCLUSTER_RESOURCE_PREFIX") == {"Fn::Sub": "stepcluster/${AWS::StackName}"}
+    assert variables.pop("STEPCLUSTER_ARTIFACTS_BUCKET") == {"Ref": "ArtifactsBucket"}
     for value in variables.values():  # every other value comes from a parameter
         assert set(value) == {"Ref"} and value["Ref"] in template["Parameters"]
+
+
+def test_results_go_to_the_stacks_own_bucket_written_only_by_the_release_function(transformed):
+    resources = transformed["Resources"]
+    bucket = resources["ArtifactsBucket"]
+    assert bucket["DeletionPolicy"] == "Retain" and "BucketName" not in bucket["Properties"]
+    assert all(bucket["Properties"]["PublicAccessBlockConfiguration"].values())
+    writers = {path[0] for path, s in statements(resources) if "s3:PutObject" in as_list(s["Action"])
+               and "ArtifactsBucket" in json.dumps(s["Resource"])}
+    assert writers == {"ReleaseHeadNodeFunctionRole"}
 
 
 def test_parameters_are_described_grouped_and_their_defaults_valid(template):
@@ -570,7 +581,8 @@ def test_tool_policies_only_on_their_backends_cluster_function(transformed):
 
 def test_s3_job_sources_readable_only_by_submit_and_only_when_given(transformed):
     s3 = [(path, s) for path, s in statements(transformed["Resources"])
-          if path[0] not in TOOL_POLICIES and any(a.startswith("s3:") for a in as_list(s["Action"]))]
+          if path[0] not in TOOL_POLICIES and any(a.startswith("s3:") for a in as_list(s["Action"]))
+          and "ArtifactsBucket" not in json.dumps(s["Resource"])]
     assert {(s["Action"], json.dumps(s["Resource"])) for _, s in s3} == {
         ("s3:ListBucket", json.dumps({"Ref": "JobSourceBucketArns"})),
         ("s3:GetObject", json.dumps({"Ref": "JobSourceObjectArns"})),

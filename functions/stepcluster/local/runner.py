@@ -27,6 +27,7 @@ from stepcluster.remote import ssh
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
 DEFAULT_RIG = "/tmp/stepcluster-rig"
+ARTIFACTS_BUCKET = "stepcluster-local-artifacts"
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,8 @@ def run_local(config_path: str, cluster_name: str, *, scheduler: str = "slurm",
               timeout: float = 3600, settings_overrides: dict | None = None,
               on_start: Callable[[LocalLambdaEndpoint], None] | None = None,
               on_finish: Callable[["RunReport"], None] | None = None,
-              standin_failure: str | None = None) -> RunReport:
+              standin_failure: str | None = None, s3_dir: str | Path | None = None,
+              artifacts_dir: str | Path | None = None) -> RunReport:
     """Run CONFIG end to end; raises ConfigError for a bad config, FileNotFoundError for no rig.
 
     backend "existing" uses the local head node as it is; "cfncluster" runs cfncluster's own
@@ -89,6 +91,12 @@ def run_local(config_path: str, cluster_name: str, *, scheduler: str = "slurm",
     `on_finish(report)` is called inside the mock after the execution ended: tests count what
     is left in (moto's) AWS there, or play the EventBridge cleanup of an aborted run.
     `standin_failure`: with cfncluster, the stand-in stack fails to create with this reason.
+
+    There is no real S3 here, so two folders stand in for it:
+    `s3_dir`: loaded into (moto's) S3 before the run: its first level are bucket names, below
+    are keys (`s3://bucket/prefix/` in a config is read from `S3_DIR/bucket/prefix/`).
+    `artifacts_dir`: after the run, everything the run wrote to the artifacts bucket is
+    written here with the same keys (`ARTIFACTS_DIR/EXECUTION/JOB/stdout`...).
     """
     config = load_jobs_config(config_path)
     cluster = cluster or LocalCluster()
@@ -106,15 +114,47 @@ def run_local(config_path: str, cluster_name: str, *, scheduler: str = "slurm",
                 LocalLambdaEndpoint() as endpoint:
             cluster_config = _local_cluster_config(backend, cluster, scheduler, Path(plan_dir),
                                                    standin_failure)
+            _load_s3_dir(s3_dir)
+            boto3_client("s3").create_bucket(Bucket=ARTIFACTS_BUCKET)
             plan = build_plan(config, Path(plan_dir) / "plan", backend=backend, cluster_config=cluster_config)
             os.environ["STEPCLUSTER_PLAN_DIR"] = str(Path(plan_dir) / "plan")
             if on_start:
                 on_start(endpoint)
             os.environ["AWS_ENDPOINT_URL_LAMBDA"] = endpoint.url
             report = _execute(plan, cluster, cluster_name, execution_input, endpoint, progress, timeout)
+            if artifacts_dir:
+                _write_artifacts(Path(artifacts_dir))
             if on_finish:
                 on_finish(report)
             return report
+
+
+def boto3_client(service: str):
+    import boto3
+    return boto3.client(service, region_name=REGION)
+
+
+def _load_s3_dir(folder) -> None:
+    """Each first-level folder is a bucket; the files below it are its objects."""
+    if not folder:
+        return
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--s3-dir {folder} is not a folder")
+    s3 = boto3_client("s3")
+    for bucket in sorted(p for p in folder.iterdir() if p.is_dir()):
+        s3.create_bucket(Bucket=bucket.name)
+        for path in sorted(p for p in bucket.rglob("*") if p.is_file()):
+            s3.upload_file(str(path), bucket.name, path.relative_to(bucket).as_posix())
+
+
+def _write_artifacts(folder: Path) -> None:
+    s3 = boto3_client("s3")
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=ARTIFACTS_BUCKET):
+        for obj in page.get("Contents", []):
+            target = folder / obj["Key"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(ARTIFACTS_BUCKET, obj["Key"], str(target))
 
 
 def _local_cluster_config(backend: str, cluster: LocalCluster, scheduler: str, folder: Path,
@@ -176,8 +216,9 @@ def _execute(plan, cluster, cluster_name, execution_input, endpoint, progress, t
     follower.update()
     output = json.loads(described["output"]) if described.get("output") else None
     run = output or follower.last_run or {}
-    jobs = [_job_row(name, job) for name, job in run.get("jobs", {}).items()] or \
-        [_job_row(job.name, {"state": "NOT_STARTED"}) for job in plan.jobs]
+    results = (run.get("results") or {}).get("prefix")
+    jobs = [_job_row(name, job, results) for name, job in run.get("jobs", {}).items()] or \
+        [_job_row(job.name, {"state": "NOT_STARTED"}, None) for job in plan.jobs]
     events = follower.events
     counts = {
         "history_events": len(events),
@@ -189,9 +230,10 @@ def _execute(plan, cluster, cluster_name, execution_input, endpoint, progress, t
                      jobs, counts, arn, output, dict(endpoint.invocations), events)
 
 
-def _job_row(name: str, job: dict) -> dict:
+def _job_row(name: str, job: dict, results_prefix: str | None) -> dict:
     return {"name": name, "job_id": job.get("job_id"), "state": job.get("state"),
-            "exit_code": job.get("exit_code"), "started": job.get("started"), "ended": job.get("ended")}
+            "exit_code": job.get("exit_code"), "started": job.get("started"), "ended": job.get("ended"),
+            "results": f"{results_prefix}{name}/" if results_prefix and job.get("job_id") else None}
 
 
 class _HistoryFollower:
@@ -261,6 +303,7 @@ def local_environment(plan_dir: str, cluster: LocalCluster, scheduler: str, over
         "STEPCLUSTER_SCHEDULER": scheduler, "STEPCLUSTER_HEAD_NODE_HOST": cluster.host,
         "STEPCLUSTER_HEAD_NODE_PORT": str(cluster.port), "STEPCLUSTER_HEAD_NODE_USER": cluster.user,
         "STEPCLUSTER_HEAD_NODE_HOST_KEY": cluster.host_key, "STEPCLUSTER_CLUSTER_POLL_SECONDS": "1",
+        "STEPCLUSTER_ARTIFACTS_BUCKET": ARTIFACTS_BUCKET,
         **{f"STEPCLUSTER_{k.upper()}": str(v) for k, v in overrides.items()},
     })
     runtime.reset()

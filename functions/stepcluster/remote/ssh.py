@@ -10,6 +10,7 @@ login shell (`bash -l -s`: login, because cluster images put the scheduler on PA
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import logging
@@ -182,6 +183,31 @@ class HeadNodeConnection:
         if check and not result.ok:
             raise RemoteCommandError(result)
         return result
+
+    @contextlib.contextmanager
+    def stream_script(self, script: str, *, timeout: float = 600):
+        """Run a bash script; yield its stdout as a binary file, read as it arrives.
+
+        For output too big to hold in memory (job results). The script's stderr should go to
+        a file on the head node: it is not read while the stream is. A non-zero exit raises
+        RemoteCommandError once the stream is read.
+        """
+        client = self.connect()
+        try:
+            channel = client.get_transport().open_session(timeout=self.timeout)
+            channel.settimeout(timeout)
+            channel.exec_command("bash -l -s")
+            channel.sendall(script.encode())
+            channel.shutdown_write()
+            yield channel.makefile("rb")
+            exit_code = channel.recv_exit_status()
+            stderr = channel.recv_stderr(65536) if channel.recv_stderr_ready() else b""
+            channel.close()
+        except (OSError, socket.timeout, paramiko.SSHException, EOFError) as exc:
+            self.close()
+            raise TransientSSHError(f"connection to {self.where} failed during a transfer: {exc}") from None
+        if exit_code != 0:
+            raise RemoteCommandError(CommandResult(script, "", stderr.decode(errors="replace"), exit_code))
 
     def _exec(self, command: str, stdin, check: bool, timeout: float) -> CommandResult:
         client = self.connect()
