@@ -335,6 +335,7 @@ class RunService:
             reason = status.reason if status.reason not in ("None", "(null)", "") else None
             _set(job, state="PENDING" if category == Category.QUEUED else "RUNNING",
                  scheduler_state=status.raw_state, reason=reason)
+            self._check_blocked(job, status)
             return
         if category in (Category.FAILED, Category.CANCELLED):
             # Ended without the wrapper recording it: killed, cancelled, node failure...
@@ -350,6 +351,19 @@ class RunService:
             _set(job, state="FAILED", scheduler_state=status.raw_state or "MISSING", ended=_iso(now),
                  reason=f"{scheduler.name} no longer knows the job and its wrapper recorded "
                               f"no exit code within {MISSING_GRACE_SECONDS} s")
+
+    def _check_blocked(self, job: dict, status: JobStatus) -> None:
+        """A job the scheduler says cannot start by itself (held, impossible request, failed
+        dependency) fails after a bounded time instead of being polled for ever."""
+        if not status.blocked:
+            _set(job, blocked_since=None)
+            return
+        now = _now()
+        job.setdefault("blocked_since", now)
+        limit = self.settings.blocked_job_timeout_seconds
+        if now - job["blocked_since"] >= limit:
+            _set(job, state="FAILED", ended=_iso(now), blocked_since=None,
+                 reason=f"cannot start by itself ({status.blocked}) and did not within {limit} s")
 
     def _stderr_tails(self, ssh, run_dir: str, names: list[str]) -> dict[str, str]:
         out = ssh.run_script(jobscripts.tails_script(run_dir, names, STDERR_TAIL_BYTES), check=False)

@@ -33,6 +33,7 @@ class Settings:
     region: str | None = None
     resource_prefix: str = "stepcluster"  # names of per-run keys and secrets (IAM scopes to it)
     artifacts_bucket: str | None = None   # where each job's results are kept after the run
+    blocked_job_timeout_seconds: int = 600  # a job that cannot start by itself fails after this
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":

@@ -282,3 +282,33 @@ def test_an_aborted_run_on_an_existing_head_node_is_released_by_the_cleanup(
     assert not remote_exists(head_node, run_dir_of(report))
     status = scheduler_view(head_node, "slurm", [seen["job_id"]])[seen["job_id"]]
     assert status.category not in (Category.QUEUED, Category.RUNNING)
+
+
+@pytest.mark.parametrize("scheduler, adapter, hold_flag", [
+    ("slurm", "stepcluster.schedulers.slurm.Slurm", "--hold"),
+    ("sge", "stepcluster.schedulers.sge.SGE", "-h"),
+])
+def test_a_held_job_fails_the_run_after_the_blocked_timeout(
+        scheduler, adapter, hold_flag, local_cluster, write_config, head_node, monkeypatch):
+    """A job that cannot start by itself ends the run with the scheduler's reason instead of
+    being polled for ever, and is cancelled. Here it is held from its submission (sbatch
+    --hold, qsub -h): what an operator's hold looks like to the run."""
+    import importlib
+
+    module, _, name = adapter.rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    original = cls.submit_argv
+
+    def submit_held(self, *args, **kwargs):
+        argv = original(self, *args, **kwargs)
+        return [argv[0], hold_flag, *argv[1:]]
+
+    monkeypatch.setattr(cls, "submit_argv", submit_held)
+    config = write_config("sequential", {"stuck": "sleep 1"})
+    report = run_local(config, "held", scheduler=scheduler, cluster=local_cluster,
+                       settings_overrides={"blocked_job_timeout_seconds": 3})
+    assert report.status == "FAILED", report.cause
+    assert "'stuck'" in report.cause and "cannot start by itself" in report.cause
+    job_id = report.jobs[0]["job_id"]
+    status = scheduler_view(head_node, scheduler, [job_id])[job_id]
+    assert status.category not in (Category.QUEUED, Category.RUNNING)

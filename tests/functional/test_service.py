@@ -44,6 +44,9 @@ class FakeScheduler(Scheduler):
         found = {}
         for line in out.stdout.splitlines():
             job_id, state, *rest = line.split()
+            if rest and rest[0] == "held":   # "ID Q held": queued, cannot start by itself
+                found[job_id] = JobStatus(job_id, self.categorize(state), state, blocked="held by admin")
+                continue
             found[job_id] = JobStatus(job_id, self.categorize(state), state,
                                       int(rest[0]) if rest else None)
         return {i: found.get(i, JobStatus(i, Category.MISSING, "")) for i in job_ids}
@@ -251,3 +254,22 @@ def test_keep_cluster_must_be_a_boolean(world):
     with pytest.raises(InputError, match="keep_cluster"):
         svc.create_cluster({"input": {"cluster_name": "c1", "keep_cluster": "yes"}, "execution": "e",
                             "plan_digest": svc.plan.digest})
+
+
+def test_a_job_that_cannot_start_by_itself_fails_after_the_bounded_time(world, monkeypatch):
+    svc, scheduler, run = world()
+    run = svc.submit_jobs(run)
+    clock = [1_000_000]
+    monkeypatch.setattr(service_module, "_now", lambda: clock[0])
+    scheduler.status_file.write_text("id-a Q held\n")
+    run = svc.poll_jobs(run)
+    assert run["jobs"]["a"]["state"] == "PENDING" and run["phase"] == "RUNNING"
+    scheduler.status_file.write_text("id-a Q\n")     # released: the clock starts again
+    run = svc.poll_jobs(run)
+    assert "blocked_since" not in run["jobs"]["a"]
+    scheduler.status_file.write_text("id-a Q held\n")
+    run = svc.poll_jobs(run)
+    clock[0] += svc.settings.blocked_job_timeout_seconds
+    run = svc.poll_jobs(run)
+    assert run["phase"] == "FAILED" and run["jobs"]["a"]["state"] == "FAILED"
+    assert "cannot start by itself (held by admin)" in run["failure"]["Cause"]
