@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -17,9 +18,11 @@ import pytest
 from stepcluster.errors import SchedulerError
 from stepcluster.schedulers import get_scheduler
 from stepcluster.schedulers.base import ACTIVE, TERMINAL, Category, CommandOutput, Scheduler
+from stepcluster.schedulers import sge as sge_module
+from stepcluster.schedulers import slurm as slurm_module
 from stepcluster.schedulers.sge import SGE
 from stepcluster.schedulers.slurm import Slurm
-from stepcluster.schedulers.torque import JOB_EXEC_CODES, Torque, parse_full
+from stepcluster.schedulers.torque import BLOCKING_HOLD_TYPES, JOB_EXEC_CODES, Torque, parse_full
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "schedulers"
 ADAPTERS = {"slurm": Slurm(), "sge": SGE(), "torque": Torque()}
@@ -41,7 +44,7 @@ def status_of(scheduler: str, name: str):
 def one_job_output(scheduler: str, state: str) -> tuple[CommandOutput, str]:
     """The status command's output for one job in `state`, in the scheduler's own format."""
     if scheduler == "slurm":
-        return CommandOutput(f"42|{state}|None\n"), "42"
+        return CommandOutput(f"42|{state}|4294901000|None\n"), "42"
     if scheduler == "sge":
         xml = ("<?xml version='1.0'?>\n<job_info>\n  <queue_info>\n  </queue_info>\n  <job_info>\n"
                f"    <job_list state=\"pending\">\n      <JB_job_number>42</JB_job_number>\n"
@@ -61,6 +64,9 @@ def test_every_table_entry_goes_through_parse_status(scheduler, state):
     assert status.category == adapter.STATES[state]
     assert status.raw_state == state
     assert status.job_id == job_id
+    # a state word alone blocks only for Slurm's hold states; SGE and Torque need more (hold lists,
+    # Hold_Types), which this bare output does not give
+    assert (status.blocked is not None) == (scheduler == "slurm" and state in slurm_module.BLOCKED_STATES)
 
 
 @pytest.mark.parametrize("scheduler", ADAPTERS)
@@ -132,6 +138,9 @@ def test_slurm_submit():
     _, out = load("slurm", "submit_error")
     with pytest.raises(SchedulerError, match="Unable to open file"):
         s.parse_submit(out)
+    _, out = load("slurm", "submit_mem_too_big")      # --mem above RealMemory: refused at submit
+    with pytest.raises(SchedulerError, match="Memory specification can not be satisfied"):
+        s.parse_submit(out)
     with pytest.raises(ValueError):
         s.submit_argv("/r/run.sh", job_name="x", workdir="/r", stdout="/r/%j.out", stderr="/r/err")
 
@@ -144,11 +153,18 @@ def test_slurm_status_is_one_command_for_all_ids():
 def test_slurm_right_after_submit():
     jobs, st = status_of("slurm", "status_submitted")
     assert st[jobs["too_big"]].category == Category.QUEUED
-    assert st[jobs["too_big"]].reason == "PartitionConfig"
-    assert st[jobs["dependency"]].reason == "Dependency"
-    assert st[jobs["held"]].reason == "JobHeldUser"
-    assert st[jobs["running"]].category == Category.RUNNING
-    assert st[jobs["running"]].reason is None        # "None" in squeue's output
+    assert st[jobs["too_big"]].reason == st[jobs["too_big"]].blocked == "PartitionConfig"
+    assert st[jobs["too_many_nodes"]].blocked == "PartitionConfig"   # PartitionNodeLimit comes later
+    assert st[jobs["dependency"]].reason == "Dependency"             # not yet known to be never
+    assert st[jobs["dependency"]].blocked is None
+    assert st[jobs["held"]].reason == st[jobs["held"]].blocked == "JobHeldUser"
+    assert st[jobs["begin_later"]].reason == "BeginTime" and st[jobs["begin_later"]].blocked is None
+    assert st[jobs["completed"]].category == Category.RUNNING
+    assert st[jobs["completed"]].reason is None        # "None" in squeue's output
+    # the others were submitted in a burst: not started yet, "Priority" (or "None") for now
+    for role in ("failed_exit3", "cancelled", "running", "signal9", "timeout", "requeue_held"):
+        assert st[jobs[role]].category in ACTIVE and st[jobs[role]].blocked is None, role
+        assert st[jobs[role]].reason in (None, "Priority"), role
 
 
 def test_slurm_mixed_states_and_an_unknown_id():
@@ -156,12 +172,23 @@ def test_slurm_mixed_states_and_an_unknown_id():
     expect = {"completed": ("COMPLETED", Category.SUCCEEDED), "failed_exit3": ("FAILED", Category.FAILED),
               "cancelled": ("CANCELLED", Category.CANCELLED), "signal9": ("FAILED", Category.FAILED),
               "running": ("RUNNING", Category.RUNNING), "too_big": ("PENDING", Category.QUEUED),
-              "dependency": ("PENDING", Category.QUEUED), "held": ("PENDING", Category.QUEUED)}
+              "dependency": ("PENDING", Category.QUEUED), "held": ("PENDING", Category.QUEUED),
+              "too_many_nodes": ("PENDING", Category.QUEUED), "requeue_held": ("PENDING", Category.QUEUED),
+              "waits_dependency": ("PENDING", Category.QUEUED), "begin_later": ("PENDING", Category.QUEUED)}
     for role, (raw, category) in expect.items():
         assert (st[jobs[role]].raw_state, st[jobs[role]].category) == (raw, category), role
     assert st[jobs["dependency"]].reason == "DependencyNeverSatisfied"
     assert st[jobs["failed_exit3"]].reason == "NonZeroExitCode"
     assert st["999999"].category == Category.MISSING
+    blocked = {role: st[jobs[role]].blocked for role in jobs}
+    assert blocked == {
+        "too_big": "PartitionConfig", "too_many_nodes": "PartitionNodeLimit",
+        "dependency": "DependencyNeverSatisfied", "held": "JobHeldUser",
+        # `scontrol requeuehold`: free text, known to be a hold by its priority 0
+        "requeue_held": "job requeued in held state",
+        "waits_dependency": None, "begin_later": None,      # Dependency, BeginTime: they start later
+        "completed": None, "failed_exit3": None, "cancelled": None, "running": None, "signal9": None,
+        "timeout": None}
 
 
 def test_slurm_timeout():
@@ -200,12 +227,68 @@ def test_slurm_garbage_status_raises_with_raw_output():
     ("signal9", Category.FAILED, "FAILED", 0, 9, "JobLaunchFailure"),
     ("timeout", Category.FAILED, "TIMEOUT", 0, 15, "TimeLimit"),
     ("too_big", Category.QUEUED, "PENDING", None, None, "PartitionConfig"),
+    ("held", Category.QUEUED, "PENDING", None, None, "JobHeldUser"),
+    ("requeue_held", Category.QUEUED, "PENDING", None, None, "job_requeued_in_held_state"),
+    ("begin_later", Category.QUEUED, "PENDING", None, None, "BeginTime"),
 ])
 def test_slurm_accounting_from_scontrol(role, category, raw, code, signal, reason):
     doc, out = load("slurm", f"accounting_{role}")
     status = Slurm().parse_accounting(out, doc["jobs"][role])
     assert (status.category, status.raw_state, status.exit_code, status.signal, status.reason) == (
         category, raw, code, signal, reason)
+    expect_blocked = {"too_big": "PartitionConfig", "held": "JobHeldUser",
+                      "requeue_held": "job requeued in held state"}   # scontrol writes "_" for " "
+    assert status.blocked == expect_blocked.get(role)
+
+
+def slurm_pending(reason: str, priority: str = "4294901000", state: str = "PENDING"):
+    return Slurm().parse_status(CommandOutput(f"42|{state}|{priority}|{reason}\n"), ["42"])["42"]
+
+
+@pytest.mark.parametrize("code", sorted(slurm_module.BLOCKED_REASONS))
+def test_slurm_every_blocked_reason_blocks(code):
+    status = slurm_pending(code)
+    assert (status.category, status.reason, status.blocked) == (Category.QUEUED, code, code)
+    # the same code on a job that already ended is history, not a block
+    assert slurm_pending(code, state="FAILED").blocked is None
+    assert slurm_module.BLOCKED_REASONS[code]          # each entry says where it comes from
+
+
+@pytest.mark.parametrize("code", sorted(slurm_module.WAITING_REASONS))
+def test_slurm_waiting_reasons_do_not_block(code):
+    status = slurm_pending(code)
+    assert status.category == Category.QUEUED and status.blocked is None
+
+
+def test_slurm_blocked_and_waiting_tables_are_disjoint_and_use_slurm_spelling():
+    assert not set(slurm_module.BLOCKED_REASONS) & set(slurm_module.WAITING_REASONS)
+    # the ones the brief and the rig named, spelled as job_state_reason_string() spells them
+    assert {"PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit", "DependencyNeverSatisfied",
+            "JobHeldUser", "JobHeldAdmin", "BadConstraints", "InvalidAccount", "InvalidQOS",
+            "QOSMaxCpuPerJobLimit"} <= set(slurm_module.BLOCKED_REASONS)
+    assert {"Priority", "Resources", "None", "BeginTime", "Dependency", "ReqNodeNotAvail",
+            "AssocMaxJobsLimit"} <= set(slurm_module.WAITING_REASONS)
+
+
+@pytest.mark.parametrize("state", sorted(slurm_module.BLOCKED_STATES))
+def test_slurm_hold_states_block(state):
+    assert Slurm.STATES[state] == Category.QUEUED
+    assert slurm_pending("JobHeldAdmin", state=state).blocked == f"{state} (JobHeldAdmin)"
+    assert slurm_pending("None", state=state).blocked == state
+
+
+def test_slurm_reason_text_and_priority_zero():
+    # ReqNodeNotAvail comes with the unavailable nodes and is not a block (nodes come back)
+    assert slurm_pending("ReqNodeNotAvail, UnavailableNodes:node[1-2]").blocked is None
+    # squeue's reason is the code's first word when text follows
+    assert slurm_pending("PartitionTimeLimit (extra)").blocked == "PartitionTimeLimit (extra)"
+    # priority 0 means held whatever the text: "launch failed requeued held", ...
+    assert slurm_pending("launch failed requeued held", priority="0").blocked == "launch failed requeued held"
+    assert slurm_pending("None", priority="0").blocked == "held (priority 0)"
+    assert slurm_pending("Resources", priority="1").blocked is None
+    assert slurm_pending("None", priority="0", state="RUNNING").blocked is None
+    # a row without a priority (older recordings) is read, never taken for held
+    assert slurm_pending("Priority", priority="").blocked is None
 
 
 def test_slurm_accounting_unknown_id_without_accounting_storage_is_missing():
@@ -259,6 +342,11 @@ def test_sge_submit_and_job_names():
     _, out = load("sge", "submit_digit_name")    # why: qsub refuses the unprefixed name
     with pytest.raises(SchedulerError, match="cannot start with a digit"):
         g.parse_submit(out)
+    # names that do not exist are refused at submit; impossible amounts are not (see below)
+    with pytest.raises(SchedulerError, match='unknown queue "nosuchqueue"'):
+        g.parse_submit(load("sge", "submit_unknown_queue")[1])
+    with pytest.raises(SchedulerError, match='parallel environment "nonexistent" does not exist'):
+        g.parse_submit(load("sge", "submit_unknown_pe")[1])
     for bad in ("/r/a:b", "/r/$JOB_ID.out", "/r/a,b"):
         with pytest.raises(ValueError):
             g.submit_argv("/s", job_name="x", workdir="/w", stdout=bad, stderr="/e")
@@ -267,7 +355,11 @@ def test_sge_submit_and_job_names():
 def test_sge_right_after_submit():
     jobs, st = status_of("sge", "status_submitted")
     assert st[jobs["held"]].raw_state == "hqw" and st[jobs["held"]].category == Category.QUEUED
+    assert st[jobs["held"]].blocked == "user hold (hqw)"          # from `qstat -s hu`
+    assert st[jobs["waits_dependency"]].raw_state == "hqw"        # -hold_jid: hqw too, but not held
+    assert st[jobs["waits_dependency"]].blocked is None
     assert st[jobs["unsatisfiable"]].raw_state == "qw"
+    assert st[jobs["unsatisfiable"]].blocked is None
     assert {st[jobs[r]].category for r in ("running", "suspended", "rescheduled")} == {Category.RUNNING}
 
 
@@ -292,6 +384,138 @@ def test_sge_mixed_states_and_jobs_gone_from_qstat():
     assert st["999999"].category == Category.MISSING
     assert "can't chdir" in st[jobs["error_state"]].reason
     assert st[jobs["running"]].reason is None
+    blocked = {role: st[jobs[role]].blocked for role in jobs}
+    assert blocked == {
+        "held": "user hold (hqw)",
+        "wrong_queue_attr": '(-l qname=nosuch) cannot run in queue "all.q@localhost" because it offers only '
+                            'qf:qname=all.q',
+        "wrong_arch": '(-l arch=sparc) cannot run at host "localhost" because it offers only hl:arch=lx-amd64',
+        # a load value no host offers now may be offered later: waiting, with the reason said
+        "unsatisfiable": None, "waits_dependency": None, "begin_later": None,
+        "running": None, "suspended": None, "rescheduled": None, "error_state": None,   # Eqw: FAILED
+        "completed": None, "failed_exit3": None, "deleted_running": None}
+    assert st[jobs["unsatisfiable"]].reason.startswith("(-l mem_free=1000T) cannot run at host")
+    assert st[jobs["waits_dependency"]].reason == "job dropped because of job dependencies"
+    assert st[jobs["begin_later"]].reason == "execution time not reached"
+    assert st[jobs["held"]].reason == "Job is in hold state"
+
+
+def sge_output(state: str, info: tuple[str, ...] = (), holds: dict[str, list[str]] | None = None) -> CommandOutput:
+    """The status script's output for job 42: its qstat -xml entry, `qstat -j` lines, hold lists."""
+    xml = one_job_output("sge", state)[0].stdout
+    lines = ["@@stepcluster-qstat-j", "job_number:                 42"]
+    lines += [("scheduling info:            " if i == 0 else " " * 28) + text for i, text in enumerate(info)]
+    for flag in sge_module.BLOCKING_HOLDS:
+        lines += [f"@@stepcluster-qstat-s {flag}", *(holds or {}).get(flag, [])]
+    return CommandOutput(xml + "\n".join(lines) + "\n")
+
+
+def sge_status(state: str, info: tuple[str, ...] = (), holds: dict[str, list[str]] | None = None):
+    return SGE().parse_status(sge_output(state, info, holds), ["42"])["42"]
+
+
+# one real or msg_schedd.h-formatted message per entry of the table
+SGE_BLOCKED_EXAMPLES = {
+    r'^\(-l [^)]*\) cannot run (?:at host "[^"]*"|in queue "[^"]*"|globally) because it offers only [gqh]f:':
+        '(-l h_rt=360000) cannot run in queue "all.q@node1" because it offers only qf:h_rt=24:00:00',
+    r'^\(-l [^)]*\) cannot run (?:at host "[^"]*"|in queue "[^"]*"|globally) because it offers only [gqh][lL]:'
+    r'(?:arch|num_proc|mem_total|swap_total|virtual_total|m_topology|m_socket|m_core|m_thread)=':
+        '(-l num_proc=64) cannot run at host "node1" because it offers only hl:num_proc=32.000000',
+    r'^\(-l [^)]*\) cannot run .* because job requests (?:unknown|non requestable) resource':
+        '(-l mem_free=1000T) cannot run in queue "all.q@localhost" because job requests unknown resource (mem_free)',
+    r'^cannot run in queue "[^"]*" because it is not contained in its hard queue list \(-q\)$':
+        'cannot run in queue "long.q" because it is not contained in its hard queue list (-q)',
+    r'^has no permission for .+ "[^"]*"$': 'has no permission for cluster queue "gpu.q"',
+    r'^\((?:project [^)]*|no project)\) does not have the correct project to run in ':
+        '(no project) does not have the correct project to run in cluster queue "proj.q"',
+    r'^\(project [^)]*\) is not allowed to run in .* based on the excluded project list$':
+        '(project alpha) is not allowed to run in cluster queue "all.q" based on the excluded project list',
+    r'^cannot run in queue instance "[^"]*" because queues are non requestable$':
+        'cannot run in queue instance "all.q@node1" because queues are non requestable',
+    r'^cannot run in queue instance "[^"]*" because (?:it is not of (?:parallel type|type checkpointing|type batch)'
+    r'|the job is not parallel|ckpt object "[^"]*" is not in ckpt list of queue)$':
+        'cannot run in queue instance "all.q@node1" because it is not of parallel type',
+    r'^cannot run in queue "[^"]*" because PE "[^"]*" is not in pe list$':
+        'cannot run in queue "all.q" because PE "mpi" is not in pe list',
+    r'^cannot run in queue instance "[^"]*" because it has "0" slots$':
+        'cannot run in queue instance "all.q@node1" because it has "0" slots',
+    r"^does not request (?:globally )?'forced' resource ":
+        "does not request 'forced' resource \"gpu\" of queue instance all.q@node1",
+    r'^cannot run because requested ckpt object not found$': 'cannot run because requested ckpt object not found',
+    r'^cannot run because no access to pe "[^"]*"$': 'cannot run because no access to pe "mpi"',
+    r'^cannot run because total slots of pe "[^"]*" not in range of job$':
+        'cannot run because total slots of pe "mpi" not in range of job',
+    r'^pe "[^"]*" dropped because allocation rule is not suitable$':
+        'pe "mpi" dropped because allocation rule is not suitable',
+    r'^no matching pe found$': 'no matching pe found',
+}
+# msg_schedd.h messages about things that change: never a block, even alone
+SGE_WAITING_EXAMPLES = [
+    'queue instance "all.q@node1" dropped because it is full',
+    'queue instance "all.q@node1" dropped because it is suspended',
+    'queue instance "all.q@node1" dropped because it is disabled',
+    'queue instance "all.q@node1" dropped because it is temporarily not available',
+    'queue instance "all.q@node1" dropped because it is overloaded: np_load_avg=1.750000 (no load adjustment) >= 1.75',
+    "All queues dropped because of overload or full",
+    '(-l h_vmem=64G) cannot run in queue "all.q@node1" because it offers only qc:h_vmem=8.000G',
+    '(-l gpu=2) cannot run at host "node1" because it offers only hc:gpu=1.000000',
+    '(-l lic=1) cannot run globally because it offers only gc:lic=0.000000',
+    '(-l mem_free=1000T) cannot run at host "localhost" because it offers only hl:mem_free=22.641G',   # rig
+    'cannot run in PE "mpi" because it only offers 0 slots',
+    "parallel job requires more slots than available",
+    "cannot run because resources requested are not available for parallel job",
+    "execution time not reached",                                                                     # rig
+    "job dropped because of job dependencies",                                                        # rig
+    "job dropped because of user limitations",
+    "Job is in hold state",                          # a hold counts only from the qstat -s lists
+    'cannot run because it exceeds limit "hpc/////" in rule "max_slots/1"',
+    'cannot run on host "node1" until clean up of an previous run has finished',
+    "not all array task may be started due to 'max_aj_instances'",
+]
+
+
+def test_sge_blocked_examples_walk_the_whole_table():
+    assert set(SGE_BLOCKED_EXAMPLES) == set(sge_module.BLOCKED_SCHEDULING_INFO)
+
+
+@pytest.mark.parametrize("pattern", list(SGE_BLOCKED_EXAMPLES), ids=lambda p: SGE_BLOCKED_EXAMPLES[p][:40])
+def test_sge_every_blocking_scheduling_info_blocks(pattern):
+    line = SGE_BLOCKED_EXAMPLES[pattern]
+    status = sge_status("qw", (line,))
+    assert (status.category, status.reason, status.blocked) == (Category.QUEUED, line, line)
+    # one line per queue instance / host: blocked when every one of them is
+    two = (line, line.replace("node1", "node2"))
+    assert sge_status("qw", two).blocked == "; ".join(two)
+    # a single instance that is merely full means the job may still run there
+    assert sge_status("qw", (line, 'queue instance "all.q@node2" dropped because it is full')).blocked is None
+    assert sge_module.BLOCKED_SCHEDULING_INFO[pattern]
+
+
+@pytest.mark.parametrize("line", SGE_WAITING_EXAMPLES)
+def test_sge_waiting_scheduling_info_does_not_block(line):
+    status = sge_status("qw", (line,))
+    assert (status.category, status.reason, status.blocked) == (Category.QUEUED, line, None)
+
+
+@pytest.mark.parametrize("flag,kind", list(sge_module.BLOCKING_HOLDS.items()))
+def test_sge_every_blocking_hold_blocks(flag, kind):
+    assert sge_status("hqw", holds={flag: ["42"]}).blocked == f"{kind} hold (hqw)"
+    assert sge_status("hRwq", holds={flag: ["7", "42"]}).blocked == f"{kind} hold (hRwq)"
+    # listed under a hold a moment ago but released since: the state says qw
+    assert sge_status("qw", holds={flag: ["42"]}).blocked is None
+    # another job's hold
+    assert sge_status("hqw", holds={flag: ["420"]}).blocked is None
+
+
+def test_sge_holds_that_end_by_themselves_and_info_that_says_nothing():
+    # hqw only because of -hold_jid (qstat -s hj): not in the blocking lists
+    assert sge_status("hqw", ("job dropped because of job dependencies",)).blocked is None
+    assert sge_status("hqw", holds={"hu": ["42"], "hs": ["42"]}).blocked == "user/system hold (hqw)"
+    status = sge_status("qw", ("(Collecting of scheduler job information is turned off)",))
+    assert (status.reason, status.blocked) == (None, None)
+    # Eqw keeps its error reason and stays FAILED, never "blocked"
+    status = sge_status("Eqw", ("Job is in error state",), holds={"hu": ["42"]})
+    assert (status.category, status.blocked) == (Category.FAILED, None)
 
 
 def test_sge_nothing_known_and_qmaster_down():
@@ -389,6 +613,45 @@ def test_torque_every_job_state_and_exit_status(role, category, code, signal, re
     jobs, st = status_of("torque", "status_all_states")
     status = st[jobs[role]]
     assert (status.category, status.exit_code, status.signal, status.reason) == (category, code, signal, reason)
+    # W (waiting for its qsub -a time) starts by itself; the held job has Hold_Types = u
+    assert status.blocked == ("job_state H (Hold_Types u)" if role == "held" else None)
+
+
+def test_torque_holds_recorded_from_the_documentation():
+    jobs, st = status_of("torque", "status_holds")
+    assert {role: st[jobs[role]].blocked for role in jobs} == {
+        "held_user": "job_state H (Hold_Types u)",
+        "held_operator": "job_state H (Hold_Types o)",
+        "held_system": "job_state H (Hold_Types s)",
+        "waits_dependency": None,      # the server's own hold until the predecessor ends
+        "held_user_and_dependency": "job_state H (Hold_Types us)",
+        "released": None}
+    assert {st[jobs[role]].category for role in jobs} == {Category.QUEUED}
+
+
+def torque_job(state: str, **attrs: str) -> str:
+    return "Job Id: 42.head\n    Job_Name = x\n    job_state = " + state + "\n" + "".join(
+        f"    {key} = {value}\n" for key, value in attrs.items())
+
+
+@pytest.mark.parametrize("letter", sorted(BLOCKING_HOLD_TYPES))
+def test_torque_every_blocking_hold_type_blocks(letter):
+    t = Torque()
+    status = t.parse_status(CommandOutput(torque_job("H", Hold_Types=letter)), ["42.head"])["42.head"]
+    assert (status.category, status.blocked) == (Category.QUEUED, f"job_state H (Hold_Types {letter})")
+    with_depend = t.parse_status(CommandOutput(torque_job("H", Hold_Types=letter, depend="afterok:41.head@head")),
+                                 ["42.head"])["42.head"]
+    # only a lone system hold is explained by depend=
+    assert with_depend.blocked == (None if letter == "s" else f"job_state H (Hold_Types {letter})")
+
+
+@pytest.mark.parametrize("state,attrs", [
+    ("H", {"Hold_Types": "n"}), ("H", {}), ("W", {"Hold_Types": "n", "Execution_Time": "Tue Dec  1 00:00:00 2026"}),
+    ("Q", {"Hold_Types": "n"}), ("T", {}), ("R", {"Hold_Types": "u"}),
+])
+def test_torque_states_that_start_by_themselves(state, attrs):
+    status = Torque().parse_status(CommandOutput(torque_job(state, **attrs)), ["42.head"])["42.head"]
+    assert status.blocked is None
 
 
 def test_torque_unknown_ids_short_ids_and_server_down():
@@ -436,24 +699,51 @@ def run(argv, env) -> CommandOutput:
     return CommandOutput(p.stdout, p.stderr, p.returncode)
 
 
-def test_sge_status_script_asks_for_error_reasons_only_when_needed(fake_bin):
+FAKE_SGE_QSTAT = """d=$(dirname "$0")
+if [ "$1" = -xml ]; then cat "$d/table.xml"; exit 0; fi
+if [ "$1" = -j ]; then
+  echo "$2" > "$d/asked"
+  echo "job_number:                 ERROR"; echo "sge_o_home:                 /x"
+  echo "error reason          1:      01/01/2030 00:00:00 [1:2]: boom"
+  echo "job_number:                 HELD"
+  echo "scheduling info:            Job is in hold state"
+  echo "                            queue instance \\"all.q@h\\" dropped because it is full"
+  echo "sge_o_shell:                /bin/bash"
+  exit 0
+fi
+echo "$*" >> "$d/holds"
+if [ "$4" = hu ]; then printf "job-ID  prior   name\\n-----------\\n    HELD 0.00000 held\\n"; fi
+exit 0
+"""
+
+
+def test_sge_status_script_asks_qstat_j_and_holds_only_when_needed(fake_bin):
     doc, recorded = load("sge", "status_mixed")
     xml = recorded.stdout.partition("@@stepcluster-qstat-j")[0].strip()
-    (Path(fake_bin.env["PATH"].split(":")[0]) / "table.xml").write_text(xml + "\n")
-    job_id = doc["jobs"]["error_state"]
-    fake_bin("qstat", 'd=$(dirname "$0")\n'
-                      'if [ "$1" = -xml ]; then cat "$d/table.xml"; exit 0; fi\n'
-                      'echo "$2" > "$d/asked"; echo "job_number:   ' + job_id + '"; echo "sge_o_home: /x"\n'
-                      'echo "error reason    1:   01/01/2030 00:00:00 [1:2]: boom"\n')
+    folder = Path(fake_bin.env["PATH"].split(":")[0])
+    (folder / "table.xml").write_text(xml + "\n")
+    held, error = doc["jobs"]["held"], doc["jobs"]["error_state"]
+    fake_bin("qstat", FAKE_SGE_QSTAT.replace("ERROR", error).replace("HELD", held))
     out = run(SGE().status_argv(doc["job_ids"]), fake_bin.env)
     assert out.exit_code == 0 and "@@stepcluster-qstat-j" in out.stdout
-    assert (Path(fake_bin.env["PATH"].split(":")[0]) / "asked").read_text().strip() == ",".join(doc["job_ids"])
-    assert "sge_o_home" not in out.stdout          # only the lines the parser needs
-    assert SGE().parse_status(out, [job_id])[job_id].reason == "boom"
-    # no job in an E state: no second qstat
-    (Path(fake_bin.env["PATH"].split(":")[0]) / "table.xml").write_text(xml.replace("Eqw", "qw") + "\n")
+    assert (folder / "asked").read_text().strip() == ",".join(doc["job_ids"])
+    assert "sge_o_home" not in out.stdout and "sge_o_shell" not in out.stdout   # only what the parser needs
+    assert (folder / "holds").read_text().splitlines() == [f"-u * -s {f}" for f in sge_module.BLOCKING_HOLDS]
+    st = SGE().parse_status(out, doc["job_ids"])
+    assert st[error].reason == "boom" and st[error].blocked is None
+    assert st[held].reason == 'Job is in hold state; queue instance "all.q@h" dropped because it is full'
+    assert st[held].blocked == "user hold (hqw)"
+    # nothing held: no hold lists; then nothing pending either: no qstat -j
+    (folder / "holds").unlink()
+    (folder / "table.xml").write_text(xml.replace("hqw", "qw") + "\n")
     out = run(SGE().status_argv(doc["job_ids"]), fake_bin.env)
-    assert "@@stepcluster-qstat-j" not in out.stdout
+    assert "@@stepcluster-qstat-j" in out.stdout and "@@stepcluster-qstat-s" not in out.stdout
+    assert not (folder / "holds").exists()
+    (folder / "asked").unlink()
+    (folder / "table.xml").write_text(re.sub(r"<state>[^<]*</state>", "<state>r</state>", xml) + "\n")
+    out = run(SGE().status_argv(doc["job_ids"]), fake_bin.env)
+    assert "@@stepcluster-qstat" not in out.stdout and not (folder / "asked").exists()
+    assert {s.blocked for s in SGE().parse_status(out, doc["job_ids"]).values()} == {None}
     fake_bin("qstat", 'echo "error: unable to contact qmaster" >&2; exit 1\n')
     out = run(SGE().status_argv(["1"]), fake_bin.env)
     assert out.exit_code == 1
