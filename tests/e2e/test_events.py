@@ -3,6 +3,7 @@ against the local cluster, in the order a run calls them."""
 
 import json
 import os
+import time
 from pathlib import Path
 
 import boto3
@@ -32,6 +33,7 @@ def lambda_environment(local_cluster, tmp_path):
         secret = boto3.client("secretsmanager").create_secret(
             Name="head-node-key", SecretString=local_cluster.private_key)
         os.environ["STEPCLUSTER_SSH_KEY_SECRET_ID"] = secret["ARN"]
+        boto3.client("s3").create_bucket(Bucket=os.environ["STEPCLUSTER_ARTIFACTS_BUCKET"])
         yield plan
 
 
@@ -62,6 +64,11 @@ def test_every_handler_runs_with_its_event(lambda_environment, head_node):
     assert submitted["phase"] == "RUNNING"
     assert submitted["jobs"]["prepare"]["state"] == "PENDING" and submitted["jobs"]["prepare"]["job_id"]
 
+    for _ in range(150):   # let prepare finish, so that it has results to keep
+        if remote_exists(head_node, f"{run_dir}/jobs/prepare/result"):
+            break
+        time.sleep(0.1)
+
     # simulate, as job 999999: unknown to Slurm and no result yet, so still finishing.
     polled = poll_jobs.handler(event("poll_jobs"), None)
     assert polled["phase"] == "RUNNING"
@@ -73,6 +80,9 @@ def test_every_handler_runs_with_its_event(lambda_environment, head_node):
 
     released = release_head_node.handler(event("release_head_node"), None)
     assert released["cluster"]["run_dir_removed"] is True
+    # prepare's stdout/stderr/exit code were kept before the folder went
+    kept = boto3.client("s3").list_objects_v2(Bucket=os.environ["STEPCLUSTER_ARTIFACTS_BUCKET"])
+    assert "event-test/prepare/stdout" in {o["Key"] for o in kept["Contents"]}
     assert not remote_exists(head_node, run_dir)
 
     assert cluster.handler(event("cluster_delete"), None)["cluster"]["status"] == "RELEASED"

@@ -93,7 +93,7 @@ def test_a_failing_sequential_job_stops_the_run_and_names_itself(
     assert jobs["good"]["state"] == "SUCCEEDED"
     assert jobs["bad"]["state"] == "FAILED" and jobs["bad"]["exit_code"] == 3
     assert jobs["never"] == {"name": "never", "job_id": None, "state": "NOT_STARTED",
-                             "exit_code": None, "started": None, "ended": None}
+                             "exit_code": None, "started": None, "ended": None, "results": None}
     assert "'bad'" in report.cause and jobs["bad"]["job_id"] in report.cause
     assert "exit code 3" in report.cause and "cannot open input.dat" in report.cause
     assert report.invocations["SubmitJobsFunction"] == 2
