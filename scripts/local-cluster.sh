@@ -25,7 +25,7 @@ JOB_USER=hpc
 WIDTH=32                                   # CPUs of the Slurm node, slots of SGE's all.q
 export SGE_ROOT=/var/lib/gridengine SGE_CELL=default
 SGE_SPOOL=/var/spool/gridengine
-PKGS="openssh-server openssh-client munge slurmctld slurmd slurm-client
+PKGS="openssh-server openssh-client curl munge slurmctld slurmd slurm-client
       gridengine-master gridengine-exec gridengine-client"
 SELF_HASH=$(sha256sum "$0" | cut -c1-16)   # a changed script re-applies its configuration
 

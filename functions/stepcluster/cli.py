@@ -59,7 +59,7 @@ def cmd_run_local(args) -> int:
     try:
         report = run_local(args.config, args.cluster_name, scheduler=args.scheduler,
                            backend=args.backend, progress=progress, timeout=args.timeout,
-                           s3_dir=args.s3_dir, artifacts_dir=args.artifacts_dir)
+                           s3_dir=args.s3_dir, artifacts_dir=args.artifacts_dir, staging=args.staging)
     except ConfigError as exc:
         _print_problems(exc)
         return EXIT_BAD_INPUT
@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON report on stdout")
     p.add_argument("--s3-dir", type=Path, default=None,
                    help="a folder standing in for S3: its first level are buckets, below are keys")
+    p.add_argument("--staging", choices=["ssh", "head-node"], default="ssh",
+                   help="ssh: job files go through the functions; head-node: it downloads them")
     p.add_argument("--artifacts-dir", type=Path, default=None,
                    help="after the run, write what it kept in the artifacts bucket here (same keys)")
     p.add_argument("--timeout", type=float, default=3600, help="give up after this many seconds")

@@ -217,11 +217,17 @@ class RunService:
 
         # Stage everything first: a job whose files cannot be staged fails the run before
         # anything of this batch reaches the scheduler.
-        bundle = io.BytesIO()
+        by_head_node = self.settings.staging == "head-node"
+        bundle, fetches = io.BytesIO(), []
         with tarfile.open(fileobj=bundle, mode="w:gz") as tar:
             for job in batch:
                 try:
-                    staging.add_job_files(tar, plan, job, s3_client=self._s3)
+                    if by_head_node:
+                        fetches.append(staging.fetch_script(
+                            plan, job, job_dir=jobscripts.job_dir(run_dir, job.name),
+                            s3_client=self._s3, artifacts_bucket=self.settings.artifacts_bucket))
+                    else:
+                        staging.add_job_files(tar, plan, job, s3_client=self._s3)
                 except StagingError as exc:
                     return self._fail_before_submit(run, job.name, str(exc))
                 wrapper = jobscripts.wrapper_script(
@@ -238,6 +244,10 @@ class RunService:
                 stdout=f"{d}/stdout", stderr=f"{d}/stderr")))
         with self.connect(run) as ssh:
             ssh.run(["tar", "-xzf", "-", "-C", run_dir], stdin=bundle.getvalue())
+            if fetches:
+                failed = self._fetch_on_head_node(ssh, batch, fetches)
+                if failed:
+                    return self._fail_before_submit(run, *failed)
             result = ssh.run_script(jobscripts.submit_script(run_dir, submissions))
         for record in jobscripts.parse_records(result.stdout):
             if record.tag != "submit":
@@ -256,6 +266,17 @@ class RunService:
         run["phase"] = "RUNNING"
         run["wait_seconds"] = self._wait_seconds(run)
         return run
+
+    def _fetch_on_head_node(self, ssh, batch, fetches) -> tuple[str, str] | None:
+        """Run the download scripts; (job name, why) of the first job whose files did not come."""
+        result = ssh.run_script("".join(f"(\n{f})\n" for f in fetches), check=False)
+        fetched = {r.fields[0]: r.fields[1] for r in jobscripts.parse_records(result.stdout)
+                   if r.tag == "fetched"}
+        for job in batch:
+            if fetched.get(job.name) != "0":
+                return job.name, ("the head node could not download its files (does it reach S3?): "
+                                  + (result.tail(5) or "no output"))
+        return None
 
     def _fail_before_submit(self, run: dict, name: str, why: str) -> dict:
         _set(run["jobs"][name], state="FAILED", reason=why, ended=_iso(_now()))

@@ -34,6 +34,7 @@ class Settings:
     resource_prefix: str = "stepcluster"  # names of per-run keys and secrets (IAM scopes to it)
     artifacts_bucket: str | None = None   # where each job's results are kept after the run
     blocked_job_timeout_seconds: int = 600  # a job that cannot start by itself fails after this
+    staging: str = "ssh"  # "ssh": files go through the function; "head-node": it downloads them
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -68,6 +69,9 @@ class Settings:
             for name in ("scheduler", "head_node_host", "head_node_user", "head_node_host_key",
                          "ssh_key_secret_id"):
                 need(name, "is not set (required for an existing head node)")
+        if values.get("staging", "ssh") not in ("ssh", "head-node"):
+            problems.append(Problem("environment", None, None, "STEPCLUSTER_STAGING",
+                                    f"must be ssh or head-node, got {values['staging']!r}"))
         if values.get("scheduler") and values["scheduler"] not in SCHEDULERS:
             problems.append(Problem("environment", None, None, "STEPCLUSTER_SCHEDULER",
                                     f"must be one of {', '.join(SCHEDULERS)}, got {values['scheduler']!r}"))

@@ -78,3 +78,27 @@ def test_a_missing_s3_dir_is_a_clear_error(local_cluster, write_config, tmp_path
     config = write_config("sequential", {"a": "true"})
     with pytest.raises(FileNotFoundError, match="s3-dir"):
         run_local(config, "x", cluster=local_cluster, s3_dir=tmp_path / "nope")
+
+
+def test_the_head_node_can_download_the_jobs_files_itself(local_cluster, tmp_path):
+    """StagingPath head-node: the function lists and presigns, the head node fetches (here from
+    moto's S3 served on 127.0.0.1); a local_path package goes once to the artifacts bucket."""
+    project = tmp_path / "s3" / "inputs" / "proj"
+    (project / "bin").mkdir(parents=True)
+    (project / "bin" / "run.sh").write_text("#!/bin/bash\ncat bin/../data.txt\n")
+    (project / "data.txt").write_text("fetched by the head node\n")
+    local_job = tmp_path / "local"
+    local_job.mkdir()
+    (local_job / "run.sh").write_text("echo local package\n")
+    config = tmp_path / "jobs.ini"
+    config.write_text("[order]\nparallel = remote, packaged\n\n"
+                      "[job remote]\nhandler = bin/run.sh\ns3_uri = s3://inputs/proj\nwait_time = 1\n\n"
+                      "[job packaged]\nhandler = run.sh\nlocal_path = local\nwait_time = 1\n")
+    seen = {}
+    report = run_local(str(config), "fetch", cluster=local_cluster, staging="head-node",
+                       s3_dir=tmp_path / "s3", on_finish=lambda r: seen.update(objects=objects()))
+    assert report.status == "SUCCEEDED", report.cause
+    execution = report.execution_arn.split(":")[-1]
+    assert seen["objects"][f"{execution}/remote/stdout"] == b"fetched by the head node\n"
+    assert seen["objects"][f"{execution}/packaged/stdout"] == b"local package\n"
+    assert [k for k in seen["objects"] if k.startswith("packages/")] != []

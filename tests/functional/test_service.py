@@ -273,3 +273,23 @@ def test_a_job_that_cannot_start_by_itself_fails_after_the_bounded_time(world, m
     run = svc.poll_jobs(run)
     assert run["phase"] == "FAILED" and run["jobs"]["a"]["state"] == "FAILED"
     assert "cannot start by itself (held by admin)" in run["failure"]["Cause"]
+
+
+def test_a_head_node_that_cannot_reach_s3_fails_the_job_before_submission(world, monkeypatch):
+    """StagingPath head-node with no route to S3 (this machine reaches no AWS endpoint): the
+    download fails, the job fails before anything is submitted, saying why."""
+    import boto3
+    from moto import mock_aws
+
+    for var, value in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(var, value)
+    with mock_aws():
+        boto3.client("s3").create_bucket(Bucket="artifacts")
+        svc, scheduler, run = world()
+        svc.settings = dataclasses.replace(svc.settings, staging="head-node", artifacts_bucket="artifacts")
+        monkeypatch.setattr("stepcluster.staging.URL_SECONDS", 60)
+        run = svc.submit_jobs(run)
+    assert run["phase"] == "FAILED"
+    assert "could not download" in run["failure"]["Cause"]
+    assert not list(Path(run["cluster"]["run_dir"], "jobs").glob("*/submit.rc"))

@@ -392,9 +392,11 @@ def test_results_go_to_the_stacks_own_bucket_written_only_by_the_release_functio
     bucket = resources["ArtifactsBucket"]
     assert bucket["DeletionPolicy"] == "Retain" and "BucketName" not in bucket["Properties"]
     assert all(bucket["Properties"]["PublicAccessBlockConfiguration"].values())
-    writers = {path[0] for path, s in statements(resources) if "s3:PutObject" in as_list(s["Action"])
-               and "ArtifactsBucket" in json.dumps(s["Resource"])}
-    assert writers == {"ReleaseHeadNodeFunctionRole"}
+    writers = {path[0]: json.dumps(s["Resource"]) for path, s in statements(resources)
+               if "s3:PutObject" in as_list(s["Action"]) and "ArtifactsBucket" in json.dumps(s["Resource"])}
+    assert set(writers) == {"ReleaseHeadNodeFunctionRole", "SubmitJobsFunctionRole"}
+    # submit only shares local_path packages, and only for head-node staging
+    assert "/packages/*" in writers["SubmitJobsFunctionRole"]
 
 
 def test_parameters_are_described_grouped_and_their_defaults_valid(template):

@@ -79,7 +79,7 @@ def run_local(config_path: str, cluster_name: str, *, scheduler: str = "slurm",
               on_start: Callable[[LocalLambdaEndpoint], None] | None = None,
               on_finish: Callable[["RunReport"], None] | None = None,
               standin_failure: str | None = None, s3_dir: str | Path | None = None,
-              artifacts_dir: str | Path | None = None) -> RunReport:
+              artifacts_dir: str | Path | None = None, staging: str = "ssh") -> RunReport:
     """Run CONFIG end to end; raises ConfigError for a bad config, FileNotFoundError for no rig.
 
     backend "existing" uses the local head node as it is; "cfncluster" runs cfncluster's own
@@ -97,11 +97,13 @@ def run_local(config_path: str, cluster_name: str, *, scheduler: str = "slurm",
     are keys (`s3://bucket/prefix/` in a config is read from `S3_DIR/bucket/prefix/`).
     `artifacts_dir`: after the run, everything the run wrote to the artifacts bucket is
     written here with the same keys (`ARTIFACTS_DIR/EXECUTION/JOB/stdout`...).
+    `staging="head-node"`: the head node downloads the jobs' files itself with presigned URLs;
+    S3 is then also served over HTTP on 127.0.0.1 (moto's server), which the head node reaches.
     """
     config = load_jobs_config(config_path)
     cluster = cluster or LocalCluster()
     cluster.check()
-    overrides = {"backend": backend, **(settings_overrides or {})}
+    overrides = {"backend": backend, "staging": staging, **(settings_overrides or {})}
     with tempfile.TemporaryDirectory(prefix="stepcluster-plan-") as plan_dir, \
             local_environment(plan_dir, cluster, scheduler, overrides):
         from moto import mock_aws  # lazily: only run-local and the tests need moto
@@ -111,7 +113,7 @@ def run_local(config_path: str, cluster_name: str, *, scheduler: str = "slurm",
         logging.getLogger("moto.stepfunctions.parser").setLevel(logging.CRITICAL)
 
         with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}), \
-                LocalLambdaEndpoint() as endpoint:
+                LocalLambdaEndpoint() as endpoint, _s3_over_http(staging == "head-node"):
             cluster_config = _local_cluster_config(backend, cluster, scheduler, Path(plan_dir),
                                                    standin_failure)
             _load_s3_dir(s3_dir)
@@ -127,6 +129,25 @@ def run_local(config_path: str, cluster_name: str, *, scheduler: str = "slurm",
             if on_finish:
                 on_finish(report)
             return report
+
+
+@contextlib.contextmanager
+def _s3_over_http(enabled: bool):
+    """moto's S3 on an HTTP port of 127.0.0.1, for a head node that downloads by itself."""
+    if not enabled:
+        yield
+        return
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    os.environ["AWS_ENDPOINT_URL_S3"] = f"http://{host}:{port}"
+    try:
+        yield
+    finally:
+        server.stop()
 
 
 def boto3_client(service: str):
