@@ -697,3 +697,24 @@ def test_recursive_or_exploding_aliases_are_refused(tmp_path):
         f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 6)]
     (problem,) = check_parallelcluster_config(write(tmp_path, "\n".join(rows) + "\n", "laughs.yaml"))
     assert problem.message.startswith("the YAML expands to more than 100000 values")
+
+
+def test_the_configuration_sent_to_pcluster_passes_its_own_schema(tmp_path):
+    """What create() hands pcluster.lib (the example plus our key and execution tag) is valid
+    for pcluster's own schema, checked offline."""
+    import yaml
+
+    example = EXAMPLE
+    settings = SimpleNamespace(region="us-east-1", cluster_poll_seconds=30, create_timeout_seconds=3600,
+                               use_public_address=False, head_node_port=22)
+    backend = ParallelClusterBackend(settings, pcluster=object(), cluster_config=load_parallelcluster_config(example))
+    sent = backend.cluster_configuration(
+        RunContext("exec-1", "arn:aws:states:us-east-1:123456789012:execution:sm:exec-1", "demo"),
+        SshKey("stepcluster-stack-exec-1", "arn:secret", owned=True))
+    assert sent["HeadNode"]["Ssh"]["KeyName"] == "stepcluster-stack-exec-1"
+    path = tmp_path / "sent.yaml"
+    path.write_text(yaml.safe_dump(sent))
+    problems = check_parallelcluster_config(path)
+    # The one problem is our own rule for user files (the execution tag is reserved for us);
+    # pcluster's schema has nothing to say.
+    assert len(problems) == 1 and "stepcluster:execution is reserved" in problems[0].message, problems
