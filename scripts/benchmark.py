@@ -2,7 +2,7 @@
 """What a run costs, counted (not timed): history events, state transitions, Lambda calls and
 SSH connections per execution, for the example workflow and for wide parallel runs.
 
-Usage: .venv/bin/python scripts/benchmark.py [--scheduler slurm|sge] [--json]
+Usage: .venv/bin/python scripts/benchmark.py [--scheduler slurm|sge] [--backend existing|cfncluster] [--json]
 Needs the local cluster (make cluster-up). Wall-clock seconds are printed for information only.
 """
 
@@ -45,6 +45,7 @@ def example_as_parallel(folder: Path) -> Path:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scheduler", default="slurm", choices=["slurm", "sge"])
+    parser.add_argument("--backend", default="existing", choices=["existing", "cfncluster"])
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     rows = []
@@ -58,7 +59,7 @@ def main() -> int:
         ]
         for label, config in cases:
             start = time.monotonic()
-            report = run_local(str(config), "bench", scheduler=args.scheduler)
+            report = run_local(str(config), "bench", scheduler=args.scheduler, backend=args.backend)
             counts = report.counts
             polls = report.invocations.get("PollJobsFunction", 0)
             rows.append({"case": label, "status": report.status, **counts, "poll_rounds": polls,

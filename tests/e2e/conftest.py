@@ -54,3 +54,24 @@ def write_config(tmp_path) -> ConfigWriter:
 
 def remote_exists(head_node, path: str) -> bool:
     return head_node.run(["test", "-e", path], check=False).exit_code == 0
+
+
+def abort_at_first_poll(endpoint) -> None:
+    """on_start hook: stop the execution (as a user clicking Stop) when it first polls."""
+    import boto3
+
+    def fault(name, event):
+        if name == "PollJobsFunction":
+            boto3.client("stepfunctions").stop_execution(executionArn=event["execution_arn"])
+    endpoint.fault = fault
+
+
+def cleanup_event(execution_arn: str) -> dict:
+    """The recorded EventBridge "Execution Status Change" event, for this execution.
+
+    moto delivers no such events to rules, so tests play it to the cluster function."""
+    import json
+
+    event = json.loads((Path(__file__).resolve().parents[2] / "events" / "cluster_cleanup.json").read_text())
+    event["detail"]["executionArn"] = execution_arn
+    return event

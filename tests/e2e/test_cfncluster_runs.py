@@ -3,16 +3,15 @@ jobs running on the local head node it points at: every teardown path, and after
 nothing the run created is left (stacks, key pairs, secrets counted in moto)."""
 
 import functools
-import json
-from pathlib import Path
 
 import boto3
 import pytest
 
 from stepcluster.local import runner
 
+from .conftest import abort_at_first_poll, cleanup_event
+
 pytestmark = pytest.mark.e2e
-EVENTS = Path(__file__).resolve().parents[2] / "events"
 run_local = functools.partial(runner.run_local, backend="cfncluster", timeout=150)
 # What a local cfncluster run registers as the user's own key: never deleted by a run.
 USER_KEY_PAIRS = {"local-head-node"}
@@ -115,23 +114,15 @@ def test_an_aborted_run_is_cleaned_up_by_the_eventbridge_handler(local_cluster, 
     from handlers import cluster
 
     config = write_config("sequential", {"a": "sleep 60"})
-
-    def abort(endpoint):
-        def fault(name, event):
-            if name == "PollJobsFunction":
-                boto3.client("stepfunctions").stop_execution(executionArn=event["execution_arn"])
-        endpoint.fault = fault
-
     seen = {}
 
     def cleanup(report):
         seen["before"] = leftovers()
-        event = json.loads((EVENTS / "cluster_cleanup.json").read_text())
-        event["detail"]["executionArn"] = report.execution_arn
-        seen["result"] = cluster.handler(event, None)
+        seen["result"] = cluster.handler(cleanup_event(report.execution_arn), None)
         seen["after"] = leftovers()
 
-    report = run_local(config, "cfn-abort", cluster=local_cluster, on_start=abort, on_finish=cleanup)
+    report = run_local(config, "cfn-abort", cluster=local_cluster, on_start=abort_at_first_poll,
+                       on_finish=cleanup)
     assert report.status == "ABORTED"
     assert seen["before"]["stacks"] == ["cfncluster-cfn-abort"]   # the abort left it running
     assert seen["result"]["clusters"][0]["name"] == "cfn-abort"

@@ -11,7 +11,7 @@ import pytest
 from stepcluster.local import runner
 from stepcluster.schedulers import Category, CommandOutput, get_scheduler
 
-from .conftest import remote_exists
+from .conftest import abort_at_first_poll, cleanup_event, remote_exists
 
 pytestmark = pytest.mark.e2e
 # A run that cannot finish (a scheduler down, say) is stopped instead of hanging the suite.
@@ -255,28 +255,17 @@ def test_an_aborted_run_on_an_existing_head_node_is_released_by_the_cleanup(
         local_cluster, write_config, head_node):
     """Abort skips the teardown states; the EventBridge cleanup cancels the run's jobs and
     removes its folder (the head node itself stays)."""
-    import boto3
-    from pathlib import Path
-
     from handlers import cluster
 
     config = write_config("parallel", {"long": "sleep 120"})
-
-    def abort(endpoint):
-        def fault(name, event):
-            if name == "PollJobsFunction":
-                boto3.client("stepfunctions").stop_execution(executionArn=event["execution_arn"])
-        endpoint.fault = fault
-
     seen = {}
 
     def cleanup(report):
         seen["job_id"] = report.jobs[0]["job_id"]
-        event = json.loads((Path(__file__).parents[2] / "events" / "cluster_cleanup.json").read_text())
-        event["detail"]["executionArn"] = report.execution_arn
-        seen["result"] = cluster.handler(event, None)
+        seen["result"] = cluster.handler(cleanup_event(report.execution_arn), None)
 
-    report = run_local(config, "abort", cluster=local_cluster, on_start=abort, on_finish=cleanup)
+    report = run_local(config, "abort", cluster=local_cluster, on_start=abort_at_first_poll,
+                       on_finish=cleanup)
     assert report.status == "ABORTED"
     assert seen["result"]["released"] == run_dir_of(report)
     assert not remote_exists(head_node, run_dir_of(report))
