@@ -67,12 +67,6 @@ class Plan:
     def names(self) -> list[str]:
         return [job.name for job in self.jobs]
 
-    def job(self, name: str) -> PlannedJob:
-        for job in self.jobs:
-            if job.name == name:
-                return job
-        raise PlanError(f"job {name!r} is not in the deployed plan")
-
     def archive_bytes(self, job: PlannedJob) -> bytes:
         if self.folder is None or job.archive is None:
             raise PlanError(f"job {job.name!r} has no archive in the plan")

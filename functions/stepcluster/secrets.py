@@ -18,8 +18,11 @@ def _cached(secret_id: str) -> str:
         raise ClusterError(f"cannot read the SSH private key from secret {secret_id}: {exc}") from exc
 
 
-def private_key(secret_id: str, *, cache: bool = True) -> str:
-    """The secret's SecretString; cached per warm Lambda container."""
-    if not cache:
-        _cached.cache_clear()
+def private_key(secret_id: str) -> str:
+    """The secret's SecretString; cached per warm Lambda container (keys do not rotate mid-run)."""
     return _cached(secret_id)
+
+
+def forget() -> None:
+    """Drop cached keys (run-local and tests change the secrets between runs)."""
+    _cached.cache_clear()

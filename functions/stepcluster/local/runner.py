@@ -328,11 +328,11 @@ def local_environment(plan_dir: str, cluster: LocalCluster, scheduler: str, over
         **{f"STEPCLUSTER_{k.upper()}": str(v) for k, v in overrides.items()},
     })
     runtime.reset()
-    secrets._cached.cache_clear()
+    secrets.forget()
     try:
         yield
     finally:
         os.environ.clear()
         os.environ.update(saved)
         runtime.reset()
-        secrets._cached.cache_clear()
+        secrets.forget()
