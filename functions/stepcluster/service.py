@@ -44,6 +44,8 @@ ACTIVE_STATES = ("PENDING", "RUNNING")
 MISSING_GRACE_SECONDS = 60
 MISSING_MIN_POLLS = 3
 STDERR_TAIL_BYTES = 2000
+#: Per-job result locations go into the run record only while it stays below this size.
+RESULTS_IN_PAYLOAD_BUDGET = 192 * 1024
 
 
 def _now() -> int:
@@ -475,6 +477,12 @@ class RunService:
         s3.put_object(Bucket=bucket, Key=f"{execution}/manifest.json",
                       Body=json.dumps(manifest, indent=1).encode(), ContentType="application/json")
         log.info("kept results of %d jobs under %s", len(collected), prefix)
+        # Each job's location in the execution output too, while the payload stays well under
+        # Step Functions' 256 KiB (for very wide runs the manifest alone lists them).
+        extra = sum(len(prefix) + len(name) + 16 for name in collected)
+        if len(json.dumps(run, separators=(",", ":"))) + extra < RESULTS_IN_PAYLOAD_BUDGET:
+            for name in collected:
+                run["jobs"][name]["results"] = f"{prefix}{name}/"
         return {"prefix": prefix, "manifest": f"{prefix}manifest.json", "jobs_collected": len(collected)}
 
     def _cancel_leftovers(self, ssh, run: dict) -> list[str]:

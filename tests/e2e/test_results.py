@@ -69,6 +69,10 @@ def test_sources_from_an_s3_prefix_and_results_kept_after_the_cluster(
     assert manifest["jobs"]["sorter"]["results"] == f"s3://{runner.ARTIFACTS_BUCKET}/{execution}/sorter/"
     rows = {j["name"]: j for j in report.jobs}
     assert rows["sorter"]["results"] == manifest["jobs"]["sorter"]["results"]
+    # the execution's own output (its last run record) names each job's results too
+    assert report.events and any(f'"results":"{manifest["jobs"]["failer"]["results"]}"' in
+                                 (e.get("stateExitedEventDetails", {}).get("output") or "").replace(" ", "")
+                                 for e in report.events)
     # Written back locally with the same keys; the head node's copy is gone.
     assert (tmp_path / "artifacts" / execution / "sorter" / "output" / "sorted.txt").read_text() == "1\n2\n3\n"
     assert not remote_exists(head_node, f"/home/hpc/stepcluster-runs/{execution}")

@@ -254,7 +254,7 @@ def _execute(plan, cluster, cluster_name, execution_input, endpoint, progress, t
 def _job_row(name: str, job: dict, results_prefix: str | None) -> dict:
     return {"name": name, "job_id": job.get("job_id"), "state": job.get("state"),
             "exit_code": job.get("exit_code"), "started": job.get("started"), "ended": job.get("ended"),
-            "results": f"{results_prefix}{name}/" if results_prefix and job.get("job_id") else None}
+            "results": job.get("results") or (f"{results_prefix}{name}/" if results_prefix and job.get("job_id") else None)}
 
 
 class _HistoryFollower:
