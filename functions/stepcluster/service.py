@@ -44,6 +44,11 @@ ACTIVE_STATES = ("PENDING", "RUNNING")
 MISSING_GRACE_SECONDS = 60
 MISSING_MIN_POLLS = 3
 STDERR_TAIL_BYTES = 2000
+#: Polling slows down after this many rounds (9 history events each; 25,000 fail a run)...
+POLLS_AT_WAIT_TIME = 1500
+#: ...doubling its interval every this many rounds, up to MAX_WAIT_SECONDS.
+POLLS_PER_DOUBLING = 50
+MAX_WAIT_SECONDS = 3600
 #: Per-job result locations go into the run record only while it stays below this size.
 RESULTS_IN_PAYLOAD_BUDGET = 192 * 1024
 
@@ -290,6 +295,7 @@ class RunService:
     def poll_jobs(self, run: dict) -> dict:
         """One round: one SSH connection, every job in flight."""
         run = _copy(run)
+        run["polls"] = run.get("polls", 0) + 1
         scheduler = self.scheduler(run)
         run_dir = run["cluster"]["run_dir"]
         active = [n for n, j in run["jobs"].items() if j["state"] in ACTIVE_STATES]
@@ -409,9 +415,20 @@ class RunService:
         return run
 
     def _wait_seconds(self, run: dict) -> int:
-        """The smallest wait_time among the jobs in flight (or about to be)."""
+        """The smallest wait_time among the jobs in flight (or about to be).
+
+        A polling round costs 9 history events, and an execution that passes 25,000 fails.
+        After POLLS_AT_WAIT_TIME rounds the interval doubles every POLLS_PER_DOUBLING rounds
+        (up to an hour), so a run whose jobs outlast their wait_time budget slows its polling
+        instead of failing: at wait_time 1 that starts after 25 minutes of polling; from there
+        the interval reaches an hour within 600 rounds, which leaves about 700 hourly rounds.
+        """
         waits = [job.wait_time for job in self.plan.jobs if run["jobs"][job.name]["state"] in ACTIVE_STATES]
-        return min(waits) if waits else min(job.wait_time for job in self.plan.jobs)
+        wait = min(waits) if waits else min(job.wait_time for job in self.plan.jobs)
+        polls = run.get("polls", 0)
+        if polls >= POLLS_AT_WAIT_TIME:
+            wait = min(MAX_WAIT_SECONDS, wait * 2 ** ((polls - POLLS_AT_WAIT_TIME) // POLLS_PER_DOUBLING + 1))
+        return wait
 
     # -- Cancel Jobs / Delete Cluster ----------------------------------------------------
     def cancel_jobs(self, run: dict) -> dict:

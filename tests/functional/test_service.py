@@ -293,3 +293,22 @@ def test_a_head_node_that_cannot_reach_s3_fails_the_job_before_submission(world,
     assert run["phase"] == "FAILED"
     assert "could not download" in run["failure"]["Cause"]
     assert not list(Path(run["cluster"]["run_dir"], "jobs").glob("*/submit.rc"))
+
+
+def test_polling_slows_down_before_the_history_limit_instead_of_failing(world):
+    """25,000 history events end an execution: after POLLS_AT_WAIT_TIME rounds the interval
+    doubles every POLLS_PER_DOUBLING rounds, up to an hour; the rounds stay affordable."""
+    svc, scheduler, run = world()
+    run = svc.submit_jobs(run)              # job a, wait_time 5
+    scheduler.status_file.write_text("id-a R\n")
+    assert svc.poll_jobs(run)["wait_seconds"] == 5
+    waits = {n: svc.poll_jobs({**run, "polls": n - 1})["wait_seconds"]
+             for n in (1499, 1500, 1549, 1550, 1600, 2100)}
+    assert waits == {1499: 5, 1500: 10, 1549: 10, 1550: 20, 1600: 40, 2100: 3600}
+    # Even from wait_time 1, the interval reaches an hour while the history has room left:
+    events, wait, n = 0, 1, 0
+    while wait < 3600:
+        n += 1
+        events += 9
+        wait = svc._wait_seconds({**run, "polls": n}) if n >= 1500 else 1
+    assert events < 25_000 * 0.8
