@@ -19,14 +19,13 @@ which runs on another Python with its own layer, never needs it.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import tarfile
 import time
 from datetime import datetime, timezone
 from typing import Callable
 
-from stepcluster import jobscripts, secrets, staging
+from stepcluster import jobscripts, results, secrets, staging
 from stepcluster.clusters import ClusterBackend, get_backend
 from stepcluster.clusters.base import RunContext, SshKey
 from stepcluster.errors import InputError, PlanError, SchedulerError, StagingError
@@ -49,8 +48,6 @@ POLLS_AT_WAIT_TIME = 1500
 #: ...doubling its interval every this many rounds, up to MAX_WAIT_SECONDS.
 POLLS_PER_DOUBLING = 50
 MAX_WAIT_SECONDS = 3600
-#: Per-job result locations go into the run record only while it stays below this size.
-RESULTS_IN_PAYLOAD_BUDGET = 192 * 1024
 
 
 def _now() -> int:
@@ -457,50 +454,10 @@ class RunService:
             with self.connect(run) as ssh:
                 self._cancel_leftovers(ssh, run)
                 if self.settings.artifacts_bucket:
-                    run["results"] = self._collect_results(ssh, run)
+                    run["results"] = results.collect(ssh, run, self.settings.artifacts_bucket, s3_client=self._s3)
                 ssh.run(["rm", "-rf", "--", cluster["run_dir"]])
             run["cluster"] = {**cluster, "run_dir_removed": True}
         return run
-
-    def _collect_results(self, ssh, run: dict) -> dict:
-        """Stream the jobs' results from the head node into S3; write the run's manifest.
-
-        Layout: s3://BUCKET/EXECUTION/JOB/{stdout,stderr,exit_code,output/...} and
-        s3://BUCKET/EXECUTION/manifest.json (every job: state, exit code, its results prefix).
-        """
-        import boto3
-
-        s3 = self._s3 or boto3.client("s3")
-        bucket, execution = self.settings.artifacts_bucket, run["execution"]
-        started = [n for n, j in run["jobs"].items() if j.get("job_id")]
-        collected = set()
-        if started:
-            with ssh.stream_script(jobscripts.results_script(run["cluster"]["run_dir"], started)) as stream:
-                head = stream.read(2)
-                if head:
-                    with tarfile.open(fileobj=_Prefixed(head, stream), mode="r|gz") as tar:
-                        for member in tar:
-                            if not member.isfile():
-                                continue  # folders are implied; links are not followed out
-                            job, _, rest = member.name.partition("/")
-                            rest = "exit_code" if rest == "result" else rest
-                            s3.upload_fileobj(_Unseekable(tar.extractfile(member)), bucket,
-                                              f"{execution}/{job}/{rest}")
-                            collected.add(job)
-        prefix = f"s3://{bucket}/{execution}/"
-        manifest = {"execution": execution, "cluster_name": run.get("cluster_name"),
-                    "jobs": {name: {**job, "results": f"{prefix}{name}/" if name in collected else None}
-                             for name, job in run["jobs"].items()}}
-        s3.put_object(Bucket=bucket, Key=f"{execution}/manifest.json",
-                      Body=json.dumps(manifest, indent=1).encode(), ContentType="application/json")
-        log.info("kept results of %d jobs under %s", len(collected), prefix)
-        # Each job's location in the execution output too, while the payload stays well under
-        # Step Functions' 256 KiB (for very wide runs the manifest alone lists them).
-        extra = sum(len(prefix) + len(name) + 16 for name in collected)
-        if len(json.dumps(run, separators=(",", ":"))) + extra < RESULTS_IN_PAYLOAD_BUDGET:
-            for name in collected:
-                run["jobs"][name]["results"] = f"{prefix}{name}/"
-        return {"prefix": prefix, "manifest": f"{prefix}manifest.json", "jobs_collected": len(collected)}
 
     def _cancel_leftovers(self, ssh, run: dict) -> list[str]:
         """Cancel jobs the head node shows as submitted without a result; return their names."""
@@ -557,40 +514,6 @@ def _missing(job_id: str) -> JobStatus:
 
 def _copy(run: dict) -> dict:
     return {**run, "jobs": {n: dict(j) for n, j in run.get("jobs", {}).items()}}
-
-
-class _Unseekable(io.RawIOBase):
-    """A tar member read from a stream: S3's uploader must not try to seek in it."""
-
-    def __init__(self, source):
-        self._source = source
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        return self._source.read(size)
-
-
-class _Prefixed(io.RawIOBase):
-    """A stream with a few bytes already read put back in front."""
-
-    def __init__(self, head: bytes, rest):
-        self._head, self._rest = head, rest
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        if not self._head:
-            return self._rest.read(size)
-        if size is None or size < 0:
-            data, self._head = self._head + self._rest.read(), b""
-            return data
-        data, self._head = self._head[:size], self._head[size:]
-        if len(data) < size:
-            data += self._rest.read(size - len(data))
-        return data
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
