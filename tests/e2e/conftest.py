@@ -75,3 +75,11 @@ def cleanup_event(execution_arn: str) -> dict:
     event = json.loads((Path(__file__).resolve().parents[2] / "events" / "cluster_cleanup.json").read_text())
     event["detail"]["executionArn"] = execution_arn
     return event
+
+
+def crash_polling(endpoint) -> None:
+    """on_start hook: the poll function fails with an error no Retry covers."""
+    def fault(name, event):
+        if name == "PollJobsFunction":
+            raise RuntimeError("simulated crash in the poll function")
+    endpoint.fault = fault

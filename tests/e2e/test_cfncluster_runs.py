@@ -9,7 +9,7 @@ import pytest
 
 from stepcluster.local import runner
 
-from .conftest import abort_at_first_poll, cleanup_event
+from .conftest import abort_at_first_poll, cleanup_event, crash_polling
 
 pytestmark = pytest.mark.e2e
 run_local = functools.partial(runner.run_local, backend="cfncluster", timeout=150)
@@ -94,15 +94,8 @@ def test_a_cluster_not_ready_in_time_is_deleted(local_cluster, write_config):
 
 def test_a_lambda_error_mid_run_still_deletes_the_stack(local_cluster, write_config):
     config = write_config("sequential", {"a": "sleep 30"})
-
-    def crash(endpoint):
-        def fault(name, event):
-            if name == "PollJobsFunction":
-                raise RuntimeError("simulated crash")
-        endpoint.fault = fault
-
     after = Recorder()
-    report = run_local(config, "cfn-crash", cluster=local_cluster, on_start=crash, on_finish=after)
+    report = run_local(config, "cfn-crash", cluster=local_cluster, on_start=crash_polling, on_finish=after)
     assert report.status == "FAILED" and report.error == "RuntimeError"
     assert after.left == NOTHING
 

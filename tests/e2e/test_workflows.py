@@ -11,7 +11,7 @@ import pytest
 from stepcluster.local import runner
 from stepcluster.schedulers import Category, CommandOutput, get_scheduler
 
-from .conftest import abort_at_first_poll, cleanup_event, remote_exists
+from .conftest import abort_at_first_poll, cleanup_event, crash_polling, remote_exists
 
 pytestmark = pytest.mark.e2e
 # A run that cannot finish (a scheduler down, say) is stopped instead of hanging the suite.
@@ -156,14 +156,7 @@ def test_a_bad_cluster_name_fails_fast_and_touches_nothing(execution_input, loca
 
 def test_a_lambda_error_mid_run_still_cancels_and_tears_down(local_cluster, write_config, head_node):
     config = write_config("parallel", {"busy": "sleep 120"})
-
-    def break_polling(endpoint):
-        def fault(name, event):
-            if name == "PollJobsFunction":
-                raise RuntimeError("simulated crash in the poll function")
-        endpoint.fault = fault
-
-    report = run_local(config, "crash", cluster=local_cluster, on_start=break_polling)
+    report = run_local(config, "crash", cluster=local_cluster, on_start=crash_polling)
 
     assert report.status == "FAILED"
     assert report.error == "RuntimeError"
