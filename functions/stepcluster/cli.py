@@ -42,7 +42,8 @@ def cmd_preprocess(args) -> int:
 
     try:
         result = preprocess.preprocess(args.config, plan_dir=args.plan_dir, samconfig=args.samconfig,
-                                       backend=args.backend, cluster_config=args.cluster_config)
+                                       backend=args.backend, cluster_config=args.cluster_config,
+                                       packages_bucket=args.packages_bucket)
     except ConfigError as exc:
         _print_problems(exc)
         return EXIT_BAD_INPUT
@@ -99,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="samconfig.toml to update (default: the one in this checkout)")
     p.add_argument("--backend", choices=["existing", "parallelcluster", "cfncluster"], default="existing",
                    help="where the cluster comes from (default: an existing head node)")
+    p.add_argument("--packages-bucket", default=None, metavar="BUCKET|auto",
+                   help="upload local_path packages to this bucket (auto: the deployed stack's "
+                        "artifacts bucket) instead of bundling them with the functions")
     p.add_argument("--cluster-config", type=Path, default=None,
                    help="ParallelCluster 3 YAML, or the cfncluster INI `cfncluster configure` writes")
     p.set_defaults(func=cmd_preprocess)

@@ -18,6 +18,7 @@ import stat
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Callable
 
 from stepcluster.config import JobsConfig, Problem
 from stepcluster.errors import ConfigError, PlanError
@@ -39,12 +40,15 @@ class PlannedJob:
     wait_time: int
     s3_uri: str | None = None
     archive: str | None = None  # path relative to the plan folder, for local_path jobs
+    package_uri: str | None = None  # where preprocess uploaded that archive (then not bundled)
 
     def describe_source(self) -> str:
-        return self.s3_uri or f"local archive {self.archive}"
+        return self.s3_uri or self.package_uri or f"local archive {self.archive}"
 
     def to_dict(self) -> dict:
         source = {"s3_uri": self.s3_uri} if self.s3_uri else {"archive": self.archive}
+        if self.package_uri:
+            source["package_uri"] = self.package_uri
         return {"name": self.name, "handler": self.handler, "wait_time": self.wait_time, **source}
 
 
@@ -67,7 +71,17 @@ class Plan:
     def names(self) -> list[str]:
         return [job.name for job in self.jobs]
 
-    def archive_bytes(self, job: PlannedJob) -> bytes:
+    def archive_bytes(self, job: PlannedJob, s3_client=None) -> bytes:
+        """The job's package: from S3 when preprocess uploaded it, else bundled with the plan."""
+        if job.package_uri:
+            import boto3
+            from botocore.exceptions import BotoCoreError, ClientError
+
+            bucket, _, key = job.package_uri[5:].partition("/")
+            try:
+                return (s3_client or boto3.client("s3")).get_object(Bucket=bucket, Key=key)["Body"].read()
+            except (ClientError, BotoCoreError) as exc:
+                raise PlanError(f"package of job {job.name!r} cannot be read from {job.package_uri}: {exc}") from exc
         if self.folder is None or job.archive is None:
             raise PlanError(f"job {job.name!r} has no archive in the plan")
         path = self.folder / job.archive
@@ -90,11 +104,14 @@ def _digest(order: str, jobs: list[PlannedJob], backend: str, cluster_config: st
 
 
 def build_plan(config: JobsConfig, folder: Path, *, backend: str = "existing",
-               cluster_config: Path | None = None) -> Plan:
+               cluster_config: Path | None = None,
+               upload: "Callable[[str, bytes], str] | None" = None) -> Plan:
     """Compile `config` into `folder` (plan.json + payloads/); return the plan.
 
     local_path jobs are packed into content-addressed archives, so an unchanged job keeps its
-    archive name and an unchanged config keeps its digest. Raises ConfigError naming the job
+    archive name and an unchanged config keeps its digest. With `upload(name, data) -> s3 URI`
+    the archives go to S3 instead of into the plan folder (staged from there at run time).
+    Raises ConfigError naming the job
     when a local_path cannot be packaged (escaping symlink, handler absent, too large).
     """
     folder = Path(folder)
@@ -110,6 +127,10 @@ def build_plan(config: JobsConfig, folder: Path, *, backend: str = "existing",
             problems.append(Problem(config.path, None, f"job {spec.name}", "local_path", str(exc)))
             continue
         name = f"{PAYLOAD_DIR}/{hashlib.sha256(data).hexdigest()[:32]}.tar.gz"
+        if upload:
+            jobs.append(PlannedJob(spec.name, spec.handler, spec.wait_time, archive=name,
+                                   package_uri=upload(name, data)))
+            continue
         target = folder / name
         if not target.exists():
             target.write_bytes(data)
@@ -125,7 +146,7 @@ def build_plan(config: JobsConfig, folder: Path, *, backend: str = "existing",
     plan = Plan(config.order, tuple(jobs), _digest(config.order, jobs, backend, config_name), folder,
                 backend, config_name)
     (folder / PLAN_FILE).write_text(json.dumps(plan.to_dict(), indent=1) + "\n")
-    _remove_stale_payloads(folder, {j.archive for j in jobs if j.archive} | {config_name})
+    _remove_stale_payloads(folder, {j.archive for j in jobs if j.archive and not j.package_uri} | {config_name})
     return plan
 
 
@@ -149,7 +170,8 @@ def load_plan(folder: Path | str | None = None) -> Plan:
     if raw.get("format") != PLAN_FORMAT:
         raise PlanError(f"jobs plan {path} has format {raw.get('format')!r}, expected {PLAN_FORMAT}")
     jobs = tuple(PlannedJob(j["name"], j["handler"], int(j["wait_time"]),
-                            s3_uri=j.get("s3_uri"), archive=j.get("archive")) for j in raw["jobs"])
+                            s3_uri=j.get("s3_uri"), archive=j.get("archive"),
+                            package_uri=j.get("package_uri")) for j in raw["jobs"])
     return Plan(raw["order"], jobs, raw["digest"], folder, raw.get("backend", "existing"),
                 raw.get("cluster_config"))
 

@@ -33,11 +33,14 @@ class PreprocessResult:
     samconfig: Path
     overrides: dict[str, str]
     warnings: tuple
+    uploader: "PackageUploader | None" = None
 
     def describe(self) -> str:
         return (f"plan {self.plan.digest}: {len(self.plan.jobs)} jobs, {self.plan.order}\n"
                 f"  wrote {self.plan_dir}/plan.json"
-                f" and {sum(1 for j in self.plan.jobs if j.archive)} local package(s)\n"
+                f" and {sum(1 for j in self.plan.jobs if j.archive and not j.package_uri)} bundled package(s)\n"
+                + (f"  packages in s3://{self.uploader.bucket}/packages/: {len(self.uploader.uploaded)} uploaded, "
+                   f"{len(self.uploader.present)} already there\n" if self.uploader else "") +
                 f"  updated {self.samconfig}: " + ", ".join(f"{k}" for k in self.overrides) + "\n"
                 "next: sam build && sam deploy --guided")
 
@@ -51,9 +54,10 @@ def source_arns(plan: Plan) -> tuple[list[str], list[str]]:
     """
     prefixes: dict[str, set[str]] = {}
     for job in plan.jobs:
-        if job.s3_uri:
-            bucket, _, key = job.s3_uri[5:].partition("/")
-            prefixes.setdefault(bucket, set()).add(key)
+        for uri in (job.s3_uri, job.package_uri):   # uploaded packages are read like sources
+            if uri:
+                bucket, _, key = uri[5:].partition("/")
+                prefixes.setdefault(bucket, set()).add(key)
 
     def arns(merge: bool) -> list[str]:
         found = []
@@ -90,9 +94,61 @@ def check_cluster_config(backend: str, cluster_config) -> list[Problem]:
     return check_cfncluster_config(cluster_config)
 
 
+class PackageUploader:
+    """Puts local_path packages in S3 under packages/, once: a key is its content's hash, so an
+    unchanged job is never uploaded again."""
+
+    def __init__(self, bucket: str, s3_client=None):
+        import boto3
+
+        self.bucket, self.s3 = bucket, s3_client or boto3.client("s3")
+        self.uploaded, self.present = [], []
+
+    def __call__(self, name: str, data: bytes) -> str:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        key = f"packages/{Path(name).name}"
+        try:
+            self.s3.head_object(Bucket=self.bucket, Key=key)
+            self.present.append(key)
+        except ClientError:
+            try:
+                self.s3.put_object(Bucket=self.bucket, Key=key, Body=data)
+            except (ClientError, BotoCoreError) as exc:
+                raise ConfigError([Problem(name, None, None, None,
+                                           f"cannot upload to s3://{self.bucket}/{key}: {exc}")]) from None
+            self.uploaded.append(key)
+        return f"s3://{self.bucket}/{key}"
+
+
+def stack_artifacts_bucket(samconfig: Path, cfn_client=None) -> str:
+    """The deployed stack's ArtifactsBucketName output (stack name from samconfig.toml)."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    data = tomllib.loads(samconfig.read_text()) if samconfig.exists() else {}
+    stack = data.get("default", {}).get("deploy", {}).get("parameters", {}).get("stack_name", "stepcluster")
+    try:
+        outputs = (cfn_client or boto3.client("cloudformation")).describe_stacks(StackName=stack)["Stacks"][0].get("Outputs", [])
+    except (ClientError, BotoCoreError) as exc:
+        raise ConfigError([Problem(str(samconfig), None, None, "stack_name",
+                                   f"cannot read stack {stack!r} ({exc}): deploy once first, or name "
+                                   "the bucket with --packages-bucket BUCKET")]) from None
+    for output in outputs:
+        if output["OutputKey"] == "ArtifactsBucketName":
+            return output["OutputValue"]
+    raise ConfigError([Problem(str(samconfig), None, None, "stack_name",
+                               f"stack {stack!r} has no ArtifactsBucketName output")])
+
+
 def preprocess(config_path, *, plan_dir=None, samconfig=None, backend: str = "existing",
-               cluster_config=None) -> PreprocessResult:
-    """Validate the jobs config (and the cluster configuration), write the plan and samconfig."""
+               cluster_config=None, packages_bucket: str | None = None) -> PreprocessResult:
+    """Validate the jobs config (and the cluster configuration), write the plan and samconfig.
+
+    local_path packages are bundled with the plan (shipped inside the functions), or, with
+    `packages_bucket` (a bucket name, or "auto" for the deployed stack's artifacts bucket),
+    uploaded there once and staged from S3 like an s3_uri.
+    """
     problems = []
     try:
         config = load_jobs_config(config_path)
@@ -104,8 +160,12 @@ def preprocess(config_path, *, plan_dir=None, samconfig=None, backend: str = "ex
         raise ConfigError(problems)
     plan_dir = Path(plan_dir or BUNDLED_PLAN_DIR)
     samconfig = Path(samconfig or CHECKOUT / "samconfig.toml")
+    uploader = None
+    if packages_bucket:
+        bucket = stack_artifacts_bucket(samconfig) if packages_bucket == "auto" else packages_bucket
+        uploader = PackageUploader(bucket)
     plan = build_plan(config, plan_dir, backend=backend,
-                      cluster_config=Path(cluster_config) if cluster_config else None)
+                      cluster_config=Path(cluster_config) if cluster_config else None, upload=uploader)
     buckets, objects = source_arns(plan)
     overrides = {"ClusterBackend": backend, "JobsPlanDigest": plan.digest,
                  "JobSourceBucketArns": ",".join(buckets), "JobSourceObjectArns": ",".join(objects)}
@@ -117,7 +177,7 @@ def preprocess(config_path, *, plan_dir=None, samconfig=None, backend: str = "ex
     if too_long:
         raise ConfigError(too_long)
     update_parameter_overrides(samconfig, overrides)
-    return PreprocessResult(plan, plan_dir, samconfig, overrides, config.warnings)
+    return PreprocessResult(plan, plan_dir, samconfig, overrides, config.warnings, uploader)
 
 
 def update_parameter_overrides(samconfig: Path, values: dict[str, str]) -> None:

@@ -36,7 +36,7 @@ def add_job_files(tar: tarfile.TarFile, plan: Plan, job: PlannedJob, *, s3_clien
     if job.s3_uri:
         files = _s3_files(job.s3_uri, s3_client)
     else:
-        files = _archive_files(plan.archive_bytes(job))
+        files = _archive_files(plan.archive_bytes(job, s3_client))
     _check_handler(job, files)
     for relative, (data, mode) in sorted(files.items()):
         info = tarfile.TarInfo(f"jobs/{job.name}/src/{relative}")
@@ -65,11 +65,14 @@ def fetch_script(plan: Plan, job: PlannedJob, *, job_dir: str, s3_client, artifa
             parent = str(PurePosixPath(relative).parent)
             lines.append(f"mkdir -p {q(parent)} && curl -fsS --retry 3 -o {q(relative)} {q(url)} || fail=1")
     else:
-        data = plan.archive_bytes(job)
+        data = plan.archive_bytes(job, s3)
         _check_handler(job, _archive_files(data))
-        key = f"packages/{PurePosixPath(job.archive).name}"
-        _upload_once(s3, artifacts_bucket, key, data)
-        url = s3.generate_presigned_url("get_object", Params={"Bucket": artifacts_bucket, "Key": key},
+        if job.package_uri:      # uploaded by preprocess
+            bucket, _, key = job.package_uri[5:].partition("/")
+        else:                    # bundled with the plan: copy it to the artifacts bucket once
+            bucket, key = artifacts_bucket, f"packages/{PurePosixPath(job.archive).name}"
+            _upload_once(s3, bucket, key, data)
+        url = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key},
                                         ExpiresIn=URL_SECONDS)
         # GNU tar refuses members with '..' and strips leading '/': nothing lands outside src.
         lines.append(f"curl -fsS --retry 3 {q(url)} | tar -xzf - --no-same-owner || fail=1")

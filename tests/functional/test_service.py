@@ -312,3 +312,33 @@ def test_polling_slows_down_before_the_history_limit_instead_of_failing(world):
         events += 9
         wait = svc._wait_seconds({**run, "polls": n}) if n >= 1500 else 1
     assert events < 25_000 * 0.8
+
+
+def test_a_package_uploaded_by_preprocess_is_staged_from_s3(tmp_path, monkeypatch):
+    import boto3
+    from moto import mock_aws
+
+    from stepcluster.preprocess import PackageUploader
+
+    for var, value in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(var, value)
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "run.sh").write_text("echo from s3\n")
+    text = "[order]\nsequential = a\n\n[job a]\nhandler = run.sh\nlocal_path = job\n"
+    with mock_aws():
+        boto3.client("s3").create_bucket(Bucket="pkgs")
+        plan = build_plan(parse_jobs_config(text, str(tmp_path / "jobs.ini"), tmp_path), tmp_path / "plan",
+                          upload=PackageUploader("pkgs"))
+        assert not list((tmp_path / "plan" / "payloads").glob("*.tar.gz"))
+        settings = Settings("existing", "slurm", "127.0.0.1", 22, "hpc", "SHA256:x", "secret",
+                            remote_root=str(tmp_path / "remote"))
+        svc = service_module.RunService(settings, plan=plan, private_key=lambda _: "key")
+        scheduler = FakeScheduler(tmp_path)
+        svc.connect = lambda run: LocalBash()
+        svc.scheduler = lambda run: scheduler
+        run = svc.prepare_head_node(svc.create_cluster(
+            {"input": {"cluster_name": "c1"}, "execution": "e", "plan_digest": plan.digest}))
+        run = svc.submit_jobs(run)
+    assert run["phase"] == "RUNNING"
+    assert Path(run["cluster"]["run_dir"], "jobs", "a", "src", "run.sh").read_text() == "echo from s3\n"

@@ -201,3 +201,62 @@ def test_preprocess_needs_a_cluster_config_for_created_clusters_only(tmp_path):
     with pytest.raises(ConfigError, match="takes no cluster configuration"):
         preprocess(write_config(tmp_path), plan_dir=tmp_path / "p", samconfig=tmp_path / "s.toml",
                    cluster_config=tmp_path / "x.yaml")
+
+
+def test_packages_can_be_uploaded_once_and_are_then_read_from_s3(tmp_path, monkeypatch):
+    """--packages-bucket: local_path packages go to S3 (content-addressed, not uploaded again),
+    are no longer bundled, and the submit function may read exactly them."""
+    import boto3
+    from moto import mock_aws
+
+    from stepcluster.preprocess import PackageUploader
+
+    for var, value in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(var, value)
+    config = write_config(tmp_path)
+    with mock_aws():
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="stack-artifacts")
+        first = preprocess(config, plan_dir=tmp_path / "plan", samconfig=tmp_path / "s.toml",
+                           packages_bucket="stack-artifacts")
+        assert len(first.uploader.uploaded) == 2 and first.uploader.present == []
+        assert not list((tmp_path / "plan" / "payloads").glob("*.tar.gz"))   # not bundled
+        plan = load_plan(tmp_path / "plan")
+        assert plan.jobs[0].package_uri.startswith("s3://stack-artifacts/packages/")
+        files = tarfile.open(fileobj=io.BytesIO(plan.archive_bytes(plan.jobs[0])), mode="r:gz").getnames()
+        assert files == ["run.sh"]
+        assert "arn:aws:s3:::stack-artifacts/packages/" in first.overrides["JobSourceObjectArns"]
+        again = preprocess(config, plan_dir=tmp_path / "plan", samconfig=tmp_path / "s.toml",
+                           packages_bucket="stack-artifacts")
+        assert again.uploader.uploaded == [] and len(again.uploader.present) == 2
+        assert again.plan.digest == first.plan.digest
+        assert isinstance(again.uploader, PackageUploader)
+
+
+def test_packages_bucket_auto_needs_a_deployed_stack(tmp_path, monkeypatch):
+    from moto import mock_aws
+
+    for var, value in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(var, value)
+    (tmp_path / "s.toml").write_text('version = 0.1\n[default.deploy.parameters]\nstack_name = "mystack"\n')
+    with mock_aws(), pytest.raises(ConfigError, match="deploy once first"):
+        preprocess(write_config(tmp_path), plan_dir=tmp_path / "plan", samconfig=tmp_path / "s.toml",
+                   packages_bucket="auto")
+
+
+def test_packages_bucket_auto_uses_the_stacks_artifacts_bucket(tmp_path, monkeypatch):
+    import json as _json
+
+    import boto3
+    from moto import mock_aws
+
+    for var, value in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(var, value)
+    (tmp_path / "s.toml").write_text('version = 0.1\n[default.deploy.parameters]\nstack_name = "mystack"\n')
+    template = {"Resources": {"ArtifactsBucket": {"Type": "AWS::S3::Bucket", "Properties": {"BucketName": "mystack-art"}}},
+                "Outputs": {"ArtifactsBucketName": {"Value": {"Ref": "ArtifactsBucket"}}}}
+    with mock_aws():
+        boto3.client("cloudformation").create_stack(StackName="mystack", TemplateBody=_json.dumps(template))
+        result = preprocess(write_config(tmp_path), plan_dir=tmp_path / "plan", samconfig=tmp_path / "s.toml",
+                            packages_bucket="auto")
+        assert result.uploader.bucket == "mystack-art" and len(result.uploader.uploaded) == 2
