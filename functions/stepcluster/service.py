@@ -209,7 +209,10 @@ class RunService:
     # -- Submit Jobs ---------------------------------------------------------------------
     def submit_jobs(self, run: dict) -> dict:
         """Stage and submit the next job (sequential) or all jobs (parallel)."""
-        run = _copy(run)
+        with self.connect(run) as ssh:
+            return self._submit(_copy(run), ssh)
+
+    def _submit(self, run: dict, ssh) -> dict:
         plan = self.plan
         if run["order"] == "sequential":
             batch = [plan.jobs[run["next"]]]
@@ -246,13 +249,12 @@ class RunService:
             submissions.append((job.name, scheduler.submit_argv(
                 f"{d}/run.sh", job_name=job.name, workdir=f"{d}/src",
                 stdout=f"{d}/stdout", stderr=f"{d}/stderr")))
-        with self.connect(run) as ssh:
-            ssh.run(["tar", "-xzf", "-", "-C", run_dir], stdin=bundle.getvalue())
-            if fetches:
-                failed = self._fetch_on_head_node(ssh, batch, fetches)
-                if failed:
-                    return self._fail_before_submit(run, *failed)
-            result = ssh.run_script(jobscripts.submit_script(run_dir, submissions))
+        ssh.run(["tar", "-xzf", "-", "-C", run_dir], stdin=bundle.getvalue())
+        if fetches:
+            failed = self._fetch_on_head_node(ssh, batch, fetches)
+            if failed:
+                return self._fail_before_submit(run, *failed)
+        result = ssh.run_script(jobscripts.submit_script(run_dir, submissions))
         for record in jobscripts.parse_records(result.stdout):
             if record.tag != "submit":
                 continue
@@ -321,7 +323,12 @@ class RunService:
                 self._update_job(run["jobs"][name], name, scheduler, started, result_line, status)
             failed = [n for n in active if run["jobs"][n]["state"] in ("FAILED", "CANCELLED")]
             tails = self._stderr_tails(ssh, run_dir, failed) if failed else {}
-        return self._advance(run, failed, tails, scheduler)
+            run = self._advance(run, failed, tails, scheduler)
+            if run["phase"] == "NEXT":
+                # Sequential: the next job goes out in this round, on this connection (saves a
+                # Submit Jobs state, a Lambda call and an SSH connection per job).
+                run = self._submit(run, ssh)
+        return run
 
     def _accounting(self, ssh, scheduler: Scheduler, ids: list[str]) -> dict[str, JobStatus]:
         commands = [(i, scheduler.accounting_argv(i)) for i in ids]

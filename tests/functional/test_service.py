@@ -128,11 +128,11 @@ def test_sequential_advances_one_job_at_a_time_at_its_own_wait_time(world):
     run = svc.poll_jobs(run)
     assert (run["phase"], run["jobs"]["a"]["state"]) == ("RUNNING", "RUNNING")
     finish(run, "a", 0)
-    run = svc.poll_jobs(run)
-    assert run["phase"] == "NEXT" and run["jobs"]["a"]["state"] == "SUCCEEDED"
+    run = svc.poll_jobs(run)   # a succeeded: b is submitted in the same round
+    assert run["phase"] == "RUNNING" and run["jobs"]["a"]["state"] == "SUCCEEDED"
     assert run["jobs"]["a"]["ended"] == "2023-11-14T22:13:20Z"
-    run = svc.submit_jobs(run)
     assert run["jobs"]["b"]["state"] == "PENDING" and run["wait_seconds"] == 2
+    assert run["jobs"]["c"] == {"state": "NOT_STARTED"}
 
 
 def test_the_result_file_wins_over_what_the_scheduler_shows(world):

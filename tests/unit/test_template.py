@@ -394,9 +394,9 @@ def test_results_go_to_the_stacks_own_bucket_written_only_by_the_release_functio
     assert all(bucket["Properties"]["PublicAccessBlockConfiguration"].values())
     writers = {path[0]: json.dumps(s["Resource"]) for path, s in statements(resources)
                if "s3:PutObject" in as_list(s["Action"]) and "ArtifactsBucket" in json.dumps(s["Resource"])}
-    assert set(writers) == {"ReleaseHeadNodeFunctionRole", "SubmitJobsFunctionRole"}
-    # submit only shares local_path packages, and only for head-node staging
-    assert "/packages/*" in writers["SubmitJobsFunctionRole"]
+    assert set(writers) == {"ReleaseHeadNodeFunctionRole", "JobStagingPolicy"}
+    # staging only shares local_path packages, and only for head-node staging
+    assert "/packages/*" in writers["JobStagingPolicy"]
 
 
 def test_parameters_are_described_grouped_and_their_defaults_valid(template):
@@ -581,21 +581,24 @@ def test_tool_policies_only_on_their_backends_cluster_function(transformed):
     assert "role/parallelcluster/*" in parallelcluster and "iam:CreateRole" not in parallelcluster
 
 
-def test_s3_job_sources_readable_only_by_submit_and_only_when_given(transformed):
-    s3 = [(path, s) for path, s in statements(transformed["Resources"])
+def test_s3_job_sources_readable_only_by_the_staging_functions_and_only_when_given(transformed):
+    resources = transformed["Resources"]
+    s3 = [(path, s) for path, s in statements(resources)
           if path[0] not in TOOL_POLICIES and any(a.startswith("s3:") for a in as_list(s["Action"]))
           and "ArtifactsBucket" not in json.dumps(s["Resource"])]
     assert {(s["Action"], json.dumps(s["Resource"])) for _, s in s3} == {
         ("s3:ListBucket", json.dumps({"Ref": "JobSourceBucketArns"})),
         ("s3:GetObject", json.dumps({"Ref": "JobSourceObjectArns"})),
     }
-    policies = transformed["Resources"]["SubmitJobsFunctionRole"]["Properties"]["Policies"]
-    condition = {"s3:ListBucket": "HasJobSourceBuckets", "s3:GetObject": "HasJobSourceObjects"}
-    for path, statement in s3:
-        # ("SubmitJobsFunctionRole", "Properties", "Policies", i, "Fn::If", 1, "PolicyDocument", ...)
-        assert path[:3] == ("SubmitJobsFunctionRole", "Properties", "Policies") and path[4:6] == ("Fn::If", 1), path
-        entry = policies[path[3]]["Fn::If"]
-        assert entry[0] == condition[statement["Action"]] and entry[2] == {"Ref": "AWS::NoValue"}
+    assert {path[0] for path, _ in s3} == {"JobStagingPolicy"}
+    statements_ = resources["JobStagingPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    conditional = {s["Fn::If"][1]["Sid"]: s["Fn::If"][0] for s in statements_ if "Fn::If" in s}
+    assert conditional == {"ListJobSourceBuckets": "HasJobSourceBuckets",
+                           "ReadJobSourceObjects": "HasJobSourceObjects",
+                           "ShareJobPackages": "StageFromHeadNode"}
+    holders = {name for name, r in resources.items() if r["Type"] == "AWS::IAM::Role"
+               and "JobStagingPolicy" in managed_policies(r)}
+    assert holders == {"SubmitJobsFunctionRole", "PollJobsFunctionRole"}
 
 
 def test_vpc_access_only_when_the_functions_are_in_a_vpc(template, transformed):
