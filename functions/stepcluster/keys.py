@@ -51,8 +51,12 @@ class RunKeys:
         return self._secrets
 
     def names(self, execution: str) -> tuple[str, str]:
-        """(EC2 key pair name, secret name) of an execution."""
-        return f"{self.prefix.replace('/', '-')}-{execution}"[:255], f"{self.prefix}/{execution}"
+        """(EC2 key pair name, secret name) of an execution.
+
+        The key pair joins with "." (no stack name holds one), so the IAM scope of stack "a"
+        (`stepcluster.a.*`) never covers stack "a-b"'s keys.
+        """
+        return f"{self.prefix.replace('/', '.')}.{execution}"[:255], f"{self.prefix}/{execution}"
 
     def create(self, ctx: RunContext) -> SshKey:
         """A key for this execution; a retried call finds the one made before."""

@@ -39,7 +39,7 @@ def test_create_is_tagged_idempotent_and_delete_leaves_nothing(aws):
     ec2, sm = aws
     keys = RunKeys(prefix="stepcluster/stack-a")
     key = keys.create(CTX)
-    assert key.owned and key.key_name == "stepcluster-stack-a-run-1"
+    assert key.owned and key.key_name == "stepcluster.stack-a.run-1"
     tags = sm.describe_secret(SecretId=key.secret_arn)["Tags"]
     assert {"Key": "stepcluster:execution", "Value": ARN} in tags
     assert load_private_key(sm.get_secret_value(SecretId=key.secret_arn)["SecretString"])

@@ -710,8 +710,8 @@ def test_the_configuration_sent_to_pcluster_passes_its_own_schema(tmp_path):
     backend = ParallelClusterBackend(settings, pcluster=object(), cluster_config=load_parallelcluster_config(example))
     sent = backend.cluster_configuration(
         RunContext("exec-1", "arn:aws:states:us-east-1:123456789012:execution:sm:exec-1", "demo"),
-        SshKey("stepcluster-stack-exec-1", "arn:secret", owned=True))
-    assert sent["HeadNode"]["Ssh"]["KeyName"] == "stepcluster-stack-exec-1"
+        SshKey("stepcluster.stack.exec-1", "arn:secret", owned=True))
+    assert sent["HeadNode"]["Ssh"]["KeyName"] == "stepcluster.stack.exec-1"
     path = tmp_path / "sent.yaml"
     path.write_text(yaml.safe_dump(sent))
     problems = check_parallelcluster_config(path)

@@ -543,7 +543,8 @@ def test_run_key_names_fall_under_the_iam_scopes(transformed):
     from stepcluster.keys import RunKeys
 
     key_pair, secret = RunKeys(prefix="stepcluster/mystack").names("exec-1")
-    other_key_pair, other_secret = RunKeys(prefix="stepcluster/otherstack").names("exec-1")
+    # a stack whose name starts with this one's ("mystack-b"): its keys are out of scope too
+    other_key_pair, other_secret = RunKeys(prefix="stepcluster/mystack-b").names("exec-1")
     secret_arn = f"arn:aws:secretsmanager:us-east-1:123456789012:secret:{secret}-AbC123"
     key_pair_arn = f"arn:aws:ec2:us-east-1:123456789012:key-pair/{key_pair}"
     resources = transformed["Resources"]
