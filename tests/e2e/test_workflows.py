@@ -295,3 +295,24 @@ def test_a_held_job_fails_the_run_after_the_blocked_timeout(
     job_id = report.jobs[0]["job_id"]
     status = scheduler_view(head_node, scheduler, [job_id])[job_id]
     assert status.category not in (Category.QUEUED, Category.RUNNING)
+
+
+@pytest.mark.parametrize("job_body, earlier_failure", [("exit 2", True), ("true", False)])
+def test_a_cluster_that_cannot_be_deleted_fails_the_run_saying_so(
+        job_body, earlier_failure, local_cluster, write_config):
+    """DELETE_FAILED (as the backend reports it) ends the run as ClusterDeletionFailed; the
+    cause says the cluster may still exist and keeps the job failure that came first."""
+    config = write_config("sequential", {"job": job_body})
+
+    def deletion_fails(endpoint):
+        def after(name, event, result):
+            if name == "ClusterFunction" and event.get("action") == "delete":
+                return {**result, "cluster": {**result["cluster"], "status": "DELETE_FAILED",
+                                              "reason": "DependencyViolation: sg-0abc is in use"}}
+            return result
+        endpoint.after = after
+
+    report = run_local(config, "stuck", cluster=local_cluster, on_start=deletion_fails)
+    assert report.status == "FAILED" and report.error == "ClusterDeletionFailed"
+    assert "may still exist" in report.cause and "DependencyViolation" in report.cause
+    assert ("The run had failed before that: JobFailed: Job 'job'" in report.cause) == earlier_failure

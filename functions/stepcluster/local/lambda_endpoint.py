@@ -36,6 +36,7 @@ class LocalLambdaEndpoint:
         self.functions = dict(functions or FUNCTIONS)
         self.invocations: dict[str, int] = {}
         self.fault = None  # tests: callable(name, event) raising to simulate a Lambda failure
+        self.after = None  # tests: callable(name, event, result) -> result, to alter an answer
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._make_handler())
         self._server.daemon_threads = True
@@ -63,7 +64,8 @@ class LocalLambdaEndpoint:
         if self.fault:
             self.fault(name, event)
         module = importlib.import_module(self.functions[name])
-        return module.handler(event, None)
+        result = module.handler(event, None)
+        return self.after(name, event, result) if self.after else result
 
     def _make_handler(self):
         endpoint = self
