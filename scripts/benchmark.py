@@ -23,12 +23,12 @@ HISTORY_LIMIT = 25_000
 
 
 def parallel_config(folder: Path, count: int, command: str, wait_time: int) -> Path:
-    job = folder / "job"
+    job = folder / f"job-{count}"          # one folder per case: the cases are built up front
     job.mkdir(parents=True, exist_ok=True)
-    (job / "run.sh").write_text(f"#!/bin/bash\n{command}\n")
-    names = [f"job{i:03d}" for i in range(count)]
+    (job / "run.sh").write_text(f"#!/bin/bash\n{command}\n")  # shared by all jobs of the case
+    names = [f"job{i:04d}" for i in range(count)]
     text = "[order]\nparallel = " + ", ".join(names) + "\n" + "".join(
-        f"\n[job {n}]\nhandler = run.sh\nlocal_path = job\nwait_time = {wait_time}\n" for n in names)
+        f"\n[job {n}]\nhandler = run.sh\nlocal_path = {job.name}\nwait_time = {wait_time}\n" for n in names)
     path = folder / f"parallel-{count}.ini"
     path.write_text(text)
     return path
@@ -56,6 +56,7 @@ def main() -> int:
             ("example, parallel (3 jobs)", example_as_parallel(folder)),
             ("20 x sleep 5, parallel, wait_time 1", parallel_config(folder, 20, "sleep 5", 1)),
             ("100 x sleep 5, parallel, wait_time 1", parallel_config(folder, 100, "sleep 5", 1)),
+            ("1000 x true, parallel, wait_time 2", parallel_config(folder, 1000, "true", 2)),
         ]
         for label, config in cases:
             start = time.monotonic()
