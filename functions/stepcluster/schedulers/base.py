@@ -146,6 +146,15 @@ def raw_output(out: CommandOutput) -> str:
     return f"(exit {out.exit_code})\nstdout:\n{out.stdout}\nstderr:\n{out.stderr}"
 
 
+def single_job_id(out: CommandOutput, pattern: re.Pattern, command: str) -> str:
+    """The one job id a submit command printed (named group "id"); SchedulerError otherwise."""
+    lines = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+    matches = [m for m in map(pattern.match, lines) if m]
+    if out.exit_code != 0 or len(matches) != 1:
+        raise SchedulerError(f"{command} did not print one job id: {raw_output(out)}")
+    return matches[0].group("id")
+
+
 def letter_first(name: str) -> str:
     """A job name for schedulers that want "the first character alphabetic" (SGE, Torque)."""
     return name if name[:1].isalpha() else "j" + name

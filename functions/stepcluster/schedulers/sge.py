@@ -33,7 +33,8 @@ from typing import Sequence
 
 from stepcluster.errors import SchedulerError
 from stepcluster.schedulers.base import (
-    Category, CommandOutput, JobStatus, Scheduler, check_job_ids, letter_first, qdel_argv, raw_output,
+    Category, CommandOutput, JobStatus, Scheduler, check_job_ids, letter_first, qdel_argv,
+    raw_output, single_job_id,
 )
 
 # Job state words of `qstat` (column "state", or <state> in -xml), from sge_status(5)
@@ -158,11 +159,7 @@ class SGE(Scheduler):
                 "-o", stdout, "-e", stderr, "-S", "/bin/bash", script]
 
     def parse_submit(self, out: CommandOutput) -> str:
-        lines = [line.strip() for line in out.stdout.splitlines() if line.strip()]
-        matches = [m for m in map(_SUBMIT.match, lines) if m]
-        if out.exit_code != 0 or len(matches) != 1:
-            raise SchedulerError(f"qsub -terse did not print one job id: {raw_output(out)}")
-        return matches[0].group("id")
+        return single_job_id(out, _SUBMIT, "qsub -terse")
 
     def status_argv(self, job_ids: Sequence[str]) -> list[str]:
         ids = ",".join(_ids(job_ids))

@@ -28,7 +28,7 @@ from typing import Sequence
 
 from stepcluster.errors import SchedulerError
 from stepcluster.schedulers.base import (
-    Category, CommandOutput, JobStatus, Scheduler, check_job_ids, raw_output,
+    Category, CommandOutput, JobStatus, Scheduler, check_job_ids, single_job_id, raw_output,
 )
 
 # Job state words as printed by `squeue -o %T`, `scontrol show job` (JobState=) and `sacct`
@@ -236,11 +236,7 @@ class Slurm(Scheduler):
                 "-o", stdout, "-e", stderr, script]
 
     def parse_submit(self, out: CommandOutput) -> str:
-        lines = [line.strip() for line in out.stdout.splitlines() if line.strip()]
-        matches = [m for m in map(_SUBMIT.match, lines) if m]
-        if out.exit_code != 0 or len(matches) != 1:
-            raise SchedulerError(f"sbatch did not print one job id: {raw_output(out)}")
-        return matches[0].group("id")
+        return single_job_id(out, _SUBMIT, "sbatch")
 
     def status_argv(self, job_ids: Sequence[str]) -> list[str]:
         return ["squeue", "--noheader", "--states=all", "--jobs=" + ",".join(_ids(job_ids)),

@@ -29,7 +29,8 @@ from typing import Sequence
 
 from stepcluster.errors import SchedulerError
 from stepcluster.schedulers.base import (
-    Category, CommandOutput, JobStatus, Scheduler, check_job_ids, letter_first, qdel_argv, raw_output,
+    Category, CommandOutput, JobStatus, Scheduler, check_job_ids, letter_first, qdel_argv,
+    raw_output, single_job_id,
 )
 
 # job_state letters from qstat(1B) of Torque ("the state of the job"):
@@ -154,11 +155,7 @@ class Torque(Scheduler):
                 "-o", stdout, "-e", stderr, script]
 
     def parse_submit(self, out: CommandOutput) -> str:
-        lines = [line.strip() for line in out.stdout.splitlines() if line.strip()]
-        matches = [m for m in map(_SUBMIT.match, lines) if m]
-        if out.exit_code != 0 or len(matches) != 1:
-            raise SchedulerError(f"qsub did not print one job id: {raw_output(out)}")
-        return matches[0].group("id")
+        return single_job_id(out, _SUBMIT, "qsub")
 
     def status_argv(self, job_ids: Sequence[str]) -> list[str]:
         return ["qstat", "-f", *_ids(job_ids)]
