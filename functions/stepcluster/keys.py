@@ -94,6 +94,28 @@ class RunKeys:
         except ClientError:
             return False
 
+    def tagged_executions(self, arn_prefix: str) -> set[str]:
+        """Execution ARNs starting with `arn_prefix` that this stack's run key pairs and secrets
+        (named under this prefix) are tagged with: what the periodic sweep looks at."""
+        key_prefix, secret_prefix = f"{self.prefix.replace('/', '.')}.", f"{self.prefix}/"
+        found = set()
+
+        def add(name: str, wanted: str, tags) -> None:
+            for tag in tags or []:
+                value = tag.get("Value") or ""
+                if name.startswith(wanted) and tag.get("Key") == EXECUTION_TAG and value.startswith(arn_prefix):
+                    found.add(value)
+
+        pairs = self.ec2.describe_key_pairs(Filters=[{"Name": "key-name", "Values": [f"{key_prefix}*"]}])
+        for pair in pairs.get("KeyPairs") or []:
+            add(pair.get("KeyName") or "", key_prefix, pair.get("Tags"))
+        # ListSecrets' name filter is a case-insensitive prefix match: the check in add() is exact.
+        for page in self.secrets.get_paginator("list_secrets").paginate(
+                Filters=[{"Key": "name", "Values": [secret_prefix]}]):
+            for secret in page.get("SecretList") or []:
+                add(secret.get("Name") or "", secret_prefix, secret.get("Tags"))
+        return found
+
     def delete(self, execution: str) -> None:
         """Delete the execution's key pair and secret; already gone is fine."""
         from botocore.exceptions import ClientError

@@ -27,8 +27,9 @@ from typing import Callable
 
 from stepcluster import jobscripts, results, secrets, staging
 from stepcluster.clusters import ClusterBackend, get_backend
-from stepcluster.clusters.base import RunContext, SshKey
-from stepcluster.errors import InputError, PlanError, SchedulerError, StagingError
+from stepcluster.clusters.base import EXECUTION_TAG, RunContext, SshKey
+from stepcluster.errors import ClusterError, InputError, PlanError, SchedulerError, StagingError
+from stepcluster.executions import ENDED, Executions, execution_prefix
 from stepcluster.keys import RunKeys
 from stepcluster.plan import Plan, load_plan
 from stepcluster.schedulers import Category, CommandOutput, JobStatus, Scheduler, get_scheduler
@@ -64,13 +65,16 @@ class RunService:
     def __init__(self, settings: Settings, *, plan: Plan | None = None,
                  backend: ClusterBackend | None = None,
                  private_key: Callable[[str], str] = secrets.private_key,
-                 keys: RunKeys | None = None, s3_client=None):
+                 keys: RunKeys | None = None, s3_client=None,
+                 executions: Executions | None = None, cfn_client=None):
         self.settings = settings
         self._plan = plan
         self._backend = backend
         self._private_key = private_key
         self.keys = keys or RunKeys(prefix=settings.resource_prefix)
         self._s3 = s3_client
+        self.executions = executions or Executions(region=settings.region)
+        self._cfn = cfn_client
 
     # -- wiring -------------------------------------------------------------------------
     @property
@@ -84,6 +88,13 @@ class RunService:
         if self._backend is None:
             self._backend = get_backend(self.settings, self.plan)
         return self._backend
+
+    @property
+    def cfn(self):
+        if self._cfn is None:
+            import boto3
+            self._cfn = boto3.client("cloudformation", region_name=self.settings.region)
+        return self._cfn
 
     def connect(self, run: dict):
         from stepcluster.remote.ssh import HeadNodeConnection  # paramiko: head-node tasks only
@@ -127,6 +138,7 @@ class RunService:
             raise
         if self.backend.creates_clusters:
             cluster["key"] = {"key_name": key.key_name, "secret_arn": key.secret_arn, "owned": key.owned}
+            cluster = self._undo_if_execution_ended(ctx, cluster, key)
         new = {
             "execution": ctx.execution, "execution_arn": ctx.execution_arn,
             "cluster_name": ctx.cluster_name, "keep_cluster": keep,
@@ -136,6 +148,36 @@ class RunService:
         }
         log.info("cluster %s: %s", ctx.cluster_name, cluster["status"])
         return new
+
+    def _undo_if_execution_ended(self, ctx: RunContext, cluster: dict, key: SshKey) -> dict:
+        """An abort or timeout while the cluster tool was creating the stack skips every teardown
+        state, and the EventBridge cleanup it triggers may run before the stack exists (finding
+        nothing), while this call goes on to create it. So, once the cluster is started, ask Step
+        Functions whether this execution still runs; if it ended, delete what this call made (the
+        cluster, through the backend's delete and its tag check, and the run's key), now. An
+        execution that ends after this check finds the stack already there for its cleanup.
+
+        A look-up that fails (no route to Step Functions, throttling) does not fail a run that is
+        most likely alive: it is logged, and the periodic sweep catches a cluster left behind."""
+        try:
+            status = self.executions.status(ctx.execution_arn)
+        except Exception as exc:  # noqa: BLE001 - botocore errors, an ARN that is only a name
+            log.warning("cannot tell whether execution %s still runs (%s: %s); if it ended, the "
+                        "periodic sweep deletes cluster %s", ctx.execution_arn, type(exc).__name__,
+                        exc, ctx.cluster_name)
+            return cluster
+        if status not in ENDED:     # RUNNING (or about to be, PENDING_REDRIVE); None: unknown here
+            return cluster
+        log.warning("execution %s is %s: deleting cluster %s and the run's key it just made",
+                    ctx.execution_arn, status, ctx.cluster_name)
+        try:
+            deleted = self.backend.delete(cluster)
+        finally:
+            if key.owned:
+                self.keys.delete(ctx.execution)
+        if key.owned:
+            deleted = {**deleted, "key": {**cluster["key"], "deleted": True}}
+        return {**deleted, "execution_status": status}
 
     def _run_key(self, ctx: RunContext) -> SshKey:
         s = self.settings
@@ -167,7 +209,8 @@ class RunService:
         return {**run, "cluster": cluster}
 
     def cleanup_execution(self, execution_arn: str) -> dict:
-        """After an abort or timeout: delete what is tagged with the execution. Idempotent."""
+        """After an abort or timeout (the EventBridge rule, and the sweep below): delete what is
+        tagged with the execution. Idempotent."""
         execution = execution_arn.rsplit(":", 1)[-1]
         deleted = []
         if self.backend.creates_clusters:
@@ -179,6 +222,59 @@ class RunService:
         # An existing head node stays; the run's jobs and folder on it do not.
         return {"execution": execution_arn, "clusters": deleted,
                 "released": self._release_existing(execution)}
+
+    def sweep(self, state_machine_arn: str) -> dict:
+        """The second sweep, every CleanupSweepMinutes (template: ClusterSweepSchedule).
+
+        The EventBridge cleanup runs once, when the execution ends, and EventBridge delivers it
+        best effort; a create that was still in its cluster tool call then may make the stack
+        after that cleanup looked (its own post-create check deletes it, unless the function
+        died first). So this looks again, at what is still there: stacks, run key pairs and run
+        secrets tagged with an execution of this state machine. For each such execution that
+        ended ABORTED, TIMED_OUT or FAILED (or that Step Functions no longer knows: closed more
+        than 90 days ago), cleanup_execution deletes it all, with the backend's own ownership
+        check. RUNNING executions are never touched, nor SUCCEEDED ones (keep_cluster), nor
+        anything untagged or tagged by another state machine.
+
+        Finding nothing costs three list calls (CloudFormation, EC2, Secrets Manager) and never
+        builds the backend: the ParallelCluster function imports pcluster.lib only when there
+        is something to delete.
+        """
+        prefix = execution_prefix(state_machine_arn)
+        result = {"state_machine": state_machine_arn, "swept": [], "kept": []}
+        if self.settings.backend == "existing":     # nothing is created, so nothing to sweep
+            return result
+        tagged = self._tagged_stack_executions(prefix) | self.keys.tagged_executions(prefix)
+        errors = []
+        for arn in sorted(tagged):
+            try:
+                status = self.executions.status(arn)
+                if status is not None and status not in ENDED:
+                    result["kept"].append({"execution": arn, "status": status})
+                    continue
+                log.info("sweep: execution %s is %s: deleting what carries its tag", arn, status or "gone")
+                result["swept"].append({**self.cleanup_execution(arn), "status": status or "GONE"})
+            except Exception as exc:  # noqa: BLE001 - one execution's failure must not stop the rest
+                log.exception("sweep: cleaning up after %s failed", arn)
+                errors.append(f"{arn}: {type(exc).__name__}: {exc}")
+        if errors:
+            # A function error: visible in the function's Errors metric; the next sweep tries again.
+            raise ClusterError("the sweep could not clean up after " + "; ".join(errors)[:2000])
+        return result
+
+    def _tagged_stack_executions(self, prefix: str) -> set[str]:
+        """Execution ARNs starting with `prefix` on live top-level stacks (one DescribeStacks
+        listing: no cluster tool). Stacks already being deleted are left to finish."""
+        found = set()
+        for page in self.cfn.get_paginator("describe_stacks").paginate():
+            for stack in page.get("Stacks") or []:
+                if stack.get("ParentId") or stack.get("StackStatus") in ("DELETE_COMPLETE", "DELETE_IN_PROGRESS"):
+                    continue
+                value = next((t.get("Value") or "" for t in stack.get("Tags") or []
+                              if t.get("Key") == EXECUTION_TAG), "")
+                if value.startswith(prefix):
+                    found.add(value)
+        return found
 
     def _release_existing(self, execution: str) -> str | None:
         node = self.backend.head_node({})

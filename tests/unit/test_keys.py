@@ -59,6 +59,25 @@ def test_a_secret_of_another_execution_is_never_taken_over(aws):
     assert sm.get_secret_value(SecretId="stepcluster/stack-a/run-1")["SecretString"] == "not ours"
 
 
+def test_tagged_executions_are_this_stacks_run_keys_of_this_state_machine(aws):
+    """What the periodic sweep finds: key pairs and secrets named after this stack, tagged with
+    an execution whose ARN starts with the state machine's execution prefix."""
+    ec2, sm = aws
+    machine = "arn:aws:states:us-east-1:123456789012:execution:sm:"
+    RunKeys(prefix="stepcluster/stack-a").create(CTX)                        # ours: both
+    RunKeys(prefix="stepcluster/stack-a").create(RunContext("run-2", "arn:aws:states:us-east-1:"
+                                                            "123456789012:execution:sm-b:run-2", "c2"))
+    RunKeys(prefix="stepcluster/stack-a-b").create(RunContext("run-3", machine + "run-3", "c3"))
+    lone_secret = RunKeys(prefix="stepcluster/stack-a").create(RunContext("run-4", machine + "run-4", "c4"))
+    ec2.delete_key_pair(KeyName=lone_secret.key_name)
+    lone_pair = RunKeys(prefix="stepcluster/stack-a").create(RunContext("run-5", machine + "run-5", "c5"))
+    sm.delete_secret(SecretId=lone_pair.secret_arn, ForceDeleteWithoutRecovery=True)
+    found = RunKeys(prefix="stepcluster/stack-a").tagged_executions(machine)
+    # not run-2 (another state machine, "sm-b"), not run-3 (another stack, "stack-a-b")
+    assert found == {ARN, machine + "run-4", machine + "run-5"}
+    assert RunKeys(prefix="stepcluster/stack-c").tagged_executions(machine) == set()
+
+
 CONSOLE = """[   10.1] cloud-init: ...
 -----BEGIN SSH HOST KEY FINGERPRINTS-----
 ec2: 256 SHA256:abc root@ip-10-0-0-1 (ECDSA)
