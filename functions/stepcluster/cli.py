@@ -43,7 +43,12 @@ def cmd_preprocess(args) -> int:
     try:
         result = preprocess.preprocess(args.config, plan_dir=args.plan_dir, samconfig=args.samconfig,
                                        backend=args.backend, cluster_config=args.cluster_config,
-                                       packages_bucket=args.packages_bucket)
+                                       packages_bucket=args.packages_bucket,
+                                       parallelcluster_iam=args.parallelcluster_iam,
+                                       use_public_address=args.use_public_address,
+                                       vpc_subnet_ids=args.vpc_subnet_ids,
+                                       vpc_security_group_ids=args.vpc_security_group_ids,
+                                       check_network=not args.no_network_check)
     except ConfigError as exc:
         _print_problems(exc)
         return EXIT_BAD_INPUT
@@ -105,6 +110,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "artifacts bucket) instead of bundling them with the functions")
     p.add_argument("--cluster-config", type=Path, default=None,
                    help="ParallelCluster 3 YAML, or the cfncluster INI `cfncluster configure` writes")
+    # Deployment parameters, written into samconfig.toml (not given: the value already there).
+    p.add_argument("--parallelcluster-iam", choices=["base", "privileged"], default=None,
+                   help="ParallelClusterIamMode: AWS ParallelCluster's base IAM mode (the cluster "
+                        "config names pre-made roles) or privileged (pcluster creates them); "
+                        "default: samconfig.toml's, else base")
+    p.add_argument("--use-public-address", choices=["true", "false"], default=None,
+                   help="UsePublicAddress: SSH to a created cluster's public address instead of "
+                        "its private one")
+    p.add_argument("--vpc-subnet-ids", default=None, metavar="subnet-a,subnet-b",
+                   help="VpcSubnetIds: subnets for the functions that SSH to the head node ('' clears)")
+    p.add_argument("--vpc-security-group-ids", default=None, metavar="sg-...",
+                   help="VpcSecurityGroupIds: their security groups ('' clears)")
+    p.add_argument("--no-network-check", action="store_true",
+                   help="do not ask EC2 whether the subnets reach Secrets Manager and S3")
     p.set_defaults(func=cmd_preprocess)
 
     p = sub.add_parser("run-local", help="run the real definition here, on the local cluster")

@@ -49,7 +49,12 @@ Decisions (documented here because they are part of the contract):
   with a letter or digit, no ``..``, not an IP address). An empty key (``s3://bucket`` or
   ``s3://bucket/``) means the whole bucket: accepted, with a warning. Keys may not contain empty
   (``//``), ``.`` or ``..`` path segments (they would escape or confuse the staging folder) nor
-  control characters, and are at most 1024 bytes.
+  control characters, and are at most 1024 bytes. Nor ``,`` (the staging functions' S3 read
+  permission is the CloudFormation list parameter JobSourceObjectArns, which a ``,`` would split
+  into another ARN: ``s3://b/x,arn:aws:s3:::other/`` would grant a second bucket), nor ``"`` or
+  backslash (samconfig.toml's parameter_overrides carries that parameter to ``sam deploy``, and the
+  SAM CLI unescapes them). ``*``, ``?`` and ``$`` are fine: preprocess writes them as IAM's
+  literal ``${*}``, ``${?}``, ``${$}``.
 * ``wait_time``: ASCII digits only (surrounding whitespace ignored), value 1..240.
 * A ``[job X]`` section not listed in ``[order]`` is a warning (the job will not run); its
   contents are still checked, and errors in it are errors.
@@ -117,8 +122,8 @@ class Problem:
     def __str__(self) -> str:
         location = self.path if self.line is None else f"{self.path}:{self.line}"
         parts = [f"{location}:"]
-        if self.severity == "warning":
-            parts.append("warning:")
+        if self.severity in ("warning", "note"):
+            parts.append(f"{self.severity}:")
         if self.section is not None:
             parts.append(f"[{self.section}]")
         if self.key is not None:
@@ -894,6 +899,20 @@ def _check_s3_uri(value: str):
         return f"the key has an empty path segment ('//'): {_short(value)}", None
     if "." in inner or ".." in inner:
         return f"the key has a '.' or '..' path segment: {_short(value)}", None
+    if "," in key:
+        return (
+            f"the key contains ',', which would split the staging functions' S3 read permission "
+            f"(JobSourceObjectArns, a comma-separated CloudFormation list) into another ARN: "
+            f"rename the objects (or the prefix) without ',': {_short(value)}"
+        ), None
+    quoted = [name for char, name in (('"', 'a double quote (")'), ("\\", "a backslash (\\)"))
+              if char in key]
+    if quoted:
+        return (
+            f"the key contains {' and '.join(quoted)}, which samconfig.toml's "
+            f"parameter_overrides cannot carry to `sam deploy` unchanged (the SAM CLI unescapes "
+            f"them): rename the objects (or the prefix) without them: {_short(value)}"
+        ), None
     return None, None
 
 

@@ -4,8 +4,14 @@ Writes, so that no file is edited by hand:
 - functions/plan/plan.json and functions/plan/payloads/*.tar.gz (the plan, bundled with the
   functions by `sam build`);
 - samconfig.toml's parameter_overrides entries JobsPlanDigest (the definition's substitution
-  that ties the state machine to this plan) and JobSourceBucketArns / JobSourceObjectArns (the
-  S3 read permissions of the submit function, exactly the config's s3_uri sources).
+  that ties the state machine to this plan), JobSourceBucketArns / JobSourceObjectArns (the
+  S3 read permissions of the submit function, exactly the config's s3_uri sources),
+  ParallelClusterIamMode, and, when given, UsePublicAddress / VpcSubnetIds / VpcSecurityGroupIds.
+
+Before anything is written it refuses what could not work once deployed: the template's Rule
+CreatedClustersAreReachable (a created cluster reached by its private address from functions
+outside any VPC), and a ParallelCluster config that would make pcluster create IAM roles the
+deployment's IAM mode cannot create.
 """
 
 from __future__ import annotations
@@ -17,13 +23,27 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from stepcluster.config import Problem, load_jobs_config
+from stepcluster.config import Problem, _bucket_problem, load_jobs_config
 from stepcluster.errors import ConfigError
 from stepcluster.plan import BUNDLED_PLAN_DIR, Plan, build_plan
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 #: A CloudFormation parameter value holds at most 4,096 bytes.
 MAX_PARAMETER_BYTES = 4096
+#: Template parameters preprocess reads from samconfig.toml (and may be told on its command
+#: line), with the template's defaults and the option that sets each.
+DEPLOYMENT_SETTINGS = {
+    "ParallelClusterIamMode": ("base", "--parallelcluster-iam"),
+    "UsePublicAddress": ("false", "--use-public-address"),
+    "VpcSubnetIds": ("", "--vpc-subnet-ids"),
+    "VpcSecurityGroupIds": ("", "--vpc-security-group-ids"),
+}
+#: The template's AllowedPattern of each id list item, what it names, an example.
+_ID_PATTERNS = {"VpcSubnetIds": (re.compile(r"subnet-[0-9a-f]+"), "subnet", "subnet-0123456789abcdef0"),
+                "VpcSecurityGroupIds": (re.compile(r"sg-[0-9a-f]+"), "security group", "sg-0123456789abcdef0")}
+#: IAM's policy variables for a literal *, ? and $ in a Resource (IAM User Guide, "IAM policy
+#: elements: Variables and tags", special characters): a key's own "*" is not a wildcard.
+_IAM_LITERALS = {"*": "${*}", "?": "${?}", "$": "${$}"}
 
 
 @dataclass(frozen=True)
@@ -45,12 +65,22 @@ class PreprocessResult:
                 "next: sam build && sam deploy --guided")
 
 
+def iam_literal(key: str) -> str:
+    """An S3 key as it must appear in an IAM Resource to mean exactly itself: IAM reads "*" and
+    "?" as wildcards and "${" as a policy variable, so those characters are written as IAM's
+    special-character variables ${*}, ${?} and ${$}."""
+    return "".join(_IAM_LITERALS.get(c, c) for c in key)
+
+
 def source_arns(plan: Plan) -> tuple[list[str], list[str]]:
     """IAM resources for reading the plan's S3 sources: bucket ARNs and object ARNs.
 
-    Object ARNs name each source prefix; a prefix inside another is dropped. When the list
-    would not fit one CloudFormation parameter, each bucket's prefixes are merged into their
-    longest common prefix (broader, still no more than the buckets the config names).
+    Object ARNs name each source prefix, followed by the one wildcard "*"; a prefix inside
+    another is dropped. When the list would not fit one CloudFormation parameter, each bucket's
+    prefixes are merged into their longest common prefix (broader, still no more than the
+    buckets the config names). Merging works on the keys as written, and only then are their
+    "*", "?" and "$" escaped (iam_literal): no pattern ever covers more than its prefix. A key
+    with "," (which would split the list parameter) never gets here: the config refuses it.
     """
     prefixes: dict[str, set[str]] = {}
     for job in plan.jobs:
@@ -65,17 +95,23 @@ def source_arns(plan: Plan) -> tuple[list[str], list[str]]:
             if merge:
                 keys = {os.path.commonprefix(sorted(keys))}
             kept = [k for k in sorted(keys) if not any(k != o and k.startswith(o) for o in keys)]
-            found += [f"arn:aws:s3:::{bucket}/{k}*" for k in kept]
+            found += [f"arn:aws:s3:::{bucket}/{iam_literal(k)}*" for k in kept]
         return found
 
+    for bucket, keys in prefixes.items():
+        if _bucket_problem(bucket) or any("," in k for k in keys):   # never a silent widening
+            raise ConfigError([Problem(f"s3://{bucket}/{sorted(keys)[0]}", None, None, None,
+                                       "cannot be granted exactly as an S3 source (a bucket name "
+                                       "or a key with ',')")])
     objects = arns(merge=False)
     if len(",".join(objects).encode()) > MAX_PARAMETER_BYTES:
         objects = arns(merge=True)
     return [f"arn:aws:s3:::{b}" for b in sorted(prefixes)], objects
 
 
-def check_cluster_config(backend: str, cluster_config) -> list[Problem]:
-    """The backend's cluster configuration, checked before anything is deployed."""
+def check_cluster_config(backend: str, cluster_config, iam_mode: str = "base") -> list[Problem]:
+    """The backend's cluster configuration, checked before anything is deployed (`iam_mode`:
+    the deployment's ParallelClusterIamMode)."""
     if backend == "existing":
         if cluster_config:
             return [Problem(str(cluster_config), None, None, None,
@@ -89,7 +125,7 @@ def check_cluster_config(backend: str, cluster_config) -> list[Problem]:
         return [Problem(str(cluster_config), None, None, None, "no such file")]
     if backend == "parallelcluster":
         from stepcluster.clusters.parallelcluster_config import check_parallelcluster_config
-        return check_parallelcluster_config(cluster_config)
+        return check_parallelcluster_config(cluster_config, iam_mode)
     from stepcluster.clusters.cfncluster_config import check_cfncluster_config
     return check_cfncluster_config(cluster_config)
 
@@ -141,25 +177,115 @@ def stack_artifacts_bucket(samconfig: Path, cfn_client=None) -> str:
                                f"stack {stack!r} has no ArtifactsBucketName output")])
 
 
+@dataclass(frozen=True)
+class Setting:
+    """A template parameter's value for this deployment, and where it comes from."""
+
+    value: str
+    source: str            # the option, "samconfig.toml", or "the template's default"
+    line: int | None = None
+
+    def says(self) -> str:
+        shown = f'"{self.value}"' if self.value else "empty"
+        return f"{shown} ({self.source})"
+
+
+def deployment_settings(samconfig: Path, given: dict[str, str | None]) -> dict[str, Setting]:
+    """ParallelClusterIamMode, UsePublicAddress, VpcSubnetIds, VpcSecurityGroupIds: from the
+    command line (`given`, None = not given), else samconfig.toml, else the template's default."""
+    current, line = read_parameter_overrides(samconfig)
+    settings = {}
+    for name, (default, option) in DEPLOYMENT_SETTINGS.items():
+        if given.get(name) is not None:
+            settings[name] = Setting(given[name], option)
+        elif name in current:
+            settings[name] = Setting(current[name], samconfig.name, line)
+        else:
+            settings[name] = Setting(default, "the template's default")
+    return settings
+
+
+def deployment_problems(backend: str, settings: dict[str, Setting], samconfig: Path) -> list[Problem]:
+    """What the template's Rules would refuse at deploy time, said here, before anything is
+    built: ids that are not ids, and a created cluster its functions could never reach."""
+    problems = []
+
+    def problem(name, message):
+        s = settings[name]   # said where it comes from: the option, or samconfig.toml's line
+        path = s.source if s.source.startswith("--") else str(samconfig)
+        problems.append(Problem(path, s.line, None, name, message))
+
+    mode = settings["ParallelClusterIamMode"]
+    if mode.value not in ("base", "privileged"):
+        problem("ParallelClusterIamMode", f"must be base or privileged, got {mode.says()}")
+    public = settings["UsePublicAddress"]
+    if public.value not in ("true", "false"):
+        problem("UsePublicAddress", f'must be "true" or "false", got {public.says()}')
+    for name, (pattern, noun, example) in _ID_PATTERNS.items():
+        bad = [i for i in settings[name].value.split(",") if i and not pattern.fullmatch(i)]
+        if bad:
+            problem(name, f"not {noun} ids (e.g. {example}): {', '.join(repr(b) for b in bad)}, in "
+                          f"{settings[name].says()}")
+    subnets, groups = (settings[n] for n in ("VpcSubnetIds", "VpcSecurityGroupIds"))
+    if bool(subnets.value) != bool(groups.value):
+        (given, _), (missing, unset) = sorted((("VpcSubnetIds", subnets), ("VpcSecurityGroupIds", groups)),
+                                              key=lambda pair: not pair[1].value)
+        problem(missing, f"is {unset.says()} while {given} is {settings[given].says()}: set both "
+                         f"({DEPLOYMENT_SETTINGS[missing][1]}), or neither")
+    if backend != "existing" and public.value == "false" and not (subnets.value and groups.value):
+        problem("UsePublicAddress",
+                f"is {public.says()}: backend {backend} reaches the head node by its private address, "
+                f"but with VpcSubnetIds {subnets.says()} and VpcSecurityGroupIds {groups.says()} the "
+                f"functions would run outside any VPC and could never connect (the run would fail "
+                f"after a full cluster creation). Give subnets and security groups in the cluster's "
+                f"VPC (--vpc-subnet-ids subnet-...,subnet-... --vpc-security-group-ids sg-...), or "
+                f"--use-public-address true (the head node's subnet must then assign public addresses)")
+    return problems
+
+
 def preprocess(config_path, *, plan_dir=None, samconfig=None, backend: str = "existing",
-               cluster_config=None, packages_bucket: str | None = None) -> PreprocessResult:
-    """Validate the jobs config (and the cluster configuration), write the plan and samconfig.
+               cluster_config=None, packages_bucket: str | None = None,
+               parallelcluster_iam: str | None = None, use_public_address: str | None = None,
+               vpc_subnet_ids: str | None = None, vpc_security_group_ids: str | None = None,
+               check_network: bool = True, ec2_client=None) -> PreprocessResult:
+    """Validate the jobs config, the cluster configuration and the deployment's settings; write
+    the plan and samconfig.
 
     local_path packages are bundled with the plan (shipped inside the functions), or, with
     `packages_bucket` (a bucket name, or "auto" for the deployed stack's artifacts bucket),
-    uploaded there once and staged from S3 like an s3_uri.
+    uploaded there once and staged from S3 like an s3_uri. `parallelcluster_iam`,
+    `use_public_address`, `vpc_subnet_ids`, `vpc_security_group_ids` (None: keep samconfig's)
+    set ParallelClusterIamMode, UsePublicAddress, VpcSubnetIds, VpcSecurityGroupIds. With
+    subnets and `check_network`, their routes are checked with EC2 when credentials allow
+    (warnings only).
     """
-    problems = []
+    problems, warnings = [], []
     try:
         config = load_jobs_config(config_path)
+        warnings += config.warnings
     except ConfigError as exc:
         problems += exc.problems
         config = None
-    problems += [p for p in check_cluster_config(backend, cluster_config) if p.severity == "error"]
+    samconfig = Path(samconfig or CHECKOUT / "samconfig.toml")
+    given = {"ParallelClusterIamMode": parallelcluster_iam, "UsePublicAddress": use_public_address,
+             "VpcSubnetIds": _id_list(vpc_subnet_ids), "VpcSecurityGroupIds": _id_list(vpc_security_group_ids)}
+    settings = deployment_settings(samconfig, given)
+    problems += deployment_problems(backend, settings, samconfig)
+    iam_mode = settings["ParallelClusterIamMode"].value
+    cluster = check_cluster_config(backend, cluster_config, iam_mode if iam_mode == "privileged" else "base")
+    problems += [p for p in cluster if p.severity == "error"]
+    warnings += [p for p in cluster if p.severity != "error"]
+    if packages_bucket and packages_bucket != "auto" and _bucket_problem(packages_bucket):
+        problems.append(Problem("--packages-bucket", None, None, None,
+                                f"invalid bucket name {packages_bucket!r}: {_bucket_problem(packages_bucket)}"))
     if problems:
         raise ConfigError(problems)
+    subnets = settings["VpcSubnetIds"]
+    if check_network and subnets.value:
+        from stepcluster.network import subnet_warnings
+        warnings += subnet_warnings(subnets.value.split(","), source=subnets, samconfig=samconfig,
+                                    ec2_client=ec2_client)
     plan_dir = Path(plan_dir or BUNDLED_PLAN_DIR)
-    samconfig = Path(samconfig or CHECKOUT / "samconfig.toml")
     uploader = None
     if packages_bucket:
         bucket = stack_artifacts_bucket(samconfig) if packages_bucket == "auto" else packages_bucket
@@ -168,7 +294,10 @@ def preprocess(config_path, *, plan_dir=None, samconfig=None, backend: str = "ex
                       cluster_config=Path(cluster_config) if cluster_config else None, upload=uploader)
     buckets, objects = source_arns(plan)
     overrides = {"ClusterBackend": backend, "JobsPlanDigest": plan.digest,
-                 "JobSourceBucketArns": ",".join(buckets), "JobSourceObjectArns": ",".join(objects)}
+                 "JobSourceBucketArns": ",".join(buckets), "JobSourceObjectArns": ",".join(objects),
+                 "ParallelClusterIamMode": settings["ParallelClusterIamMode"].value,
+                 **{name: value for name, value in given.items()
+                    if value is not None and name != "ParallelClusterIamMode"}}
     too_long = [Problem(str(config_path), None, None, None,
                         f"the S3 sources need a {key} parameter of {len(value.encode())} bytes, over "
                         f"CloudFormation's {MAX_PARAMETER_BYTES}: put the jobs' files under fewer "
@@ -177,32 +306,61 @@ def preprocess(config_path, *, plan_dir=None, samconfig=None, backend: str = "ex
     if too_long:
         raise ConfigError(too_long)
     update_parameter_overrides(samconfig, overrides)
-    return PreprocessResult(plan, plan_dir, samconfig, overrides, config.warnings, uploader)
+    return PreprocessResult(plan, plan_dir, samconfig, overrides, tuple(warnings), uploader)
+
+
+def _id_list(value: str | None) -> str | None:
+    """"subnet-a, subnet-b" -> "subnet-a,subnet-b" (None stays None: not given)."""
+    if value is None:
+        return None
+    return ",".join(item.strip() for item in value.split(",") if item.strip())
+
+
+def _read_samconfig(samconfig: Path) -> tuple[str, dict]:
+    text = samconfig.read_text() if samconfig.exists() else "version = 0.1\n"
+    try:
+        return text, tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([Problem(str(samconfig), None, None, None, f"not valid TOML: {exc}")]) from None
+
+
+def read_parameter_overrides(samconfig: Path) -> tuple[dict[str, str], int | None]:
+    """[default.deploy.parameters] parameter_overrides as a dict, and the line it is on."""
+    text, data = _read_samconfig(samconfig)
+    current = data.get("default", {}).get("deploy", {}).get("parameters", {}).get("parameter_overrides", "")
+    try:
+        pairs = current if isinstance(current, list) else shlex.split(current)
+    except ValueError as exc:
+        raise ConfigError([Problem(str(samconfig), None, None, "parameter_overrides",
+                                   f"cannot be read: {exc}")]) from None
+    lines = text.splitlines()
+    start, end, existing = _overrides_position(lines)
+    return dict(pair.split("=", 1) for pair in pairs if "=" in pair), None if existing is None else existing + 1
+
+
+def _overrides_position(lines: list[str]) -> tuple[int | None, int, int | None]:
+    """Indexes of [default.deploy.parameters], the end of that table, its parameter_overrides."""
+    start = next((i for i, l in enumerate(lines) if l.strip() == "[default.deploy.parameters]"), None)
+    if start is None:
+        return None, len(lines), None
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
+    existing = next((i for i in range(start + 1, end) if re.match(r"\s*parameter_overrides\s*=", lines[i])), None)
+    return start, end, existing
 
 
 def update_parameter_overrides(samconfig: Path, values: dict[str, str]) -> None:
     """Set `values` in [default.deploy.parameters] parameter_overrides, keeping everything else."""
-    text = samconfig.read_text() if samconfig.exists() else "version = 0.1\n"
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([Problem(str(samconfig), None, None, None, f"not valid TOML: {exc}")]) from None
-    deploy = data.get("default", {}).get("deploy", {}).get("parameters", {})
-    current = deploy.get("parameter_overrides", "")
-    pairs = current if isinstance(current, list) else shlex.split(current)
-    overrides = dict(pair.split("=", 1) for pair in pairs if "=" in pair)
+    text, _ = _read_samconfig(samconfig)
+    overrides, _ = read_parameter_overrides(samconfig)
     overrides.update(values)
     rendered = " ".join(f'{k}="{v}"' for k, v in overrides.items())
     line = "parameter_overrides = " + _toml_string(rendered)
 
     lines = text.splitlines()
-    start = next((i for i, l in enumerate(lines) if l.strip() == "[default.deploy.parameters]"), None)
+    start, end, existing = _overrides_position(lines)
     if start is None:
         lines += ["", "[default.deploy.parameters]", line]
     else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
-        existing = next((i for i in range(start + 1, end)
-                         if re.match(r"\s*parameter_overrides\s*=", lines[i])), None)
         if existing is None:
             lines.insert(end, line)
         else:

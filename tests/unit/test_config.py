@@ -532,6 +532,27 @@ def test_malformed_s3_uri(tmp_path, uri, fragment):
     assert_at(problem, 6, "job a", "s3_uri", fragment)
 
 
+@pytest.mark.parametrize("uri, fragment", [
+    # a "," would split JobSourceObjectArns (a CommaDelimitedList) into a second ARN
+    ("s3://my-bucket/x,arn:aws:s3:::other/", "the key contains ','"),
+    ("s3://my-bucket/a,b", "would split the staging functions' S3 read permission"),
+    # samconfig.toml's parameter_overrides cannot carry these to `sam deploy` unchanged
+    ('s3://my-bucket/a"b/', "a double quote"),
+    ("s3://my-bucket/a\\b/", "a backslash"),
+])
+def test_s3_uri_that_iam_cannot_grant_exactly_is_refused(tmp_path, uri, fragment):
+    problem = only_error(GOOD_ORDER + f"[job a]\nhandler = run.sh\ns3_uri = {uri}\n", tmp_path)
+    assert_at(problem, 6, "job a", "s3_uri", fragment, "rename the objects")
+
+
+@pytest.mark.parametrize("uri", ["s3://my-bucket/*", "s3://my-bucket/a?c/", "s3://my-bucket/$x",
+                                 "s3://my-bucket/${aws:username}/", "s3://my-bucket/a b;#%/"])
+def test_s3_uri_with_iam_special_characters_is_accepted(tmp_path, uri):
+    """preprocess writes "*", "?" and "$" as IAM literals; the config may name such keys."""
+    config = parse(GOOD_ORDER + f"[job a]\nhandler = run.sh\ns3_uri = {uri}\n", tmp_path)
+    assert config.jobs[0].s3_uri == uri
+
+
 def test_local_path_does_not_exist(tmp_path):
     problem = only_error(
         GOOD_ORDER + "[job a]\nhandler = run.sh\nlocal_path = nowhere/project\n", tmp_path

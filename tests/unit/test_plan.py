@@ -3,8 +3,10 @@
 import io
 import json
 import os
+import re
 import tarfile
 import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +15,8 @@ from stepcluster.config import load_jobs_config
 from stepcluster.errors import ConfigError, PlanError
 from stepcluster.plan import MAX_PAYLOAD_BYTES, build_plan, load_plan, pack_local_path
 from stepcluster.preprocess import preprocess
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def make_job(folder, name, files):
@@ -160,7 +164,7 @@ def test_preprocess_checks_the_parallelcluster_config_and_bundles_it(tmp_path):
     example = Path(__file__).resolve().parents[2] / "examples" / "parallelcluster.yaml"
     config = write_config(tmp_path)
     result = preprocess(config, plan_dir=tmp_path / "plan", samconfig=tmp_path / "s.toml",
-                        backend="parallelcluster", cluster_config=example)
+                        backend="parallelcluster", cluster_config=example, use_public_address="true")
     assert result.overrides["ClusterBackend"] == "parallelcluster"
     plan = load_plan(tmp_path / "plan")
     assert plan.backend == "parallelcluster"
@@ -260,3 +264,207 @@ def test_packages_bucket_auto_uses_the_stacks_artifacts_bucket(tmp_path, monkeyp
         result = preprocess(write_config(tmp_path), plan_dir=tmp_path / "plan", samconfig=tmp_path / "s.toml",
                             packages_bucket="auto")
         assert result.uploader.bucket == "mystack-art" and len(result.uploader.uploaded) == 2
+
+
+# --- S3 sources never widen IAM ----------------------------------------------------------------
+
+def iam_matches(pattern: str, arn: str) -> bool:
+    """IAM's Resource matching: "*" and "?" are wildcards, ${*} ${?} ${$} a literal *, ? and $.
+    An unescaped "${" (a policy variable) fails the test: preprocess must never write one."""
+    regex, i = "", 0
+    while i < len(pattern):
+        literal = next((v for v in ("${*}", "${?}", "${$}") if pattern.startswith(v, i)), None)
+        if literal:
+            regex, i = regex + re.escape(literal[2]), i + 4
+            continue
+        assert not pattern.startswith("${", i), f"a policy variable in {pattern!r}"
+        regex += {"*": ".*", "?": "."}.get(pattern[i], re.escape(pattern[i]))
+        i += 1
+    return re.fullmatch(regex, arn, re.S) is not None
+
+
+def s3_config(tmp_path, uris, name="jobs.ini"):
+    names = [f"j{i}" for i in range(len(uris))]
+    (tmp_path / name).write_text("[order]\nparallel = " + ", ".join(names) + "\n" + "".join(
+        f"\n[job {n}]\nhandler = run.sh\ns3_uri = {uri}\n" for n, uri in zip(names, uris)))
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("uri, written, granted, refused", [
+    ("s3://bkt/*", "arn:aws:s3:::bkt/${*}*", ["bkt/*", "bkt/*/data"], ["bkt/other", "bkt/x*"]),
+    ("s3://bkt/a?c/", "arn:aws:s3:::bkt/a${?}c/*", ["bkt/a?c/x"], ["bkt/abc/x"]),
+    ("s3://bkt/$x", "arn:aws:s3:::bkt/${$}x*", ["bkt/$x", "bkt/$x/y"], ["bkt/y"]),
+    ("s3://bkt/${aws:username}/", "arn:aws:s3:::bkt/${$}{aws:username}/*",
+     ["bkt/${aws:username}/f"], ["bkt/alice/f"]),
+    ("s3://bkt/plain/", "arn:aws:s3:::bkt/plain/*", ["bkt/plain/f"], ["bkt/plainer"]),
+])
+def test_s3_keys_with_iam_wildcards_grant_only_themselves(tmp_path, uri, written, granted, refused):
+    result = preprocess(s3_config(tmp_path, [uri]), plan_dir=tmp_path / "plan", samconfig=tmp_path / "s.toml")
+    assert result.overrides["JobSourceObjectArns"] == written
+    assert result.overrides["JobSourceBucketArns"] == "arn:aws:s3:::bkt"
+    for key in granted:
+        assert iam_matches(written, f"arn:aws:s3:::{key}"), key
+    for key in refused:
+        assert not iam_matches(written, f"arn:aws:s3:::{key}"), key
+
+
+def test_an_s3_key_with_a_comma_is_refused_before_anything_is_written(tmp_path, capsys):
+    """`s3://b/x,arn:aws:s3:::other/` would have become two IAM resources, one of them another
+    bucket: refused with the config's line and job, by validate as by preprocess."""
+    config = s3_config(tmp_path, ["s3://bkt/ok/", "s3://bkt/x,arn:aws:s3:::other/"])
+    with pytest.raises(ConfigError) as caught:
+        preprocess(config, plan_dir=tmp_path / "plan", samconfig=tmp_path / "s.toml")
+    (problem,) = caught.value.problems
+    assert (problem.path, problem.line, problem.section, problem.key) == (str(config), 10, "job j1", "s3_uri")
+    assert "the key contains ','" in problem.message
+    assert not (tmp_path / "plan").exists() and not (tmp_path / "s.toml").exists()
+    assert cli.main(["validate", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"{config}:10: [job j1] s3_uri: the key contains ','" in err and "Traceback" not in err
+
+
+def test_a_packages_bucket_that_is_not_a_bucket_name_is_refused(tmp_path):
+    """Its packages are granted like S3 sources: "b,arn:aws:s3:::other" would grant two buckets."""
+    with pytest.raises(ConfigError) as caught:
+        preprocess(write_config(tmp_path), plan_dir=tmp_path / "plan", samconfig=tmp_path / "s.toml",
+                   packages_bucket="b-b,arn:aws:s3:::other")
+    (problem,) = caught.value.problems
+    assert problem.path == "--packages-bucket" and "invalid bucket name" in problem.message
+    assert not (tmp_path / "plan").exists()
+
+
+def test_merged_prefixes_are_escaped_after_merging(tmp_path, monkeypatch):
+    """The fallback that merges a bucket's prefixes works on the keys as written and escapes
+    the result: merging escaped keys could cut ${*} into "${" (a broken policy variable) or
+    keep a key's own "*" as a wildcard."""
+    monkeypatch.setattr("stepcluster.preprocess.MAX_PARAMETER_BYTES", 90)
+    uris = ["s3://bkt-one/p*1/", "s3://bkt-one/p?2/", "s3://bkt-two/q$a/x", "s3://bkt-two/q$b/y"]
+    result = preprocess(s3_config(tmp_path, uris), plan_dir=tmp_path / "plan", samconfig=tmp_path / "s.toml")
+    objects = result.overrides["JobSourceObjectArns"].split(",")
+    assert objects == ["arn:aws:s3:::bkt-one/p*", "arn:aws:s3:::bkt-two/q${$}*"]
+    for uri in uris:   # each source is still readable, through its own bucket's pattern
+        bucket, _, key = uri[5:].partition("/")
+        assert [o for o in objects if iam_matches(o, f"arn:aws:s3:::{bucket}/{key}file")] == \
+            [o for o in objects if o.startswith(f"arn:aws:s3:::{bucket}/")]
+    assert not any(iam_matches(o, "arn:aws:s3:::bkt-two/qa/file") for o in objects)
+
+
+# --- deployment settings: networking and the ParallelCluster IAM mode ---------------------------
+
+EXAMPLE_CLUSTER = Path(__file__).resolve().parents[2] / "examples" / "parallelcluster.yaml"
+SUBNETS, GROUPS = "subnet-0123abcd,subnet-4567ef01", "sg-0123abcd"
+
+
+def overrides_in(samconfig) -> dict:
+    from stepcluster.preprocess import read_parameter_overrides
+    return read_parameter_overrides(samconfig)[0]
+
+
+@pytest.mark.parametrize("backend, cluster", [("parallelcluster", EXAMPLE_CLUSTER),
+                                               ("cfncluster", FIXTURES / "cfncluster" / "good.config")])
+def test_a_created_cluster_the_functions_could_never_reach_is_refused(tmp_path, backend, cluster):
+    """Defaults (UsePublicAddress "false", no VPC): the functions outside any VPC would SSH to a
+    private address. Refused before anything is written, saying where each value comes from."""
+    with pytest.raises(ConfigError) as caught:
+        preprocess(write_config(tmp_path), plan_dir=tmp_path / "plan", samconfig=tmp_path / "s.toml",
+                   backend=backend, cluster_config=cluster)
+    (problem,) = caught.value.problems
+    assert (problem.path, problem.line, problem.key) == (str(tmp_path / "s.toml"), None, "UsePublicAddress")
+    assert problem.message.startswith('is "false" (the template\'s default): backend ' + backend)
+    assert "VpcSubnetIds empty (the template's default)" in problem.message
+    assert "--vpc-subnet-ids" in problem.message and "--use-public-address true" in problem.message
+    assert not (tmp_path / "plan").exists() and not (tmp_path / "s.toml").exists()
+
+
+def test_the_refusal_names_samconfigs_line_and_the_cli_exits_2(tmp_path, capsys):
+    samconfig = tmp_path / "samconfig.toml"
+    samconfig.write_text('version = 0.1\n\n[default.deploy.parameters]\nstack_name = "s"\n'
+                         'parameter_overrides = "UsePublicAddress=\\"false\\" VpcSubnetIds=\\"\\""\n')
+    args = ["preprocess", str(write_config(tmp_path)), "--plan-dir", str(tmp_path / "plan"),
+            "--samconfig", str(samconfig), "--backend", "parallelcluster", "--cluster-config", str(EXAMPLE_CLUSTER)]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f'{samconfig}:5: UsePublicAddress: is "false" (samconfig.toml): backend parallelcluster')
+    assert 'VpcSubnetIds empty (samconfig.toml)' in err and "Traceback" not in err
+    # the options that fix it are written into samconfig.toml, and kept by the next run
+    def network():
+        return {k: overrides_in(samconfig).get(k) for k in ("UsePublicAddress", "VpcSubnetIds", "VpcSecurityGroupIds")}
+
+    assert cli.main([*args, "--no-network-check", "--vpc-subnet-ids", SUBNETS.replace(",", ", "),
+                     "--vpc-security-group-ids", GROUPS]) == 0
+    assert network() == {"UsePublicAddress": "false", "VpcSubnetIds": SUBNETS, "VpcSecurityGroupIds": GROUPS}
+    assert cli.main([*args, "--no-network-check"]) == 0
+    assert cli.main([*args, "--vpc-subnet-ids", "", "--vpc-security-group-ids", "", "--use-public-address", "true"]) == 0
+    assert network() == {"UsePublicAddress": "true", "VpcSubnetIds": "", "VpcSecurityGroupIds": ""}
+
+
+@pytest.mark.parametrize("options, key, fragment", [
+    ({"vpc_subnet_ids": SUBNETS}, "VpcSecurityGroupIds",
+     f'is empty (the template\'s default) while VpcSubnetIds is "{SUBNETS}" (--vpc-subnet-ids): set both'),
+    ({"vpc_security_group_ids": GROUPS, "use_public_address": "true"}, "VpcSubnetIds", "set both (--vpc-subnet-ids)"),
+    ({"vpc_subnet_ids": "subnet-0123abcd,vpc-0123", "vpc_security_group_ids": GROUPS}, "VpcSubnetIds",
+     "not subnet ids (e.g. subnet-0123456789abcdef0): 'vpc-0123'"),
+    ({"vpc_subnet_ids": SUBNETS, "vpc_security_group_ids": "sg-XYZ"}, "VpcSecurityGroupIds", "not security group ids"),
+])
+def test_vpc_options_are_checked_as_the_template_does(tmp_path, options, key, fragment):
+    with pytest.raises(ConfigError) as caught:
+        preprocess(write_config(tmp_path), plan_dir=tmp_path / "plan", samconfig=tmp_path / "s.toml",
+                   check_network=False, **options)
+    (problem,) = caught.value.problems
+    assert problem.key == key and fragment in problem.message, str(problem)
+    assert problem.path.startswith("--") or problem.path == str(tmp_path / "s.toml")
+
+
+def test_an_existing_head_node_needs_no_vpc_and_the_iam_mode_is_written(tmp_path):
+    samconfig = tmp_path / "s.toml"
+    result = preprocess(write_config(tmp_path), plan_dir=tmp_path / "plan", samconfig=samconfig)
+    assert result.overrides["ParallelClusterIamMode"] == "base"
+    assert "UsePublicAddress" not in overrides_in(samconfig)     # not given: left as it was
+    preprocess(write_config(tmp_path), plan_dir=tmp_path / "plan", samconfig=samconfig,
+               parallelcluster_iam="privileged")
+    assert overrides_in(samconfig)["ParallelClusterIamMode"] == "privileged"
+    again = preprocess(write_config(tmp_path), plan_dir=tmp_path / "plan", samconfig=samconfig)
+    assert again.overrides["ParallelClusterIamMode"] == "privileged"   # samconfig's, when not given
+
+
+def without_roles(text: str) -> str:
+    """The example with every Iam block (and its comments) taken out."""
+    out, skip = [], None
+    for line in text.splitlines():
+        indent = len(line) - len(line.lstrip())
+        if skip is not None and (not line.strip() or indent > skip):
+            continue
+        skip = indent if line.strip() == "Iam:" else None
+        if skip is None:
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def test_the_shipped_parallelcluster_example_passes_in_base_mode(tmp_path):
+    result = preprocess(write_config(tmp_path), plan_dir=tmp_path / "plan", samconfig=tmp_path / "s.toml",
+                        backend="parallelcluster", cluster_config=EXAMPLE_CLUSTER, use_public_address="true")
+    assert result.overrides["ParallelClusterIamMode"] == "base"
+
+
+def test_the_example_without_its_roles_is_refused_in_base_mode_only(tmp_path, capsys):
+    stripped = tmp_path / "cluster.yaml"
+    stripped.write_text(without_roles(EXAMPLE_CLUSTER.read_text()))
+    text = stripped.read_text()
+    assert "InstanceRole" not in text and "LambdaFunctionsRole" not in text and "Iam:" not in text
+    lines = text.splitlines()
+    head = lines.index("HeadNode:") + 1
+    queue = lines.index("    - Name: compute") + 1
+    args = ["preprocess", str(write_config(tmp_path)), "--plan-dir", str(tmp_path / "plan"),
+            "--samconfig", str(tmp_path / "s.toml"), "--backend", "parallelcluster",
+            "--cluster-config", str(stripped), "--use-public-address", "true"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(": ")[0:2] for line in err] == [
+        [f"{stripped}:{head}", "HeadNode.Iam"],
+        [f"{stripped}:{queue}", "Scheduling.SlurmQueues[0].Iam"],
+        [f"{stripped}", "Iam.Roles.LambdaFunctionsRole"]]
+    assert all("ParallelClusterIamMode=privileged" in line for line in err)
+    assert "HeadNode.Iam.InstanceRole: arn:aws:iam::ACCOUNT:role/parallelcluster/NAME" in err[0]
+    assert not (tmp_path / "plan").exists()
+    assert cli.main([*args, "--parallelcluster-iam", "privileged"]) == 0
+    assert overrides_in(tmp_path / "s.toml")["ParallelClusterIamMode"] == "privileged"

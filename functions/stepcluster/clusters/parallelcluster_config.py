@@ -20,6 +20,29 @@ stepcluster:execution is reserved (each run sets it to its execution ARN, and de
 carries it). HeadNode.Ssh.KeyName may be omitted: the run adds its own key pair. ParallelCluster's
 schema does not require it (HeadNodeSshSchema.key_name is optional in 3.16.1), so no placeholder
 is injected before validating.
+
+IAM (`role_creation_problems`, for the deployment's ParallelClusterIamMode): in AWS
+ParallelCluster's "base" IAM access mode the cluster function cannot create IAM roles, so every
+place where the config lets pcluster add one to the cluster's stack is refused, with its line.
+The rules, from pcluster 3.16.1's template builder:
+
+- Each node group (HeadNode, every Scheduling.SlurmQueues[] entry, every LoginNodes.Pools[]
+  entry) gets an AWS::IAM::Role, its AWS::IAM::Policy documents and an AWS::IAM::InstanceProfile
+  unless its Iam names InstanceProfile or InstanceRole (templates/cdk_builder_utils.py,
+  NodeIamResourcesBase._add_role_and_policies; built by cluster_stack.py _add_iam_resources,
+  queues_stack.py _add_compute_iam_resources, login_nodes_stack.py
+  _add_login_node_iam_resources). A named InstanceProfile creates nothing; a named InstanceRole
+  still gets a new InstanceProfile, under /parallelcluster/<cluster>/ (or under
+  Iam.ResourcePrefix's path): the base policy may create instance profiles under
+  /parallelcluster/ only. AdditionalIamPolicies and S3Access only ever go on a created role.
+- Without Iam.Roles.LambdaFunctionsRole, the stack creates a role for its CleanupResources
+  function (always present: cluster_stack.py _add_cleanup_resources_lambda,
+  _condition_create_lambda_iam_role) and one for CleanupRoute53 (slurm_builder.py, with the
+  cluster's DNS); an empty value counts as none.
+- Iam.PermissionsBoundary applies only to roles pcluster creates (cdk_builder_utils.py
+  apply_permissions_boundary): none in base mode.
+- Named roles are passed to EC2 and Lambda: the deployment's iam:PassRole covers roles under
+  /parallelcluster/ only, in either mode.
 """
 
 from __future__ import annotations
@@ -33,6 +56,11 @@ from stepcluster.config import Problem
 from stepcluster.errors import ConfigError
 
 MAX_BYTES = 1024 * 1024
+#: The deployment's ParallelClusterIamMode values (template.yaml), AWS ParallelCluster's names.
+IAM_MODES = ("base", "privileged")
+#: Where pcluster puts what it creates, and the only path the deployment may pass roles from
+#: (pcluster/constants.py IAM_ROLE_PATH; template.yaml IamPassRole, IamInstanceProfile).
+IAM_PATH = "/parallelcluster/"
 MAX_NODES = 100_000
 CHECK_CLUSTER_NAME = "stepcluster-check"
 _UNREACHABLE_ENDPOINT = "http://127.0.0.1:9"
@@ -49,8 +77,9 @@ def load_parallelcluster_config(path) -> dict:
     return config
 
 
-def check_parallelcluster_config(path) -> list[Problem]:
-    """Every problem in the file: YAML, our rules, and ParallelCluster's schema. Never raises."""
+def check_parallelcluster_config(path, iam_mode: str = "base") -> list[Problem]:
+    """Every problem in the file: YAML, our rules, the IAM the deployment grants (`iam_mode`:
+    ParallelClusterIamMode), and ParallelCluster's schema. Never raises."""
     path = str(path)
     try:
         from marshmallow import ValidationError  # noqa: F401
@@ -66,8 +95,9 @@ def check_parallelcluster_config(path) -> list[Problem]:
     lines = _KeyLines(root)
     own = _own_rules(path, config, lines)
     taken = {p.key for p in own}
+    iam = role_creation_problems(path, config, lines, iam_mode)
     schema = [p for p in _schema_problems(path, config, lines) if p.key not in taken]
-    return problems + own + schema
+    return problems + own + iam + schema
 
 
 # ---------------------------------------------------------------------------- parsing
@@ -87,6 +117,17 @@ def _read(path: str) -> tuple[str | None, list[Problem]]:
     return text, []
 
 
+def _loader(yaml):
+    """PyYAML's safe loader with its own mapping constructor. pcluster.utils.yaml_load registers
+    a constructor that raises on duplicate keys on yaml.SafeLoader itself, for the whole
+    process, once pcluster has read a config; duplicates are ours to report, with their line."""
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_constructor("tag:yaml.org,2002:map", yaml.constructor.SafeConstructor.construct_yaml_map)
+    return Loader
+
+
 def _parse(path: str):
     """(config dict or None, YAML node tree, problems)."""
     text, problems = _read(path)
@@ -97,11 +138,12 @@ def _parse(path: str):
     except ImportError:
         return None, None, [Problem(path, None, None, None, "cannot read YAML: PyYAML is not installed")]
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        loader = _loader(yaml)
+        node = yaml.compose(text, Loader=loader)
         trouble = _alias_trouble(node)
         if trouble:
             return None, None, [Problem(path, None, None, None, trouble)]
-        config = yaml.safe_load(text)
+        config = yaml.load(text, Loader=loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         what = " ".join(str(x) for x in (getattr(exc, "context", None), getattr(exc, "problem", None)) if x)
@@ -236,6 +278,112 @@ def _own_rules(path: str, config: dict, lines: _KeyLines) -> list[Problem]:
                         f"the tag key {EXECUTION_TAG} is reserved: each run sets it to its "
                         f"execution, and deletes only clusters that carry it")
     return problems
+
+
+# ---------------------------------------------------------------------------- IAM
+_PRIVILEGED_FIX = ("or deploy with ParallelClusterIamMode=privileged "
+                   "(stepcluster preprocess --parallelcluster-iam privileged)")
+
+
+def role_creation_problems(path: str, config: dict, lines: "_KeyLines", iam_mode: str = "base") -> list[Problem]:
+    """Each place where the config makes pcluster create IAM resources that the deployment's
+    IAM mode cannot create, and each named role the deployment cannot pass (see the module
+    docstring for pcluster's rules)."""
+    problems = []
+
+    def problem(parts, message, severity="error"):
+        problems.append(Problem(path, lines.line(parts), None, _key(parts), message, severity))
+
+    def mapping(value) -> dict:
+        return value if isinstance(value, dict) else {}
+
+    if iam_mode not in IAM_MODES:
+        return [Problem(path, None, None, None, f"unknown ParallelCluster IAM mode {iam_mode!r}: "
+                                                f"one of {', '.join(IAM_MODES)}")]
+    base = iam_mode == "base"
+    cluster_iam = mapping(config.get("Iam"))
+    # Node groups, each with its own IAM resources in pcluster's stack: (key path, what it is).
+    groups = []
+    if isinstance(config.get("HeadNode"), dict):
+        groups.append((["HeadNode"], "the head node"))
+    for section, items, what in ((["Scheduling"], "SlurmQueues", "queue"), (["LoginNodes"], "Pools", "login nodes pool")):
+        listed = mapping(config.get(section[0])).get(items)
+        for index, item in enumerate(listed if isinstance(listed, list) else []):
+            if isinstance(item, dict):
+                name = item.get("Name")
+                groups.append((section + [items, index], f"{what} {name!r}" if name else f"{what} {index}"))
+
+    profiles_made = []   # groups with a named InstanceRole: pcluster adds an instance profile for it
+    for parts, what in groups:
+        node = config
+        for part in parts:
+            node = node[part]
+        iam = mapping(node.get("Iam"))
+        if iam.get("InstanceProfile"):
+            continue
+        role = iam.get("InstanceRole")
+        if role:
+            profiles_made.append(parts)
+            _check_role_path(problem, parts + ["Iam", "InstanceRole"], role)
+            continue
+        if not base:
+            continue
+        key = _key(parts)
+        extra = [k for k in ("AdditionalIamPolicies", "S3Access") if iam.get(k)]
+        problem(parts + ["Iam"],
+                f"no InstanceRole or InstanceProfile: pcluster would create an IAM role, its policies "
+                f"and an instance profile for {what}, which the base IAM mode cannot: name a "
+                f"pre-made role ({key}.Iam.InstanceRole: arn:aws:iam::ACCOUNT:role{IAM_PATH}NAME, "
+                f"or InstanceProfile: arn:aws:iam::ACCOUNT:instance-profile{IAM_PATH}NAME"
+                + (f"; put its {' and '.join(extra)} on that role instead" if extra else "")
+                + f"), {_PRIVILEGED_FIX}")
+
+    roles = mapping(cluster_iam.get("Roles"))
+    lambda_role = roles.get("LambdaFunctionsRole")
+    if lambda_role:
+        _check_role_path(problem, ["Iam", "Roles", "LambdaFunctionsRole"], lambda_role)
+    elif base:
+        problem(["Iam", "Roles", "LambdaFunctionsRole"],
+                "not set: pcluster would create IAM roles for the cluster's own Lambda functions "
+                "(CleanupResources, CleanupRoute53), which the base IAM mode cannot: name a pre-made "
+                "role that Lambda may assume (Iam: {Roles: "
+                f"{{LambdaFunctionsRole: arn:aws:iam::ACCOUNT:role{IAM_PATH}NAME}}}}), {_PRIVILEGED_FIX}")
+
+    prefix = cluster_iam.get("ResourcePrefix")
+    prefix_path = _resource_prefix_path(prefix) if isinstance(prefix, str) else None
+    if base and profiles_made and prefix_path and not prefix_path.startswith(IAM_PATH):
+        problem(["Iam", "ResourcePrefix"],
+                f"pcluster creates the instance profiles for the named InstanceRoles under "
+                f"{prefix_path}<cluster>/, where the deployment's base IAM mode cannot create them "
+                f"(only under {IAM_PATH}): start the prefix with {IAM_PATH}, name InstanceProfiles "
+                f"instead of InstanceRoles, {_PRIVILEGED_FIX}")
+    if base and cluster_iam.get("PermissionsBoundary"):
+        problem(["Iam", "PermissionsBoundary"],
+                "has no effect in the base IAM mode: it applies only to roles pcluster creates, and "
+                "it creates none (put the boundary on your pre-made roles)", severity="warning")
+    return problems
+
+
+def _key(parts) -> str:
+    key = ""
+    for part in parts:
+        key = _join(key, part)
+    return key
+
+
+def _check_role_path(problem, parts, arn) -> None:
+    if not isinstance(arn, str) or f":role{IAM_PATH}" in arn:
+        return
+    problem(parts, f"the deployment may pass only roles under {IAM_PATH} to EC2 and Lambda "
+                   f"(iam:PassRole on role{IAM_PATH}*): create the role with path {IAM_PATH} "
+                   f"(arn:aws:iam::ACCOUNT:role{IAM_PATH}NAME), got {arn!r}")
+
+
+def _resource_prefix_path(prefix: str) -> str | None:
+    """The path part of Iam.ResourcePrefix, as pcluster splits it (pcluster/utils.py
+    split_resource_prefix): up to its last "/", or None."""
+    cut = prefix.rfind("/") + 1
+    return prefix[:cut] if cut else None
 
 
 # ---------------------------------------------------------------------------- pcluster's schema
