@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: install cluster-up cluster-down demo test lint build benchmark clean
+.PHONY: install cluster-up cluster-down demo test lint build benchmark measure clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,12 @@ test: install cluster-up
 
 benchmark: install cluster-up
 	$(BIN)/python scripts/benchmark.py
+
+# Time, CPU and peak memory of each function's work (template.yaml's MemorySize/Timeout quote
+# them): imports, and pcluster.lib's create/describe/delete under moto (Node.js). Add
+# MEASURE_ARGS=--results to also stream results from the local cluster (needs cluster-up).
+measure: install
+	$(BIN)/python scripts/measure_functions.py $(MEASURE_ARGS)
 
 clean:
 	rm -rf .aws-sam functions/plan

@@ -648,6 +648,16 @@ def test_not_a_mapping(tmp_path, text, expected):
     assert problem.message.startswith(expected)
 
 
+def test_duplicate_keys_are_reported_after_pcluster_has_read_yaml(tmp_path):
+    """pcluster.utils.yaml_load makes every later yaml.safe_load raise on duplicate keys."""
+    from pcluster.utils import yaml_load
+
+    yaml_load("a: 1\n")
+    path = write(tmp_path, EXAMPLE.read_text() + "Region: eu-west-1\n")
+    assert messages(check_parallelcluster_config(path)) == [
+        (len(path.read_text().splitlines()), "Region", "duplicate key: only the last one would count")]
+
+
 def test_duplicate_keys_and_unreadable_files(tmp_path):
     path = write(tmp_path, EXAMPLE.read_text() + "Region: eu-west-1\n")
     problems = check_parallelcluster_config(path)
@@ -718,3 +728,225 @@ def test_the_configuration_sent_to_pcluster_passes_its_own_schema(tmp_path):
     # The one problem is our own rule for user files (the execution tag is reserved for us);
     # pcluster's schema has nothing to say.
     assert len(problems) == 1 and "stepcluster:execution is reserved" in problems[0].message, problems
+
+
+# ------------------------------------------------------------------------------------ IAM mode
+ROLE = "arn:aws:iam::123456789012:role/parallelcluster/stepcluster-node"
+PROFILE = "arn:aws:iam::123456789012:instance-profile/parallelcluster/stepcluster-node"
+
+
+def example_config() -> dict:
+    import yaml
+    return yaml.safe_load(EXAMPLE.read_text())
+
+
+def iam_problems(tmp_path, config: dict, mode="base"):
+    """role_creation_problems of `config` written as YAML, with that file's lines."""
+    import yaml
+
+    from stepcluster.clusters.parallelcluster_config import _KeyLines, _parse, role_creation_problems
+
+    path = write(tmp_path, yaml.safe_dump(config, sort_keys=False))
+    parsed, root, problems = _parse(str(path))
+    assert problems == []
+    return path, role_creation_problems(str(path), parsed, _KeyLines(root), mode)
+
+
+def line_of(path, text, start=1):
+    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if i >= start and text in line)
+
+
+def pcluster_would_create_roles(config: dict) -> set[str]:
+    """Where pcluster 3.16.1 creates IAM roles for this config, read from its own config model
+    (ClusterSchema, offline) with the conditions its template builder uses."""
+    from pcluster.schemas.cluster_schema import ClusterSchema
+
+    from stepcluster.clusters.parallelcluster_config import _offline_aws_env
+
+    with _offline_aws_env("us-east-1"):
+        model = ClusterSchema(cluster_name="stepcluster-check").load(copy.deepcopy(config))
+    places = set()
+    # templates/cdk_builder_utils.py NodeIamResourcesBase._add_role_and_policies: a role (and its
+    # policies and instance profile) unless the node names an instance profile or a role
+    groups = [("HeadNode", model.head_node)]
+    groups += [(f"Scheduling.SlurmQueues[{i}]", q) for i, q in enumerate(model.scheduling.queues)]
+    pools = model.login_nodes.pools if model.login_nodes else []
+    groups += [(f"LoginNodes.Pools[{i}]", p) for i, p in enumerate(pools)]
+    places |= {f"{key}.Iam" for key, node in groups if not node.instance_profile and not node.instance_role}
+    # templates/cluster_stack.py _condition_create_lambda_iam_role
+    iam = model.iam
+    if not iam or not iam.roles or not iam.roles.lambda_functions_role \
+            or iam.roles.get_param("lambda_functions_role").implied:
+        places.add("Iam.Roles.LambdaFunctionsRole")
+    return places
+
+
+def _unnamed(config, *keys):
+    for key in keys:
+        node = config
+        for part in key[:-1]:
+            node = node[part]
+        node.pop(key[-1])
+    return config
+
+
+def _with(config, path, value):
+    node = config
+    for part in path[:-1]:
+        node = node[part] if isinstance(node, list) else node.setdefault(part, {})
+    node[path[-1]] = value
+    return config
+
+
+def _login(config, iam=None):
+    pool = {"Name": "login", "InstanceType": "t3.medium", "Count": 1,
+            "Networking": {"SubnetIds": ["subnet-0123456789abcdef0"]}}
+    if iam:
+        pool["Iam"] = iam
+    config["LoginNodes"] = {"Pools": [pool]}
+    return config
+
+
+def _second_queue(config, iam=None):
+    queue = copy.deepcopy(config["Scheduling"]["SlurmQueues"][0])
+    queue["Name"] = "second"
+    queue.pop("Iam", None)
+    if iam:
+        queue["Iam"] = iam
+    config["Scheduling"]["SlurmQueues"].append(queue)
+    return config
+
+
+IAM_MATRIX = {
+    "example": lambda c: c,
+    "no roles at all": lambda c: _unnamed(c, ("HeadNode", "Iam"), ("Scheduling", "SlurmQueues", 0, "Iam"), ("Iam",)),
+    "head node profile": lambda c: _with(c, ["HeadNode", "Iam"], {"InstanceProfile": PROFILE}),
+    "head node policies only": lambda c: _with(c, ["HeadNode", "Iam"], {"AdditionalIamPolicies": [
+        {"Policy": "arn:aws:iam::aws:policy/AmazonS3ReadOnlyAccess"}]}),
+    "a second queue without a role": _second_queue,
+    "a second queue with a profile": lambda c: _second_queue(c, {"InstanceProfile": PROFILE}),
+    "a login pool without a role": _login,
+    "a login pool with a role": lambda c: _login(c, {"InstanceRole": ROLE}),
+    "empty lambda role": lambda c: _with(c, ["Iam", "Roles", "LambdaFunctionsRole"], ""),
+    "no Iam.Roles": lambda c: _with(c, ["Iam"], {"ResourcePrefix": "/parallelcluster/team-"}),
+}
+
+
+@pytest.mark.parametrize("case", IAM_MATRIX)
+def test_role_creation_found_where_pclusters_own_model_says(tmp_path, case):
+    config = IAM_MATRIX[case](example_config())
+    _, problems = iam_problems(tmp_path, config)
+    flagged = {p.key for p in problems if p.severity == "error" and "pcluster would create" in p.message}
+    assert flagged == pcluster_would_create_roles(config)
+    assert (flagged == set()) == (case in ("example", "head node profile", "a second queue with a profile",
+                                           "a login pool with a role"))
+
+
+def test_each_place_is_named_with_its_line_and_the_fix(tmp_path):
+    config = _login(_second_queue(_unnamed(example_config(), ("HeadNode", "Iam"), ("Iam",))))
+    path, problems = iam_problems(tmp_path, config)
+    second = line_of(path, "- Name: second")
+    assert [(p.line, p.key) for p in problems] == [
+        (line_of(path, "HeadNode:"), "HeadNode.Iam"),
+        (second, "Scheduling.SlurmQueues[1].Iam"),
+        (line_of(path, "- Name: login"), "LoginNodes.Pools[0].Iam"),
+        (None, "Iam.Roles.LambdaFunctionsRole")]
+    for problem in problems:
+        assert problem.message.endswith(
+            "or deploy with ParallelClusterIamMode=privileged (stepcluster preprocess --parallelcluster-iam privileged)")
+    assert "queue 'second'" in problems[1].message and "login nodes pool 'login'" in problems[2].message
+    assert "Scheduling.SlurmQueues[1].Iam.InstanceRole: arn:aws:iam::ACCOUNT:role/parallelcluster/NAME" \
+        in problems[1].message
+    assert "LambdaFunctionsRole: arn:aws:iam::ACCOUNT:role/parallelcluster/NAME" in problems[3].message
+    # in the privileged mode pcluster may create them all
+    assert iam_problems(tmp_path, config, "privileged")[1] == []
+
+
+def test_policies_of_a_role_pcluster_would_create_go_on_the_users_role(tmp_path):
+    config = IAM_MATRIX["head node policies only"](example_config())
+    _, (problem,) = iam_problems(tmp_path, config)
+    assert problem.key == "HeadNode.Iam" and "put its AdditionalIamPolicies on that role instead" in problem.message
+
+
+@pytest.mark.parametrize("mode", ["base", "privileged"])
+def test_named_roles_must_be_under_the_path_the_deployment_may_pass(tmp_path, mode):
+    config = _with(example_config(), ["HeadNode", "Iam", "InstanceRole"], "arn:aws:iam::123456789012:role/HeadNode")
+    config["Iam"]["Roles"]["LambdaFunctionsRole"] = "arn:aws:iam::123456789012:role/other/lambda"
+    path, problems = iam_problems(tmp_path, config, mode)
+    assert [(p.line, p.key) for p in problems] == [
+        (line_of(path, "InstanceRole: arn:aws:iam::123456789012:role/HeadNode"), "HeadNode.Iam.InstanceRole"),
+        (line_of(path, "LambdaFunctionsRole:"), "Iam.Roles.LambdaFunctionsRole")]
+    assert all("iam:PassRole on role/parallelcluster/*" in p.message for p in problems)
+
+
+@pytest.mark.parametrize("prefix, refused", [("/team/", True), ("/team/x-", True), ("team-", False),
+                                             ("/parallelcluster/team/", False)])
+def test_a_resource_prefix_path_takes_the_instance_profiles_out_of_reach(tmp_path, prefix, refused):
+    """A named InstanceRole still gets an instance profile from pcluster, under
+    ResourcePrefix's path: the base mode may create instance profiles under /parallelcluster/."""
+    config = _with(example_config(), ["Iam", "ResourcePrefix"], prefix)
+    path, problems = iam_problems(tmp_path, config)
+    assert [(p.line, p.key) for p in problems] == ([(line_of(path, "ResourcePrefix"), "Iam.ResourcePrefix")]
+                                                   if refused else [])
+    # instance profiles named everywhere: pcluster creates none, the prefix does not matter
+    for parts in (["HeadNode"], ["Scheduling", "SlurmQueues", 0]):
+        _with(config, parts + ["Iam"], {"InstanceProfile": PROFILE})
+    assert iam_problems(tmp_path, config)[1] == []
+
+
+def test_a_permissions_boundary_in_base_mode_is_a_warning(tmp_path):
+    config = _with(example_config(), ["Iam", "PermissionsBoundary"], "arn:aws:iam::123456789012:policy/b")
+    _, (problem,) = iam_problems(tmp_path, config)
+    assert problem.severity == "warning" and problem.key == "Iam.PermissionsBoundary"
+    assert iam_problems(tmp_path, config, "privileged")[1] == []
+
+
+def test_the_example_passes_in_both_modes_and_its_roles_are_placeholders():
+    assert check_parallelcluster_config(EXAMPLE, "base") == []
+    assert check_parallelcluster_config(EXAMPLE, "privileged") == []
+    text = EXAMPLE.read_text()
+    assert text.count("arn:aws:iam::123456789012:role/parallelcluster/") == 3
+
+
+# ------------------------------------------------------------------------------------ versions
+def lib_imported_here(monkeypatch, version, pc):
+    """A backend that imports "pcluster.lib" itself (here: `pc`), reporting `version`."""
+    import pcluster
+
+    from stepcluster.clusters import parallelcluster as module
+
+    monkeypatch.setitem(sys.modules, "pcluster.lib", pc)
+    monkeypatch.setattr(pcluster, "lib", pc, raising=False)
+    monkeypatch.setattr(module, "_installed_version", lambda: version)
+    return ParallelClusterBackend(settings(), pcluster=None, ec2_client=FakeEc2(),
+                                  cluster_config=copy.deepcopy(USER_CONFIG))
+
+
+def test_create_refuses_a_pcluster_version_not_listed_and_creates_nothing(monkeypatch):
+    pc = FakePcluster()
+    b = lib_imported_here(monkeypatch, "3.10.1", pc)  # e.g. a layer given by ParallelClusterLayerArn
+    with pytest.raises(ClusterError, match=r"aws-parallelcluster 3\.10\.1.*3\.16\.1.*ParallelClusterVersion"):
+        b.create(CTX, KEY)
+    assert pc.called("create_cluster") == []
+
+
+def test_teardown_works_whatever_the_pcluster_version(monkeypatch):
+    pc = FakePcluster()
+    pc.clusters["demo"] = fixture("describe_create_in_progress.json") | {
+        "clusterName": "demo", "tags": [{"key": EXECUTION_TAG, "value": ARN}]}
+    b = lib_imported_here(monkeypatch, "3.99.0", pc)
+    assert b.delete(creating_record())["status"] == "DELETING"
+    assert b.find_clusters(ARN)[0]["name"] == "demo"
+
+
+@pytest.mark.parametrize("version", ["3.11.1", "3.16.1"])
+def test_create_accepts_the_listed_versions(monkeypatch, version):
+    pc = FakePcluster()
+    assert lib_imported_here(monkeypatch, version, pc).create(CTX, KEY)["status"] == "CREATING"
+    assert len(pc.called("create_cluster")) == 1
+
+
+def test_the_installed_pcluster_is_a_listed_version():
+    from stepcluster.clusters.parallelcluster import PARALLELCLUSTER_VERSIONS, _installed_version
+
+    assert _installed_version() in PARALLELCLUSTER_VERSIONS

@@ -47,6 +47,15 @@ from stepcluster.errors import ClusterError, InputError
 
 LOG = logging.getLogger(__name__)
 
+#: The AWS ParallelCluster versions this backend runs on: their Lambda layer is built for
+#: python3.12 (the function's runtime) and their pcluster.lib takes the keyword arguments used
+#: here. template.yaml's ParallelClusterVersion offers exactly these (a test checks; the evidence
+#: is written next to that parameter). A layer given by ParallelClusterLayerArn may hold any
+#: version: create refuses one not listed, before anything is made; describe and delete work
+#: with any, so that tearing a cluster down never depends on this list.
+PARALLELCLUSTER_VERSIONS = ("3.11.1", "3.12.0", "3.13.0", "3.13.1", "3.13.2", "3.14.0", "3.14.1",
+                            "3.14.2", "3.15.0", "3.15.1", "3.16.0", "3.16.1")
+
 #: pcluster.lib's own pattern for cluster names is ^[a-zA-Z][a-zA-Z0-9-]+$ (two characters at
 #: least) and its ClusterNameValidator caps the length at 60.
 PCLUSTER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,59}$")
@@ -165,6 +174,7 @@ class ParallelClusterBackend(ClusterBackend):
             raise ClusterError("the ParallelCluster cluster configuration must be a mapping")
         self.settings = settings
         self._pc = pcluster
+        self._pcluster_version = None  # read when pcluster.lib is imported here
         self._ec2 = ec2_client
         self.cluster_config = copy.deepcopy(cluster_config)  # never mutate the caller's
 
@@ -185,8 +195,20 @@ class ParallelClusterBackend(ClusterBackend):
                     f"the ParallelCluster library (pcluster.lib) cannot be imported: {exc}; the "
                     f"function needs the ParallelCluster Lambda layer and its Python runtime") from exc
             _seed_supported_regions()
+            self._pcluster_version = _installed_version()
             self._pc = pc
         return self._pc
+
+    def _check_version(self) -> None:
+        """Refuse a pcluster.lib whose version is not in PARALLELCLUSTER_VERSIONS (create only)."""
+        self.pc  # noqa: B018 - imports pcluster.lib, which reads its version
+        version = self._pcluster_version
+        if version is not None and version not in PARALLELCLUSTER_VERSIONS:
+            raise ClusterError(
+                f"the ParallelCluster layer holds aws-parallelcluster {version}, which stepcluster "
+                f"does not list as working with its function (python3.12 and the same pcluster.lib "
+                f"API): use one of {', '.join(PARALLELCLUSTER_VERSIONS)} (template parameter "
+                f"ParallelClusterVersion, with ParallelClusterLayerArn empty)")
 
     @property
     def ec2(self):
@@ -274,6 +296,7 @@ class ParallelClusterBackend(ClusterBackend):
         if existing is not None:
             return self._adopt(name, ctx, existing)
         config = self.cluster_configuration(ctx, key)
+        self._check_version()
         try:
             response = self.pc.create_cluster(
                 cluster_name=name, cluster_configuration=config, rollback_on_failure=False,
@@ -455,6 +478,16 @@ class ParallelClusterBackend(ClusterBackend):
             token = page.get("nextToken")
             if not token:
                 return found
+
+
+def _installed_version() -> str | None:
+    """The aws-parallelcluster version pcluster.lib was imported from, or None if unknown."""
+    try:
+        from importlib.metadata import version
+        return version("aws-parallelcluster")
+    except Exception:  # noqa: BLE001 - no distribution metadata: not refused for that
+        LOG.warning("cannot read the version of aws-parallelcluster", exc_info=True)
+        return None
 
 
 def _seed_supported_regions() -> None:
