@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from cfnlint.decode import cfn_yaml
+from deployment.template import Resolver
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
@@ -49,18 +50,10 @@ TOOL_POLICIES = {"CfnclusterPolicy": ("ClusterFunctionRole", "UseCfncluster"),
                  "ParallelClusterStackPolicy": ("ParallelClusterFunctionRole", "UseParallelCluster"),
                  "ParallelClusterResourcePolicy": ("ParallelClusterFunctionRole", "UseParallelCluster")}
 
-# Actions AWS authorizes on Resource "*" only (no resource-level permissions, or a list/describe
-# call without a resource): Step Functions log delivery set-up, and look-ups.
-STAR_RESOURCE_ACTIONS = {
-    "logs:CreateLogDelivery", "logs:GetLogDelivery", "logs:UpdateLogDelivery",
-    "logs:DeleteLogDelivery", "logs:ListLogDeliveries", "logs:PutResourcePolicy",
-    "logs:DescribeResourcePolicies", "logs:DescribeLogGroups",
-    "cloudformation:DescribeStacks", "sns:ListTopics", "cloudwatch:ListDashboards",
-    "cloudwatch:DescribeAlarms", "route53:CreateHostedZone", "route53:ListQueryLoggingConfigs",
-}
-STAR_RESOURCE_PREFIXES = ("ec2:Describe", "autoscaling:Describe")
-# The one wildcard action: read-only, as ParallelCluster's documented user policy has it.
-WILDCARD_ACTIONS = {"ec2:Describe*"}
+# Wildcard actions: read only, as the cluster tools' documented user policies have them. Which
+# actions remain on Resource "*", and why, is tests/deployment/test_iam_scope.py's (with AWS's
+# own action data).
+WILDCARD_ACTIONS = {"ec2:Describe*", "autoscaling:Describe*"}
 
 # Resource type -> property that would fix its physical name.
 NAME_PROPERTIES = {
@@ -142,56 +135,26 @@ def parameter_accepts(parameter: dict, value: str) -> bool:
     return True
 
 
-def parameter_values(template, **given) -> dict:
-    """Every parameter's value as CloudFormation sees it: `given`, else the default."""
-    values = {}
-    for name, parameter in template["Parameters"].items():
-        raw = str(given.get(name, parameter.get("Default", "")))
-        values[name] = raw.split(",") if parameter["Type"] == "CommaDelimitedList" else raw
-    return values
-
-
-def evaluate(node, values: dict, conditions: dict | None = None):
-    """The intrinsic functions Rules and Conditions use here, on parameter values."""
-    if isinstance(node, list):
-        return [evaluate(n, values, conditions) for n in node]
-    if not isinstance(node, dict):
-        return node
-    (key, arg), = node.items()
-    if key == "Ref":
-        return values[arg]
-    if key == "Condition":
-        return evaluate(conditions[arg], values, conditions)
-    args = evaluate(arg, values, conditions)
-    return {
-        "Fn::Equals": lambda: args[0] == args[1],
-        "Fn::Not": lambda: not args[0],
-        "Fn::And": lambda: all(args),
-        "Fn::Or": lambda: any(args),
-        "Fn::EachMemberEquals": lambda: all(item == args[1] for item in args[0]),
-        "Fn::Join": lambda: args[0].join(args[1]),
-    }[key]()
-
-
-def failed_rules(template, values) -> list[str]:
+def failed_rules(template, **given) -> list[str]:
     """The AssertDescriptions of the Rules that refuse these parameter values."""
+    resolve = Resolver(template, given)
     failures = []
     for rule in template["Rules"].values():
-        if "RuleCondition" in rule and not evaluate(rule["RuleCondition"], values):
+        if "RuleCondition" in rule and not resolve.value(rule["RuleCondition"]):
             continue
-        failures += [a["AssertDescription"] for a in rule["Assertions"] if not evaluate(a["Assert"], values)]
+        failures += [a["AssertDescription"] for a in rule["Assertions"] if not resolve.value(a["Assert"])]
     return failures
 
 
 def conditions_for(template, **given) -> dict[str, bool]:
-    values = parameter_values(template, **given)
-    return {name: bool(evaluate(c, values, template["Conditions"])) for name, c in template["Conditions"].items()}
+    resolve = Resolver(template, given)
+    return {name: resolve.condition(name) for name in template["Conditions"]}
 
 
 def resources_for(template, **given) -> set[str]:
     """The logical ids CloudFormation creates with these parameter values."""
-    conditions = conditions_for(template, **given)
-    return {name for name, r in template["Resources"].items() if conditions.get(r.get("Condition"), True)}
+    resolve = Resolver(template, given)
+    return {name for name in template["Resources"] if resolve.exists(name)}
 
 
 def walk(node, path=()):
@@ -355,14 +318,77 @@ def test_parallelcluster_function_runs_on_the_layers_python_with_both_layers(tem
     assert props["CodeUri"] == "functions/handlers/" and props["Handler"] == "cluster.handler"
     # `sam build` looks for a python3.12 binary (absent here) only to install requirements
     assert not (ROOT / "functions" / "handlers" / "requirements.txt").exists()
-    layers = [unwrap_if(layer)[1] for layer in props["Layers"]]
-    assert layers == [{"Ref": "ParallelClusterLayerArn"}, {"Ref": "StepclusterLayer"}]
+    # the override when given, else the layer the stack publishes; then the project's own
+    assert props["Layers"] == [
+        {"Fn::If": ["HasParallelClusterLayer", {"Ref": "ParallelClusterLayerArn"}, {"Ref": "ParallelClusterLayer"}]},
+        {"Ref": "StepclusterLayer"}]
+    published = template["Resources"]["ParallelClusterLayer"]["Properties"]
+    assert published["CompatibleRuntimes"] == [props["Runtime"]]
+    assert published["CompatibleArchitectures"] == template["Globals"]["Function"]["Architectures"]
     layer = template["Resources"]["StepclusterLayer"]
-    assert layer["Properties"]["CompatibleRuntimes"] == ["python3.12"]
+    assert layer["Properties"]["CompatibleRuntimes"] == [props["Runtime"]]
     assert layer["Properties"]["ContentUri"] == "functions/"
     assert layer["Metadata"]["BuildMethod"] == "makefile"
     makefile = ROOT / layer["Metadata"]["ContextPath"] / "Makefile"
     assert re.search(r"^build-StepclusterLayer:", makefile.read_text(), re.M)
+
+
+def function_layers(template, **given) -> list:
+    """The ParallelCluster function's Layers as CloudFormation resolves them for these values."""
+    conditions = conditions_for(template, **given)
+    resolved = []
+    for entry in template["Resources"]["ParallelClusterFunction"]["Properties"]["Layers"]:
+        if "Fn::If" in entry:
+            condition, yes, no = entry["Fn::If"]
+            entry = yes if conditions[condition] else no
+        resolved.append(entry)
+    return resolved
+
+
+@pytest.mark.parametrize("region", ["us-east-1", "eu-west-1"])
+@pytest.mark.parametrize("version", ["3.16.1", "3.13.2"])
+def test_the_parallelcluster_layer_is_the_versions_public_zip_in_the_regions_bucket(template, region, version):
+    """As AWS's own templates publish it (api/infrastructure/parallelcluster-api.yaml):
+    s3://REGION-aws-parallelcluster/parallelcluster/VERSION/layers/aws-parallelcluster/lambda-layer.zip."""
+    layer = template["Resources"]["ParallelClusterLayer"]
+    assert layer["Type"] == "AWS::Lambda::LayerVersion" and layer["Condition"] == "PublishParallelClusterLayer"
+    content = layer["Properties"]["Content"]
+    assert set(content) == {"S3Bucket", "S3Key"}
+    bucket = sub(content["S3Bucket"], region=region)
+    key = sub(content["S3Key"]["Fn::Sub"].replace("${ParallelClusterVersion}", version), region=region)
+    assert (bucket, key) == (f"{region}-aws-parallelcluster",
+                             f"parallelcluster/{version}/layers/aws-parallelcluster/lambda-layer.zip")
+    assert "${ParallelClusterVersion}" in layer["Properties"]["Description"]["Fn::Sub"]
+    # AWS's bucket and key only: nothing of this stack (Lambda reads it with the deployer's
+    # credentials, so no role of the template is involved)
+    assert set(re.findall(r"\$\{([^}]+)\}", json.dumps(content))) == {"AWS::Region", "ParallelClusterVersion"}
+
+
+def test_the_layer_arn_overrides_the_published_layer(template):
+    published = resources_for(template, ClusterBackend="parallelcluster")
+    assert "ParallelClusterLayer" in published
+    assert function_layers(template, ClusterBackend="parallelcluster")[0] == {"Ref": "ParallelClusterLayer"}
+    overridden = resources_for(template, ClusterBackend="parallelcluster", **LAYER)
+    assert "ParallelClusterLayer" not in overridden and "StepclusterLayer" in overridden
+    assert function_layers(template, ClusterBackend="parallelcluster", **LAYER) == [
+        {"Ref": "ParallelClusterLayerArn"}, {"Ref": "StepclusterLayer"}]
+    for backend in ("existing", "cfncluster"):  # no ParallelCluster function, no layer
+        assert "ParallelClusterLayer" not in resources_for(template, ClusterBackend=backend)
+        assert "ParallelClusterLayer" not in resources_for(template, ClusterBackend=backend, **LAYER)
+
+
+def test_parallelcluster_versions_are_the_ones_the_code_lists(template):
+    """One list: the template offers what the function accepts at run time, and its default is
+    the aws-parallelcluster installed (and tested) here."""
+    from importlib.metadata import version
+
+    from stepcluster.clusters.parallelcluster import PARALLELCLUSTER_VERSIONS
+
+    parameter = template["Parameters"]["ParallelClusterVersion"]
+    assert parameter["AllowedValues"] == list(PARALLELCLUSTER_VERSIONS)
+    assert parameter["Default"] == version("aws-parallelcluster") == PARALLELCLUSTER_VERSIONS[-1]
+    assert all(isinstance(v, str) for v in parameter["AllowedValues"])
+    assert sorted(PARALLELCLUSTER_VERSIONS, key=lambda v: tuple(map(int, v.split(".")))) == list(PARALLELCLUSTER_VERSIONS)
 
 
 def test_cfncluster_layer_is_attached_only_for_cfncluster(template):
@@ -394,7 +420,10 @@ def test_results_go_to_the_stacks_own_bucket_written_only_by_the_release_functio
     assert all(bucket["Properties"]["PublicAccessBlockConfiguration"].values())
     writers = {path[0]: json.dumps(s["Resource"]) for path, s in statements(resources)
                if "s3:PutObject" in as_list(s["Action"]) and "ArtifactsBucket" in json.dumps(s["Resource"])}
-    assert set(writers) == {"ReleaseHeadNodeFunctionRole", "JobStagingPolicy"}
+    # the cluster function too, for an existing head node: its abort cleanup releases the run
+    assert set(writers) == {"ReleaseHeadNodeFunctionRole", "JobStagingPolicy", "ClusterFunctionRole"}
+    cluster_policies = resources["ClusterFunctionRole"]["Properties"]["Policies"]
+    assert [p["Fn::If"][0] for p in cluster_policies if "Fn::If" in p] == ["UseExistingHeadNode"]
     # staging only shares local_path packages, and only for head-node staging
     assert "/packages/*" in writers["JobStagingPolicy"]
 
@@ -428,6 +457,8 @@ def test_parameters_are_described_grouped_and_their_defaults_valid(template):
     ("HeadNodeHost", ["", "head.example.org", "10.0.1.23", "fd00::23"], ["REPLACE_ME", "-x", "a b"]),
     ("HeadNodeUser", ["", "ec2-user", "hpc"], ["REPLACE_ME", "root; rm"]),
     ("Scheduler", ["", "slurm", "sge", "torque"], ["pbs", "SLURM"]),
+    ("ParallelClusterVersion", ["3.16.1", "3.11.1", "3.14.2"],
+     ["3.16.2", "3.10.1", "3.11.0", "", "latest", "3.16"]),
     ("ParallelClusterLayerArn",
      ["", "arn:aws:lambda:us-east-1:123456789012:layer:pcluster:1"],
      ["arn:aws:lambda:us-east-1:123456789012:layer:pcluster",  # no version
@@ -435,10 +466,12 @@ def test_parameters_are_described_grouped_and_their_defaults_valid(template):
     ("SshKeyName", ["", "my-key", "team_key.2024"], ["-key", "a b", "x" * 256]),
     ("ClusterCreateTimeoutSeconds", ["3600", "300", "86400"], ["60", "60m", "100000"]),
     ("UsePublicAddress", ["true", "false"], ["yes", ""]),
+    ("ParallelClusterIamMode", ["base", "privileged"], ["", "Base", "admin"]),
     ("JobsPlanDigest", ["none", "0123456789abcdef0123456789abcdef"], ['a"b', "", "a b"]),
     ("JobSourceBucketArns", ["", "arn:aws:s3:::my-bucket,arn:aws:s3:::other.bucket"],
      ["s3://my-bucket", "arn:aws:s3:::my-bucket/key"]),
-    ("JobSourceObjectArns", ["", "arn:aws:s3:::my-bucket/inputs/*,arn:aws:s3:::bkt/*"],
+    ("JobSourceObjectArns", ["", "arn:aws:s3:::my-bucket/inputs/*,arn:aws:s3:::bkt/*",
+                             "arn:aws:s3:::bkt/${*}*,arn:aws:s3:::bkt/a${?}c/*,arn:aws:s3:::bkt/${$}x*"],
      ["arn:aws:s3:::my-bucket", "my-bucket/inputs/*"]),
     ("VpcSubnetIds", ["", "subnet-0123abcd,subnet-4567ef01"], ["sg-0123abcd"]),
     ("VpcSecurityGroupIds", ["", "sg-0123abcd"], ["subnet-0123abcd"]),
@@ -457,50 +490,60 @@ EXISTING = {"HeadNodeHost": "head.example.org", "HeadNodeUser": "hpc", "Schedule
             "HeadNodeHostKey": "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s",
             "SshKeySecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:hpc-key-AbC123"}
 LAYER = {"ParallelClusterLayerArn": "arn:aws:lambda:us-east-1:123456789012:layer:pcluster:1"}
+PUBLIC = {"UsePublicAddress": "true"}
+VPC = {"VpcSubnetIds": "subnet-0123abcd,subnet-4567ef01", "VpcSecurityGroupIds": "sg-0123abcd"}
+UNREACHABLE = "is reached by its head node's private address"
 
 
 @pytest.mark.parametrize("given, refused", [
     ({"ClusterBackend": "existing", **EXISTING}, []),
     *[({"ClusterBackend": "existing", **{k: v for k, v in EXISTING.items() if k != missing}}, [missing])
       for missing in EXISTING],
-    ({"ClusterBackend": "parallelcluster"}, ["ParallelClusterLayerArn"]),
-    ({"ClusterBackend": "parallelcluster", **LAYER}, []),
-    ({"ClusterBackend": "cfncluster"}, []),
-    ({"ClusterBackend": "cfncluster", "SshKeyName": "team-key"}, ["SshKeyName and SshKeySecretArn"]),
-    ({"ClusterBackend": "cfncluster", "SshKeySecretArn": EXISTING["SshKeySecretArn"]},
+    ({"ClusterBackend": "parallelcluster", **PUBLIC}, []),  # the stack publishes the layer
+    ({"ClusterBackend": "parallelcluster", **LAYER, **PUBLIC}, []),
+    ({"ClusterBackend": "parallelcluster", **LAYER, **VPC}, []),
+    ({"ClusterBackend": "cfncluster", **PUBLIC}, []),
+    ({"ClusterBackend": "cfncluster", **VPC}, []),
+    # a created cluster reached by its private address from outside any VPC: never connects
+    ({"ClusterBackend": "parallelcluster", **LAYER}, [UNREACHABLE]),
+    ({"ClusterBackend": "cfncluster"}, [UNREACHABLE]),
+    ({"ClusterBackend": "cfncluster", "UsePublicAddress": "false", "VpcSubnetIds": "subnet-0123abcd"},
+     ["or leave both empty", UNREACHABLE]),
+    ({"ClusterBackend": "cfncluster", **PUBLIC, "VpcSecurityGroupIds": "sg-0123abcd"}, ["or leave both empty"]),
+    # an existing head node is reached at HeadNodeHost, whatever UsePublicAddress says
+    ({"ClusterBackend": "existing", **EXISTING, "UsePublicAddress": "false"}, []),
+    ({"ClusterBackend": "cfncluster", **PUBLIC, "SshKeyName": "team-key"}, ["SshKeyName and SshKeySecretArn"]),
+    ({"ClusterBackend": "cfncluster", **VPC, "SshKeySecretArn": EXISTING["SshKeySecretArn"]},
      ["SshKeyName and SshKeySecretArn"]),
-    ({"ClusterBackend": "parallelcluster", **LAYER, "SshKeyName": "team-key",
+    ({"ClusterBackend": "parallelcluster", **LAYER, **PUBLIC, "SshKeyName": "team-key",
       "SshKeySecretArn": EXISTING["SshKeySecretArn"]}, []),
-    ({"ClusterBackend": "cfncluster", "VpcSubnetIds": "subnet-0123abcd"}, ["VpcSecurityGroupIds"]),
 ])
 def test_rules_refuse_what_a_backend_cannot_run_with(template, given, refused):
-    failures = failed_rules(template, parameter_values(template, **given))
+    """Rules, evaluated here on parameter values: neither cfn-lint (its --parameters checks
+    AllowedValues only; it reads Rules only to prune condition scenarios) nor the SAM translator
+    or CLI evaluates Rules' assertions, so CloudFormation's own check is reproduced."""
+    failures = failed_rules(template, **given)
     assert len(failures) == len(refused), failures
     for failure, what in zip(failures, refused):
-        assert what in failure
+        assert what in failure, (what, failure)
+
+
+def test_the_unreachable_rule_says_the_fix(template):
+    (failure,) = failed_rules(template, ClusterBackend="cfncluster")
+    assert "set VpcSubnetIds and VpcSecurityGroupIds" in failure and 'UsePublicAddress to "true"' in failure
 
 
 # --- permissions --------------------------------------------------------------------------------
 
-def test_no_wildcard_actions_and_star_resources_only_where_aws_requires_them(transformed):
+def test_no_wildcard_actions_but_read_only_ones(transformed):
     found = list(statements(transformed["Resources"]))
     assert len(found) > 20
     for path, statement in found:
         assert "NotAction" not in statement and "NotResource" not in statement, path
-        actions = as_list(statement["Action"])
-        for action in actions:
+        for action in as_list(statement["Action"]):
             assert isinstance(action, str), path
             assert action != "*" and not action.endswith(":*"), (path, action)
             assert "*" not in action or action in WILDCARD_ACTIONS, (path, action)
-        if statement["Effect"] == "Allow" and "*" in as_list(statement.get("Resource")):
-            looked_up = [a for a in actions if a not in STAR_RESOURCE_ACTIONS
-                         and not a.startswith(STAR_RESOURCE_PREFIXES)]
-            if looked_up:
-                # only the cluster tools' resources that have no id before CloudFormation
-                # creates them, and only in this region
-                assert path[0] in TOOL_POLICIES and statement["Sid"] in ("EC2Modify", "EC2Write"), path
-                assert statement["Condition"] == {"StringEquals": {"aws:RequestedRegion": {"Ref": "AWS::Region"}}}
-                assert all(a.startswith("ec2:") for a in looked_up), path
 
 
 def test_each_star_resource_says_why(template):
@@ -530,9 +573,11 @@ def test_ssh_keys_readable_only_by_the_functions_that_ssh(transformed):
                                         ":secret:stepcluster/${AWS::StackName}/*"}}),
     ]
     readers = {name for name in FUNCTIONS if "SshKeyReadPolicy" in managed_policies(resources[f"{name}Role"])}
-    assert readers == SSH_FUNCTIONS
+    # ...and the cluster function of an existing head node, whose abort cleanup logs in to it
+    assert readers == SSH_FUNCTIONS | {"ClusterFunction"}
     for name in SSH_FUNCTIONS:
         assert managed_policies(resources[f"{name}Role"])["SshKeyReadPolicy"] is None
+    assert managed_policies(resources["ClusterFunctionRole"])["SshKeyReadPolicy"] == "UseExistingHeadNode"
     getters = [path[0] for path, s in statements(resources) if "secretsmanager:GetSecretValue" in as_list(s["Action"])]
     assert set(getters) == {"SshKeyReadPolicy"}
 
@@ -560,8 +605,9 @@ def test_run_key_names_fall_under_the_iam_scopes(transformed):
         assert not fnmatch.fnmatchcase(key_pair_arn.replace(key_pair, other_key_pair), sub(run[sid]["Resource"]))
     assert set(run["RunKeyPairs"]["Action"]) == {"ec2:ImportKeyPair", "ec2:DeleteKeyPair"}
     assert run["TagRunKeyPairsOnImport"]["Condition"] == {"StringEquals": {"ec2:CreateAction": "ImportKeyPair"}}
-    console = run["ReadRunHeadNodeConsole"]
-    assert console["Action"] == "ec2:GetConsoleOutput" and "ec2:ResourceTag/stepcluster:execution" in json.dumps(console)
+    ownership = {s["Sid"]: s for s in resources["ClusterOwnershipPolicy"]["Properties"]["PolicyDocument"]["Statement"]}
+    console = ownership["ReadRunHeadNodeConsole"]
+    assert console["Action"] == "ec2:GetConsoleOutput" and "aws:ResourceTag/stepcluster:execution" in json.dumps(console)
     # the per-run resources belong to the cluster function of a backend that creates clusters
     attached = {name: managed_policies(resources[f"{name}Role"]).get("RunResourcesPolicy", "-") for name in FUNCTIONS}
     assert attached == {**{name: "-" for name in SSH_FUNCTIONS},
@@ -602,23 +648,62 @@ def test_s3_job_sources_readable_only_by_the_staging_functions_and_only_when_giv
     assert holders == {"SubmitJobsFunctionRole", "PollJobsFunctionRole"}
 
 
-def test_vpc_access_only_when_the_functions_are_in_a_vpc(template, transformed):
-    resources = transformed["Resources"]
-    for name in FUNCTIONS:
-        props = resources[name]["Properties"]
-        assert props["VpcConfig"]["Fn::If"][0] == "UseVpc"
-        assert props["VpcConfig"]["Fn::If"][2] == {"Ref": "AWS::NoValue"}
-    vpc_policy = "service-role/AWSLambdaVPCAccessExecutionRole"
-    for path, node in walk(resources):
-        if isinstance(node, str) and vpc_policy in node:
-            # reached only through an Fn::If on UseVpc (SAM's generated roles add it unconditionally)
-            assert "Fn::If" in path, f"{vpc_policy} attached unconditionally at {path}"
+VPC_POLICY = "service-role/AWSLambdaVPCAccessExecutionRole"
+
+
+def vpc_condition(resource: dict) -> str | None:
+    """The condition under which a function runs in the VPC (None: never)."""
+    config = resource["Properties"].get("VpcConfig")
+    if config is None:
+        return None
+    condition, value = unwrap_if(config)
+    assert condition and value == {"SubnetIds": {"Ref": "VpcSubnetIds"},
+                                   "SecurityGroupIds": {"Ref": "VpcSecurityGroupIds"}}, config
+    return condition
+
+
+def vpc_policy_conditions(resource_tree) -> list:
+    """The conditions attaching AWSLambdaVPCAccessExecutionRole in a tree (None: unconditional)."""
+    found = []
+    for path, node in walk(resource_tree):
+        if isinstance(node, str) and VPC_POLICY in node:
+            if "Fn::If" not in path:
+                found.append(None)
+                continue
             if_at = max(i for i, key in enumerate(path) if key == "Fn::If")
-            owner = resources[path[0]]
-            for key in path[1:if_at]:
+            owner = resource_tree
+            for key in path[:if_at]:
                 owner = owner[key]
-            assert owner["Fn::If"][0] == "UseVpc" and path[if_at + 1] == 1, path
-    assert template["Conditions"]["UseVpc"]
+            assert path[if_at + 1] == 1, path      # the "true" branch of the !If
+            found.append(owner["Fn::If"][0])
+    return found
+
+
+def test_only_the_functions_that_ssh_run_in_the_vpc(template, transformed):
+    """The head node's functions run in the VPC (when one is given); the cluster function only
+    for an existing head node (its abort cleanup SSHes there); creating a cluster calls AWS APIs
+    only (IAM and Route 53 have no VPC endpoints), so those functions stay outside."""
+    assert "VpcConfig" not in template["Globals"]["Function"]
+    resources = transformed["Resources"]
+    conditions = {name: vpc_condition(resources[name]) for name in FUNCTIONS}
+    assert conditions == {**{name: "UseVpc" for name in SSH_FUNCTIONS},
+                          "ClusterFunction": "ClusterFunctionInVpc", "ParallelClusterFunction": None}
+    for backend in BACKENDS:
+        for network in ({}, VPC):
+            truth = conditions_for(template, ClusterBackend=backend, **network)
+            in_vpc = {name for name, c in conditions.items() if c and truth[c]}
+            expected = set(SSH_FUNCTIONS) | ({"ClusterFunction"} if backend == "existing" else set())
+            assert in_vpc == (expected if network else set()), (backend, network)
+
+
+def test_vpc_access_only_for_the_roles_of_functions_in_the_vpc(transformed):
+    """AWSLambdaVPCAccessExecutionRole (ENI rights on "*") is attached to a function's role under
+    exactly the condition that puts the function in the VPC, and nowhere else (SAM's generated
+    roles would add it unconditionally)."""
+    resources = transformed["Resources"]
+    holders = {name: vpc_policy_conditions(r) for name, r in resources.items() if vpc_policy_conditions(r)}
+    assert holders == {f"{name}Role": [vpc_condition(resources[name])] for name in FUNCTIONS
+                       if vpc_condition(resources[name])}
 
 
 def test_each_function_writes_only_its_own_log_group(transformed):
@@ -653,6 +738,127 @@ def test_one_cleanup_rule_for_this_state_machines_failed_executions(template, tr
         assert event["detail"]["status"] in pattern["detail"]["status"]
     # the handler recognizes the event by its detail-type
     assert '"Step Functions Execution Status Change"' in (ROOT / "functions/handlers/cluster.py").read_text()
+
+
+def test_cleanup_policy_reads_only_this_state_machines_executions(template, transformed):
+    """The create task's post-create check and the sweep ask Step Functions about executions:
+    only this state machine's, only from the cluster function of a backend that creates
+    clusters, through a policy of its own (no cycle through the roles' ManagedPolicyArns)."""
+    resources = transformed["Resources"]
+    policy = resources["ClusterCleanupPolicy"]
+    assert policy["Type"] == "AWS::IAM::Policy" and policy["Condition"] == "CreatesClusters"
+    roles = [unwrap_if(r) for r in policy["Properties"]["Roles"]]
+    assert roles == [("UseClusterFunction", {"Ref": "ClusterFunctionRole"}),
+                     ("UseParallelCluster", {"Ref": "ParallelClusterFunctionRole"})]
+    for backend in BACKENDS:
+        created = resources_for(template, ClusterBackend=backend)
+        conditions = conditions_for(template, ClusterBackend=backend)
+        attached = {value["Ref"] for condition, value in roles if conditions[condition]}
+        if backend == "existing":                       # nothing created, nothing to sweep
+            assert "ClusterCleanupPolicy" not in created
+        else:                                           # exactly the backend's cluster function role
+            function = "ParallelClusterFunction" if backend == "parallelcluster" else "ClusterFunction"
+            assert "ClusterCleanupPolicy" in created and attached == {f"{function}Role"} <= created
+    found = {s["Sid"]: s for s in policy["Properties"]["PolicyDocument"]["Statement"]}
+    assert set(found) == {"ReadThisStateMachinesExecutions", "FindRunSecrets"}
+    describe = found["ReadThisStateMachinesExecutions"]
+    assert describe["Action"] == "states:DescribeExecution"
+    assert describe["Resource"] == {"Fn::Sub": "arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}"
+                                               ":execution:${JobsStateMachine.Name}:*"}
+    scope = describe["Resource"]["Fn::Sub"].replace("${JobsStateMachine.Name}", "JobsStateMachine-AbC")
+    ours = "arn:aws:states:us-east-1:123456789012:execution:JobsStateMachine-AbC:run-1"
+    assert fnmatch.fnmatchcase(ours, sub(scope))
+    for other in (ours.replace("JobsStateMachine-AbC", "JobsStateMachine-AbCD"),   # another stack's machine
+                  ours.replace("us-east-1", "eu-west-1"),
+                  "arn:aws:states:us-east-1:123456789012:stateMachine:JobsStateMachine-AbC"):
+        assert not fnmatch.fnmatchcase(other, sub(scope)), other
+    assert found["FindRunSecrets"]["Action"] == "secretsmanager:ListSecrets"
+    # no other statement anywhere grants a Step Functions action
+    states = {path[0] for path, s in statements(resources)
+              if any(a.startswith("states:") for a in as_list(s["Action"]))}
+    assert states == {"ClusterCleanupPolicy"}
+
+
+def test_the_sweep_runs_on_a_schedule_for_backends_that_create_clusters(template, transformed):
+    resources = transformed["Resources"]
+    schedule, role = resources["ClusterSweepSchedule"], resources["ClusterSweepScheduleRole"]
+    assert schedule["Type"] == "AWS::Scheduler::Schedule"
+    assert schedule["Condition"] == role["Condition"] == "CreatesClusters"
+    for backend in BACKENDS:
+        created = resources_for(template, ClusterBackend=backend)
+        assert ({"ClusterSweepSchedule", "ClusterSweepScheduleRole"} <= created) == (backend != "existing")
+    props = schedule["Properties"]
+    assert props["ScheduleExpression"] == {"Fn::Sub": "rate(${CleanupSweepMinutes} minutes)"}
+    assert props["State"] == "ENABLED" and props["FlexibleTimeWindow"] == {"Mode": "OFF"}
+    minutes = template["Parameters"]["CleanupSweepMinutes"]
+    assert [v for v in ("1", "4", "5", "15", "1440", "1441") if parameter_accepts(minutes, v)] == ["5", "15", "1440"]
+    # the deployed backend's cluster function, with the recorded sweep event's shape
+    cluster_function = {"Fn::If": ["UseParallelCluster", {"Fn::GetAtt": ["ParallelClusterFunction", "Arn"]},
+                                   {"Fn::GetAtt": ["ClusterFunction", "Arn"]}]}
+    target = props["Target"]
+    assert target["Arn"] == cluster_function and target["RoleArn"] == {"Fn::GetAtt": ["ClusterSweepScheduleRole", "Arn"]}
+    event = json.loads((ROOT / "events" / "cluster_sweep.json").read_text())
+    text = target["Input"]["Fn::Sub"]
+    assert json.loads(text.replace("${JobsStateMachine}", event["state_machine_arn"])) == event
+    assert '"sweep"' in (ROOT / "functions/handlers/cluster.py").read_text()
+    # the scheduler may invoke that function and nothing else
+    trust = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    assert trust == [{"Effect": "Allow", "Principal": {"Service": "scheduler.amazonaws.com"}, "Action": "sts:AssumeRole",
+                      "Condition": {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}}]
+    granted = [s for _, s in statements(role["Properties"]["Policies"])]
+    assert granted == [{"Effect": "Allow", "Action": "lambda:InvokeFunction", "Resource": cluster_function}]
+    assert "ManagedPolicyArns" not in role["Properties"]
+
+
+def dependencies(resources: dict) -> dict[str, set[str]]:
+    """Logical id -> the logical ids it refers to (Ref, GetAtt, ${X} and ${X.Attr} in Sub, DependsOn)."""
+    names = set(resources)
+
+    def found(node) -> set[str]:
+        out = set()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "Ref" and value in names:
+                    out.add(value)
+                elif key == "Fn::GetAtt":
+                    out.add(value[0] if isinstance(value, list) else value.split(".")[0])
+                elif key == "Fn::Sub":
+                    text = value if isinstance(value, str) else value[0]
+                    out |= {m.split(".")[0] for m in re.findall(r"\$\{([^}!]+)\}", text)} & names
+                    if isinstance(value, list):
+                        out |= found(value[1])
+                else:
+                    out |= found(value)
+        elif isinstance(node, list):
+            for value in node:
+                out |= found(value)
+        return out
+
+    return {name: (found(r.get("Properties", {})) | set(as_list(r.get("DependsOn", [])))) & names
+            for name, r in resources.items()}
+
+
+def test_no_circular_dependencies(transformed):
+    """What CloudFormation refuses (and cfn-lint's E3004 finds only after the SAM transform):
+    e.g. a policy naming the state machine attached through a cluster function role's
+    ManagedPolicyArns (state machine -> function -> role -> policy -> state machine)."""
+    graph = dependencies(transformed["Resources"])
+    assert "JobsStateMachine" in graph["ClusterCleanupPolicy"]
+    state, cycles = {}, []
+
+    def visit(name, path):
+        state[name] = "open"
+        for other in sorted(graph[name]):
+            if state.get(other) == "open":
+                cycles.append(path[path.index(other):] + [other])
+            elif other not in state:
+                visit(other, path + [other])
+        state[name] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert cycles == []
 
 
 def test_no_fixed_physical_names(template, transformed):
@@ -700,7 +906,38 @@ def test_samconfig_overrides_are_valid_placeholders(template, samconfig):
     asked = {m for rule in template["Rules"].values() for m in re.findall(r"'Ref': '(\w+)'", str(rule["Assertions"]))}
     assert asked - {"VpcSubnetIds", "VpcSecurityGroupIds"} <= set(overrides)
     # the placeholders themselves cannot deploy: the Rules stop it before anything is created
-    assert failed_rules(template, parameter_values(template, **overrides))
+    assert failed_rules(template, **overrides)
+
+
+def test_the_privileged_iam_condition_needs_parallelcluster_and_privileged(template):
+    for backend in BACKENDS:
+        for mode in ("base", "privileged"):
+            truth = conditions_for(template, ClusterBackend=backend, ParallelClusterIamMode=mode)
+            assert truth["ParallelClusterPrivilegedIam"] == (backend == "parallelcluster" and mode == "privileged")
+    assert template["Parameters"]["ParallelClusterIamMode"]["Default"] == "base"
+
+
+def test_s3_sources_reach_cloudformation_unchanged_and_pass_the_template_patterns(template, tmp_path):
+    """What preprocess writes for S3 keys with IAM wildcards, spaces and quotes is read back by
+    the SAM CLI's own parameter_overrides parser as written, each list item one ARN, and every
+    value passes its parameter's AllowedPattern."""
+    from stepcluster.preprocess import preprocess
+
+    uris = ["s3://bkt/*", "s3://bkt/a?c/", "s3://bkt/$x", "s3://bkt/a b;#%'=/", "s3://other-bkt/k"]
+    names = [f"j{i}" for i in range(len(uris))]
+    (tmp_path / "jobs.ini").write_text("[order]\nparallel = " + ", ".join(names) + "\n" + "".join(
+        f"\n[job {n}]\nhandler = run.sh\ns3_uri = {u}\n" for n, u in zip(names, uris)))
+    copy = tmp_path / "samconfig.toml"
+    shutil.copy(SAMCONFIG, copy)
+    result = preprocess(tmp_path / "jobs.ini", plan_dir=tmp_path / "plan", samconfig=copy)
+    overrides = deploy_overrides(tomllib.loads(copy.read_text()))
+    assert {name: overrides[name] for name in result.overrides} == result.overrides
+    assert overrides["JobSourceObjectArns"].split(",") == [
+        "arn:aws:s3:::bkt/${$}x*", "arn:aws:s3:::bkt/${*}*", "arn:aws:s3:::bkt/a b;#%'=/*",
+        "arn:aws:s3:::bkt/a${?}c/*", "arn:aws:s3:::other-bkt/k*"]
+    assert overrides["JobSourceBucketArns"] == "arn:aws:s3:::bkt,arn:aws:s3:::other-bkt"
+    for name, value in overrides.items():
+        assert parameter_accepts(template["Parameters"][name], value), (name, value)
 
 
 def test_preprocess_rewrite_keeps_samconfig_valid_for_the_template(template, tmp_path):
@@ -754,7 +991,8 @@ def test_sam_validate_lint():
     assert "is a valid SAM Template" in output
 
 
-PARALLELCLUSTER_OVERRIDES = ["ClusterBackend=parallelcluster", f"ParallelClusterLayerArn={LAYER['ParallelClusterLayerArn']}"]
+# The published layer (no ParallelClusterLayerArn): the default a user gets.
+PARALLELCLUSTER_OVERRIDES = ["ClusterBackend=parallelcluster"]
 
 
 @pytest.fixture(scope="module")
