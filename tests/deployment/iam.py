@@ -60,6 +60,9 @@ class Statement:
             base = operator[: -len("IfExists")] if if_exists else operator
             for key, wanted in tests.items():
                 have = keys.get(key.lower())
+                if have is None and re.match(r"[a-z0-9-]+:ResourceTag/", key) and not key.startswith("aws:"):
+                    # EC2 evaluates ec2:ResourceTag/K as it does aws:ResourceTag/K.
+                    have = keys.get("aws:" + key.split(":", 1)[1].lower())
                 wanted = _as_tuple(wanted)
                 if base == "Null":
                     if not any((have is None) == (str(w).lower() == "true") for w in wanted):
