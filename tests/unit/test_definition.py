@@ -59,20 +59,60 @@ def test_every_task_retries_transient_errors_and_catches_everything(states):
         assert state.get("TimeoutSeconds"), f"{name} has no timeout"
 
 
-def test_after_the_cluster_exists_every_failure_reaches_delete(states):
-    """From every task after Create Cluster, each Catch leads to Delete Cluster."""
-    def reaches_delete(name, seen=()):
-        if name == "Delete Cluster":
-            return True
-        if name in seen or states[name]["Type"] in ("Fail", "Succeed"):
-            return False
-        return any(reaches_delete(t, seen + (name,)) for t in targets(states[name]))
+def paths_to_the_end(states, start, *, catches=True):
+    """Every path from `start` to a Succeed or Fail state, each loop taken at most once (a path
+    that comes back to a state it passed is the same path going round again); without
+    `catches`, only the paths no error takes."""
+    found, todo = [], [(start,)]
+    while todo:
+        path = todo.pop()
+        state = states[path[-1]]
+        if state["Type"] in ("Succeed", "Fail"):
+            found.append(path)
+            continue
+        nexts = targets(state) if catches else [t for t in targets(state)
+                                                 if t not in [c["Next"] for c in state.get("Catch", [])]]
+        todo += [path + (t,) for t in nexts if t not in path]
+    return found
 
-    for name, state in states.items():
-        if state["Type"] == "Task" and name not in ("Delete Cluster", "Check Deletion"):
-            for catch in state["Catch"]:
-                if "States.ALL" in catch["ErrorEquals"]:
-                    assert reaches_delete(catch["Next"]), f"{name}: catch-all skips the teardown"
+
+#: Tasks after which the run may have jobs on the scheduler (Submit Jobs may have submitted some
+#: before it failed), so a failure must cancel them and release the head node before deleting.
+JOBS_MAY_EXIST = ("Submit Jobs", "Poll Jobs")
+
+
+def test_after_the_cluster_exists_every_failure_path_tears_down(states):
+    """Every path out of every catch of every task after Create Cluster reaches Delete Cluster;
+    where jobs may exist, it goes through Cancel Jobs and Release Head Node first."""
+    tasks = [n for n, s in states.items() if s["Type"] == "Task" and n not in ("Delete Cluster", "Check Deletion")]
+    assert set(JOBS_MAY_EXIST) | {"Create Cluster", "Check Cluster Status", "Prepare Head Node"} <= set(tasks)
+    for name in tasks:
+        for catch in states[name]["Catch"]:
+            if name == "Create Cluster" and catch["ErrorEquals"] != ["States.ALL"]:
+                # a bad input or a stale deployment: nothing was created
+                assert set(catch["ErrorEquals"]) == {"InputError", "PlanError"} and catch["Next"] == "Run Failed"
+                continue
+            paths = paths_to_the_end(states, catch["Next"])
+            assert paths, name
+            for path in paths:
+                assert "Delete Cluster" in path, f"{name} catch {catch['ErrorEquals']}: {' -> '.join(path)}"
+                if name in JOBS_MAY_EXIST:
+                    order = [path.index(s) for s in ("Cancel Jobs", "Release Head Node", "Delete Cluster")
+                             if s in path]
+                    assert len(order) == 3 and order == sorted(order), f"{name}: {' -> '.join(path)}"
+
+
+def test_every_way_to_succeed_releases_the_head_node_and_deletes_the_cluster(states):
+    ends = paths_to_the_end(states, "Start Run")
+    # Without errors and without recording a failure (the Choice states' failure branches).
+    succeeding = [p for p in paths_to_the_end(states, "Start Run", catches=False)
+                  if p[-1] == "Run Succeeded" and not any(n.startswith(("Record ", "Why ")) for n in p)]
+    assert succeeding
+    for path in succeeding:
+        assert "Cancel Jobs" not in path and path.index("Release Head Node") < path.index("Delete Cluster"), path
+    for path in ends:   # and a failure after the cluster was asked for never skips the delete
+        if path[-1] != "Run Succeeded" and path[1:3] != ("Create Cluster", "Run Failed"):
+            assert "Delete Cluster" in path, " -> ".join(path)
 
 
 def test_definition_size_does_not_depend_on_the_jobs():
