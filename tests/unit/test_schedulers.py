@@ -53,7 +53,39 @@ def one_job_output(scheduler: str, state: str) -> tuple[CommandOutput, str]:
     return CommandOutput(f"Job Id: 42.head\n    Job_Name = x\n    job_state = {state}\n"), "42.head"
 
 
-STATE_CASES = [(name, state) for name, adapter in ADAPTERS.items() for state in adapter.STATES]
+def _meanings(**groups: str) -> dict[str, Category]:
+    return {word: Category[category] for category, words in groups.items() for word in words.split()}
+
+
+#: What each state word means, written from the schedulers' documentation, not from the
+#: adapters' tables: the tables are checked against this, so a word mapped to the wrong
+#: meaning (PREEMPTED as active, Eqw as queued...) fails here.
+DOCUMENTED = {
+    # squeue(1) JOB STATE CODES; sacct(1) JOB STATE CODES
+    "slurm": _meanings(
+        QUEUED="PENDING CONFIGURING REQUEUED REQUEUE_FED REQUEUE_HOLD RESV_DEL_HOLD",
+        RUNNING="RUNNING COMPLETING SUSPENDED STOPPED RESIZING SIGNALING STAGE_OUT",
+        SUCCEEDED="COMPLETED",
+        FAILED="FAILED TIMEOUT NODE_FAIL OUT_OF_MEMORY BOOT_FAIL DEADLINE PREEMPTED SPECIAL_EXIT REVOKED",
+        CANCELLED="CANCELLED"),
+    # qstat(1) of Son of Grid Engine: q queued, w waiting, h hold, r running, t transferring,
+    # R restarted, s/S/T suspended, E error (never runs by itself), d deleted; z: finished, in qacct
+    "sge": _meanings(
+        QUEUED="qw Rq hqw hRwq",
+        RUNNING="r hr t Rr Rt s ts S tS T tT Rs Rts RS RtS RT RtT",
+        FAILED="Eqw Ehqw EhRqw",
+        CANCELLED="dr dt dRr dRt ds dS dT dRs dRS dRT",
+        MISSING="z"),
+    # qstat -f job_state (Torque): Q queued, H held, W waiting, T transiting, R running,
+    # E exiting, S suspended, C completed (success only with exit_status 0, decided elsewhere)
+    "torque": _meanings(QUEUED="Q H W T", RUNNING="R E S", FAILED="C"),
+}
+STATE_CASES = [(name, state) for name, table in DOCUMENTED.items() for state in table]
+
+
+@pytest.mark.parametrize("scheduler", ADAPTERS)
+def test_each_adapter_knows_exactly_the_documented_state_words(scheduler):
+    assert set(ADAPTERS[scheduler].STATES) == set(DOCUMENTED[scheduler])
 
 
 @pytest.mark.parametrize("scheduler,state", STATE_CASES, ids=[f"{n}-{s}" for n, s in STATE_CASES])
@@ -61,7 +93,7 @@ def test_every_table_entry_goes_through_parse_status(scheduler, state):
     adapter = ADAPTERS[scheduler]
     out, job_id = one_job_output(scheduler, state)
     status = adapter.parse_status(out, [job_id])[job_id]
-    assert status.category == adapter.STATES[state]
+    assert status.category == DOCUMENTED[scheduler][state]
     assert status.raw_state == state
     assert status.job_id == job_id
     # a state word alone blocks only for Slurm's hold states; SGE and Torque need more (hold lists,
