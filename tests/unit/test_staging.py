@@ -1,0 +1,135 @@
+"""Staging a job's files (staging.py): what reaches the head node, and what never may."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from stepcluster import staging
+from stepcluster.errors import StagingError
+from stepcluster.plan import Plan, PlannedJob
+
+BUCKET = "inputs"
+
+
+def archive(members: dict[str, bytes | None], *, links: dict[str, str] | None = None) -> bytes:
+    """A gzipped tar; None as content makes a directory member."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size, info.mode = len(data), 0o755
+                tar.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tar.addfile(info)
+    return buffer.getvalue()
+
+
+def local_job(tmp_path, data: bytes, handler="run.sh") -> tuple[Plan, PlannedJob]:
+    (tmp_path / "payloads").mkdir(exist_ok=True)
+    (tmp_path / "payloads" / "a.tar.gz").write_bytes(data)
+    job = PlannedJob("a", handler, 10, archive="payloads/a.tar.gz")
+    return Plan("sequential", (job,), "d", folder=tmp_path), job
+
+
+def staged(plan: Plan, job: PlannedJob, s3=None) -> dict[str, tuple[bytes, int]]:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        staging.add_job_files(tar, plan, job, s3_client=s3)
+    buffer.seek(0)
+    with tarfile.open(fileobj=buffer) as tar:
+        return {m.name: (tar.extractfile(m).read(), m.mode) for m in tar.getmembers()}
+
+
+@pytest.fixture
+def s3():
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket=BUCKET)
+        yield client
+
+
+def test_an_archive_is_staged_under_the_jobs_src_with_its_modes(tmp_path):
+    plan, job = local_job(tmp_path, archive({"run.sh": b"#!/bin/sh\n", "lib/x.txt": b"x"}))
+    assert staged(plan, job) == {"jobs/a/src/run.sh": (b"#!/bin/sh\n", 0o755),
+                                 "jobs/a/src/lib/x.txt": (b"x", 0o755)}
+
+
+def test_a_directory_member_is_refused_as_not_a_regular_file(tmp_path):
+    plan, job = local_job(tmp_path, archive({"run.sh": b"x", "lib": None}))
+    with pytest.raises(StagingError, match="'lib' is not a regular file"):
+        staged(plan, job)
+
+
+@pytest.mark.parametrize("name", ["../run.sh", "lib/../../etc/cron.d/x", "/etc/passwd"])
+def test_archive_members_that_would_land_outside_the_job_folder_are_refused(tmp_path, name):
+    plan, job = local_job(tmp_path, archive({"run.sh": b"x", name: b"evil"}))
+    with pytest.raises(StagingError, match="absolute or '..' path"):
+        staged(plan, job)
+
+
+def test_a_symlink_in_an_archive_is_refused(tmp_path):
+    plan, job = local_job(tmp_path, archive({"run.sh": b"x"}, links={"passwd": "/etc/passwd"}))
+    with pytest.raises(StagingError, match="not a regular file"):
+        staged(plan, job)
+
+
+def test_a_missing_handler_fails_before_anything_is_sent_naming_the_files(tmp_path):
+    plan, job = local_job(tmp_path, archive({"other.sh": b"x"}))
+    with pytest.raises(StagingError, match=r"handler 'run.sh' is not among .* \(other.sh\)"):
+        staged(plan, job)
+
+
+def test_an_s3_prefix_keeps_relative_paths_and_skips_folder_markers(s3):
+    for key in ("proj/run.sh", "proj/data/in.txt", "proj/data/", "projection/not-this.txt"):
+        s3.put_object(Bucket=BUCKET, Key=key, Body=key.encode())
+    job = PlannedJob("a", "run.sh", 10, s3_uri=f"s3://{BUCKET}/proj/")
+    files = staged(Plan("sequential", (job,), "d"), job, s3)
+    assert {k: v[0] for k, v in files.items()} == {"jobs/a/src/run.sh": b"proj/run.sh",
+                                                   "jobs/a/src/data/in.txt": b"proj/data/in.txt"}
+
+
+def test_an_s3_object_is_staged_under_its_own_name(s3):
+    s3.put_object(Bucket=BUCKET, Key="scripts/v2/run.sh", Body=b"echo")
+    job = PlannedJob("a", "run.sh", 10, s3_uri=f"s3://{BUCKET}/scripts/v2/run.sh")
+    assert {k: v[0] for k, v in staged(Plan("sequential", (job,), "d"), job, s3).items()} == {
+        "jobs/a/src/run.sh": b"echo"}
+
+
+def test_s3_keys_with_dot_dot_below_the_prefix_are_refused(s3):
+    s3.put_object(Bucket=BUCKET, Key="proj/run.sh", Body=b"x")
+    s3.put_object(Bucket=BUCKET, Key="proj/../../escape", Body=b"x")
+    job = PlannedJob("a", "run.sh", 10, s3_uri=f"s3://{BUCKET}/proj/")
+    with pytest.raises(StagingError, match="absolute or '..' path"):
+        staged(Plan("sequential", (job,), "d"), job, s3)
+
+
+def test_nothing_at_the_uri_is_a_clear_error(s3):
+    job = PlannedJob("a", "run.sh", 10, s3_uri=f"s3://{BUCKET}/nothing/")
+    with pytest.raises(StagingError, match=f"nothing found at s3://{BUCKET}/nothing/"):
+        staged(Plan("sequential", (job,), "d"), job, s3)
+
+
+def test_head_node_fetch_quotes_every_url_and_copies_a_bundled_package_once(tmp_path, s3):
+    s3.create_bucket(Bucket="artifacts")
+    plan, job = local_job(tmp_path, archive({"run.sh": b"x"}))
+    script = staging.fetch_script(plan, job, job_dir="/home/hpc/runs/e/jobs/a", s3_client=s3,
+                                  artifacts_bucket="artifacts")
+    url = next(line for line in script.splitlines() if line.startswith("curl "))
+    assert url.startswith("curl -fsS --retry 3 'https://") and "| tar -xzf - --no-same-owner" in url
+    assert s3.get_object(Bucket="artifacts", Key="packages/a.tar.gz")["Body"].read() == \
+        (tmp_path / "payloads" / "a.tar.gz").read_bytes()
+    puts = []
+    s3.meta.events.register("before-call.s3.PutObject", lambda **kw: puts.append(1))
+    staging.fetch_script(plan, job, job_dir="/x", s3_client=s3, artifacts_bucket="artifacts")
+    assert puts == []   # content-addressed: already there, not copied again
