@@ -9,13 +9,16 @@ limit), and a state machine deployed with one plan refuses to run functions hold
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
 import json
 import os
+import shutil
 import stat
 import tarfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable
@@ -31,6 +34,12 @@ BUNDLED_PLAN_DIR = Path(__file__).resolve().parent.parent / "plan"
 #: local_path packages above this size are refused: they travel inside the Lambda package,
 #: whose unzipped size AWS caps at 250 MB for all functions' code together.
 MAX_PAYLOAD_BYTES = 50 * 1024 * 1024
+#: local_path folders with more files than this are refused, counted while walking, so that
+#: `local_path = /` or a home folder stops at once instead of walking the whole tree. 100,000 is
+#: above any job's input folder we know of (a full Linux kernel source tree has ~90,000 files)
+#: and far above what the release step keeps per run (10,000 files, README "Results"); at
+#: 512 bytes of tar header per file it also bounds the header overhead (~50 MiB, the size cap).
+MAX_PAYLOAD_FILES = 100_000
 
 
 @dataclass(frozen=True)
@@ -113,47 +122,134 @@ def build_plan(config: JobsConfig, folder: Path, *, backend: str = "existing",
     the archives go to S3 instead of into the plan folder (staged from there at run time).
     Raises ConfigError naming the job
     when a local_path cannot be packaged (escaping symlink, handler absent, too large).
+
+    The plan is written into a folder beside `folder` and swapped in only when it is complete
+    (swap_plan_folder): `folder` holds the old plan or the new one, whole, never a mix.
     """
     folder = Path(folder)
-    (folder / PAYLOAD_DIR).mkdir(parents=True, exist_ok=True)
-    jobs, problems = [], []
-    for spec in config.jobs:
-        if spec.s3_uri:
-            jobs.append(PlannedJob(spec.name, spec.handler, spec.wait_time, s3_uri=spec.s3_uri))
-            continue
-        try:
-            data = pack_local_path(Path(spec.local_path), spec.handler)
-        except ValueError as exc:
-            problems.append(Problem(config.path, None, f"job {spec.name}", "local_path", str(exc)))
-            continue
-        name = f"{PAYLOAD_DIR}/{hashlib.sha256(data).hexdigest()[:32]}.tar.gz"
-        if upload:
-            jobs.append(PlannedJob(spec.name, spec.handler, spec.wait_time, archive=name,
-                                   package_uri=upload(name, data)))
-            continue
-        target = folder / name
-        if not target.exists():
-            target.write_bytes(data)
-        jobs.append(PlannedJob(spec.name, spec.handler, spec.wait_time, archive=name))
-    if problems:
-        raise ConfigError(problems)
-    config_name = None
-    if cluster_config is not None:
-        # Content-addressed like the payloads: the digest changes with the cluster config.
-        data = Path(cluster_config).read_bytes()
-        config_name = f"{PAYLOAD_DIR}/cluster-{hashlib.sha256(data).hexdigest()[:32]}{Path(cluster_config).suffix}"
-        (folder / config_name).write_bytes(data)
-    plan = Plan(config.order, tuple(jobs), _digest(config.order, jobs, backend, config_name), folder,
-                backend, config_name)
-    (folder / PLAN_FILE).write_text(json.dumps(plan.to_dict(), indent=1) + "\n")
-    _remove_stale_payloads(folder, {j.archive for j in jobs if j.archive and not j.package_uri} | {config_name})
+    staging = new_staging_folder(folder)
+    try:
+        plan = write_plan(config, staging, backend=backend, cluster_config=cluster_config, upload=upload)
+        old = swap_plan_folder(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)   # gone when swapped in; else a failed attempt
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)       # stale payloads leave only after the swap
+    return dataclasses.replace(plan, folder=folder)
+
+
+def write_plan(config: JobsConfig, folder: Path, *, backend: str = "existing",
+               cluster_config: Path | None = None,
+               upload: "Callable[[str, bytes], str] | None" = None) -> Plan:
+    """build_plan's work, written straight into `folder` (a new, empty folder: see
+    new_staging_folder); nothing else is touched, except that `upload` is called for each
+    local_path package. A file that cannot be read or written is a ConfigError naming it."""
+    folder = Path(folder)
+    try:
+        (folder / PAYLOAD_DIR).mkdir(parents=True, exist_ok=True)
+        jobs, problems = [], []
+        for spec in config.jobs:
+            if spec.s3_uri:
+                jobs.append(PlannedJob(spec.name, spec.handler, spec.wait_time, s3_uri=spec.s3_uri))
+                continue
+            try:
+                data = pack_local_path(Path(spec.local_path), spec.handler)
+            except ValueError as exc:
+                problems.append(Problem(config.path, None, f"job {spec.name}", "local_path", str(exc)))
+                continue
+            name = f"{PAYLOAD_DIR}/{hashlib.sha256(data).hexdigest()[:32]}.tar.gz"
+            if upload:
+                jobs.append(PlannedJob(spec.name, spec.handler, spec.wait_time, archive=name,
+                                       package_uri=upload(name, data)))
+                continue
+            target = folder / name
+            if not target.exists():
+                target.write_bytes(data)
+            jobs.append(PlannedJob(spec.name, spec.handler, spec.wait_time, archive=name))
+        if problems:
+            raise ConfigError(problems)
+        config_name = None
+        if cluster_config is not None:
+            # Content-addressed like the payloads: the digest changes with the cluster config.
+            data = Path(cluster_config).read_bytes()
+            config_name = f"{PAYLOAD_DIR}/cluster-{hashlib.sha256(data).hexdigest()[:32]}{Path(cluster_config).suffix}"
+            (folder / config_name).write_bytes(data)
+        plan = Plan(config.order, tuple(jobs), _digest(config.order, jobs, backend, config_name), folder,
+                    backend, config_name)
+        (folder / PLAN_FILE).write_text(json.dumps(plan.to_dict(), indent=1) + "\n")
+    except OSError as exc:
+        raise ConfigError([Problem(str(exc.filename or folder), None, None, None,
+                                   f"cannot be read or written ({exc.strerror or exc}): nothing was "
+                                   "changed; fix its permissions or free space and run again")]) from None
     return plan
 
 
-def _remove_stale_payloads(folder: Path, keep: set[str]) -> None:
-    for path in (folder / PAYLOAD_DIR).iterdir():
-        if f"{PAYLOAD_DIR}/{path.name}" not in keep:
-            path.unlink()
+def _sibling(target: Path, kind: str) -> Path:
+    return target.parent / f".{target.name}.{kind}-{uuid.uuid4().hex[:12]}"
+
+
+def new_staging_folder(target: Path) -> Path:
+    """A new, empty folder beside `target` (same filesystem: it can be renamed onto it).
+    Leftovers of an attempt that crashed are cleared first (see recover_plan_folder)."""
+    target = Path(target)
+    recover_plan_folder(target)
+    staging = _sibling(target, "new")
+    try:
+        staging.mkdir(parents=True)
+    except OSError as exc:
+        raise ConfigError([Problem(str(target.parent), None, None, None,
+                                   f"cannot create the plan's folder there ({exc.strerror or exc})")]) from None
+    return staging
+
+
+def recover_plan_folder(target: Path) -> None:
+    """After a crash in swap_plan_folder: if `target` is missing and its old copy is beside it,
+    put the old copy back (whole); then remove the other leftovers (they sit inside
+    functions/, which `sam build` would ship)."""
+    target = Path(target)
+    if not target.parent.is_dir():
+        return
+    leftovers = sorted(target.parent.glob(f".{target.name}.new-*")) + \
+        sorted(target.parent.glob(f".{target.name}.old-*"))
+    olds = [p for p in leftovers if ".old-" in p.name]
+    if not target.exists() and olds:
+        newest = max(olds, key=lambda p: p.stat().st_mtime)
+        os.replace(newest, target)
+        leftovers.remove(newest)
+    for path in leftovers:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def swap_plan_folder(staging: Path, target: Path) -> Path | None:
+    """Put the complete folder `staging` in the place of `target`. Returns where the old
+    `target` was moved (the caller removes it, or gives it back with unswap_plan_folder), or
+    None when there was none. Two renames: if the process dies between them, `target` is
+    absent and the old plan is whole beside it, and the next preprocess or build_plan puts it
+    back (recover_plan_folder); it is never a mix of the two plans."""
+    target = Path(target)
+    old = None
+    try:
+        if target.exists():
+            old = _sibling(target, "old")
+            os.replace(target, old)
+        os.replace(staging, target)
+    except OSError as exc:
+        if old is not None and not target.exists():
+            os.replace(old, target)
+        raise ConfigError([Problem(str(target), None, None, None,
+                                   f"cannot replace the plan ({exc.strerror or exc}): it was left "
+                                   "as it was")]) from None
+    return old
+
+
+def unswap_plan_folder(old: Path | None, target: Path) -> None:
+    """Undo swap_plan_folder: the new plan is removed and the old one (if any) put back."""
+    target = Path(target)
+    discard = _sibling(target, "new")
+    os.replace(target, discard)
+    if old is not None:
+        os.replace(old, target)
+    shutil.rmtree(discard, ignore_errors=True)
 
 
 def load_plan(folder: Path | str | None = None) -> Plan:
@@ -181,44 +277,87 @@ def pack_local_path(path: Path, handler: str) -> bytes:
 
     Same content gives the same bytes (sorted entries, zeroed times and owners). Refuses
     symlinks leading outside the folder, special files, a handler that is not in the package,
-    and packages above MAX_PAYLOAD_BYTES.
+    files or folders that cannot be read (never a package silently missing them), and packages
+    above MAX_PAYLOAD_BYTES or MAX_PAYLOAD_FILES (checked while walking: stops at the first
+    excess). Every refusal is a ValueError naming the path.
     """
     path = path.resolve()
-    entries: list[tuple[str, Path]] = []
-    if path.is_file():
-        entries.append((path.name, path))
-    elif path.is_dir():
-        for root, dirs, files in os.walk(path, followlinks=False):
-            dirs.sort()
-            for name in sorted(files) + [d for d in dirs if (Path(root) / d).is_symlink()]:
-                entries.append((Path(root, name).relative_to(path).as_posix(), Path(root, name)))
-    else:
-        raise ValueError(f"{path} is neither a file nor a folder")
+    entries = _package_entries(path)
+    names = {arcname for arcname, _ in entries}
+    if PurePosixPath(handler).as_posix() not in names:
+        shown = ", ".join(sorted(names)[:5]) + (" ..." if len(names) > 5 else "")
+        raise ValueError(f"handler {handler!r} is not among the files of {path} ({shown or 'empty'})")
 
     buffer = io.BytesIO()
     total = 0
     with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as gz, \
             tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for arcname, source in sorted(entries):
-            if source.is_symlink():
-                target = source.resolve()
-                if path.is_dir() and not target.is_relative_to(path):
-                    raise ValueError(f"{source} is a symlink to {target}, outside {path}")
-                source = target
-            mode = source.stat().st_mode
-            if not stat.S_ISREG(mode):
-                raise ValueError(f"{source} is not a regular file")
-            total += source.stat().st_size
-            if total > MAX_PAYLOAD_BYTES:
-                raise ValueError(f"{path} holds more than {MAX_PAYLOAD_BYTES // 2**20} MiB; "
-                                 "put large inputs in S3 and use s3_uri")
-            info = tarfile.TarInfo(arcname)
-            info.size = source.stat().st_size
-            info.mode = 0o755 if mode & 0o111 else 0o644
-            with source.open("rb") as handle:
-                tar.addfile(info, handle)
-    names = {arcname for arcname, _ in entries}
-    if PurePosixPath(handler).as_posix() not in names:
-        shown = ", ".join(sorted(names)[:5]) + (" ..." if len(names) > 5 else "")
-        raise ValueError(f"handler {handler!r} is not among the files of {path} ({shown or 'empty'})")
+            try:
+                with source.open("rb") as handle:
+                    st = os.fstat(handle.fileno())
+                    total += st.st_size      # again: a file may have grown since the walk
+                    if total > MAX_PAYLOAD_BYTES:
+                        raise ValueError(_too_large(path))
+                    info = tarfile.TarInfo(arcname)
+                    info.size = st.st_size
+                    info.mode = 0o755 if st.st_mode & 0o111 else 0o644
+                    tar.addfile(info, handle)
+            except OSError as exc:   # unreadable, or shorter than when it was walked
+                raise ValueError(_unreadable(source, exc)) from None
     return buffer.getvalue()
+
+
+def _unreadable(source, exc: OSError) -> str:
+    return (f"{exc.filename or source} cannot be read ({exc.strerror or exc}): every file and "
+            "folder of a local_path must be readable, or moved out of it")
+
+
+def _too_large(path: Path) -> str:
+    return (f"{path} holds more than {MAX_PAYLOAD_BYTES // 2**20} MiB; put large inputs in S3 "
+            "and use s3_uri")
+
+
+def _package_entries(path: Path) -> list[tuple[str, Path]]:
+    """(name in the package, regular file to read) for a resolved file or folder. The folder is
+    walked once, checking each entry as it is met, so the caps stop the walk at the first excess
+    (`local_path = /` is refused at once) and an unreadable folder is an error, not a hole."""
+    try:
+        top = path.stat()
+    except OSError as exc:
+        raise ValueError(_unreadable(path, exc)) from None
+    if stat.S_ISREG(top.st_mode):
+        if top.st_size > MAX_PAYLOAD_BYTES:
+            raise ValueError(_too_large(path))
+        return [(path.name, path)]
+    if not stat.S_ISDIR(top.st_mode):
+        raise ValueError(f"{path} is neither a file nor a folder")
+
+    def refuse(exc: OSError):   # os.walk would otherwise skip the folder it cannot list
+        raise ValueError(_unreadable(path, exc))
+
+    entries: list[tuple[str, Path]] = []
+    total = 0
+    for root, dirs, files in os.walk(path, onerror=refuse, followlinks=False):
+        dirs.sort()
+        for name in sorted(files) + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            source = Path(root, name)
+            entries.append((source.relative_to(path).as_posix(), source))
+            if len(entries) > MAX_PAYLOAD_FILES:
+                raise ValueError(f"{path} holds more than {MAX_PAYLOAD_FILES:,} files; pack them "
+                                 "into an archive, or put them in S3 and use s3_uri")
+            try:
+                if source.is_symlink():
+                    target = source.resolve()
+                    if not target.is_relative_to(path):
+                        raise ValueError(f"{source} is a symlink to {target}, outside {path}")
+                    entries[-1] = (entries[-1][0], target)
+                st = entries[-1][1].stat()
+            except OSError as exc:
+                raise ValueError(_unreadable(source, exc)) from None
+            if not stat.S_ISREG(st.st_mode):
+                raise ValueError(f"{entries[-1][1]} is not a regular file")
+            total += st.st_size
+            if total > MAX_PAYLOAD_BYTES:
+                raise ValueError(_too_large(path))
+    return entries

@@ -16,16 +16,20 @@ deployment's IAM mode cannot create.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
-import shlex
+import shutil
+import tempfile
 import tomllib
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
 from stepcluster.config import Problem, _bucket_problem, load_jobs_config
 from stepcluster.errors import ConfigError
-from stepcluster.plan import BUNDLED_PLAN_DIR, Plan, build_plan
+from stepcluster.plan import (BUNDLED_PLAN_DIR, Plan, new_staging_folder, swap_plan_folder,
+                              unswap_plan_folder, write_plan)
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 #: A CloudFormation parameter value holds at most 4,096 bytes.
@@ -290,22 +294,52 @@ def preprocess(config_path, *, plan_dir=None, samconfig=None, backend: str = "ex
     if packages_bucket:
         bucket = stack_artifacts_bucket(samconfig) if packages_bucket == "auto" else packages_bucket
         uploader = PackageUploader(bucket)
-    plan = build_plan(config, plan_dir, backend=backend,
-                      cluster_config=Path(cluster_config) if cluster_config else None, upload=uploader)
-    buckets, objects = source_arns(plan)
-    overrides = {"ClusterBackend": backend, "JobsPlanDigest": plan.digest,
-                 "JobSourceBucketArns": ",".join(buckets), "JobSourceObjectArns": ",".join(objects),
-                 "ParallelClusterIamMode": settings["ParallelClusterIamMode"].value,
-                 **{name: value for name, value in given.items()
-                    if value is not None and name != "ParallelClusterIamMode"}}
-    too_long = [Problem(str(config_path), None, None, None,
-                        f"the S3 sources need a {key} parameter of {len(value.encode())} bytes, over "
-                        f"CloudFormation's {MAX_PARAMETER_BYTES}: put the jobs' files under fewer "
-                        "S3 prefixes") for key, value in overrides.items()
-                if len(value.encode()) > MAX_PARAMETER_BYTES]
-    if too_long:
-        raise ConfigError(too_long)
-    update_parameter_overrides(samconfig, overrides)
+    # Transactional: the new plan is written into a folder beside plan_dir and the new
+    # samconfig.toml into a file beside it; every check runs on them; only then are they renamed
+    # into place (plan first, then samconfig; a failure of the second puts the old plan back).
+    # A refusal or a crash before that leaves plan_dir and samconfig.toml as they were. A crash
+    # between the plan's two renames leaves the old plan whole beside plan_dir, put back by the
+    # next run (plan.recover_plan_folder); one between the plan's swap and samconfig's rename
+    # (nothing catches a killed process) leaves the new plan with the old JobsPlanDigest: the
+    # deployed state machine then refuses to run it, saying to preprocess again.
+    # Uploads (--packages-bucket) do happen before the swap, and are not undone: they are
+    # content-addressed (packages/<hash>.tar.gz) and idempotent, so a package left by a refused
+    # run is exactly what a later run of the same job would upload, and no deployed plan refers
+    # to a package that is not there.
+    staging = new_staging_folder(plan_dir)
+    new_samconfig = None
+    try:
+        plan = write_plan(config, staging, backend=backend,
+                          cluster_config=Path(cluster_config) if cluster_config else None, upload=uploader)
+        buckets, objects = source_arns(plan)
+        overrides = {"ClusterBackend": backend, "JobsPlanDigest": plan.digest,
+                     "JobSourceBucketArns": ",".join(buckets), "JobSourceObjectArns": ",".join(objects),
+                     "ParallelClusterIamMode": settings["ParallelClusterIamMode"].value,
+                     **{name: value for name, value in given.items()
+                        if value is not None and name != "ParallelClusterIamMode"}}
+        too_long = [Problem(str(config_path), None, None, None,
+                            f"the S3 sources need a {key} parameter of {len(value.encode())} bytes, over "
+                            f"CloudFormation's {MAX_PARAMETER_BYTES}: put the jobs' files under fewer "
+                            "S3 prefixes") for key, value in overrides.items()
+                    if len(value.encode()) > MAX_PARAMETER_BYTES]
+        if too_long:
+            raise ConfigError(too_long)
+        new_samconfig = _write_beside(samconfig, samconfig_with_overrides(samconfig, overrides))
+        old_plan = swap_plan_folder(staging, plan_dir)   # the last checks passed: commit
+        try:
+            os.replace(new_samconfig, samconfig)
+        except OSError as exc:
+            unswap_plan_folder(old_plan, plan_dir)
+            raise ConfigError([Problem(str(samconfig), None, None, None,
+                                       f"cannot be replaced ({exc.strerror or exc}): the plan and "
+                                       f"samconfig.toml were left as they were")]) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)   # gone when swapped in
+        if new_samconfig is not None and new_samconfig.exists():
+            new_samconfig.unlink()
+    if old_plan is not None:
+        shutil.rmtree(old_plan, ignore_errors=True)  # stale payloads leave only after the swap
+    plan = dataclasses.replace(plan, folder=plan_dir)
     return PreprocessResult(plan, plan_dir, samconfig, overrides, tuple(warnings), uploader)
 
 
@@ -317,25 +351,34 @@ def _id_list(value: str | None) -> str | None:
 
 
 def _read_samconfig(samconfig: Path) -> tuple[str, dict]:
-    text = samconfig.read_text() if samconfig.exists() else "version = 0.1\n"
     try:
+        text = samconfig.read_text(encoding="utf-8") if samconfig.exists() else "version = 0.1\n"
         return text, tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([Problem(str(samconfig), None, None, None, f"not valid TOML: {exc}")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([Problem(str(samconfig), None, None, None, f"cannot be read: {exc}")]) from None
 
 
 def read_parameter_overrides(samconfig: Path) -> tuple[dict[str, str], int | None]:
-    """[default.deploy.parameters] parameter_overrides as a dict, and the line it is on."""
+    """[default.deploy.parameters] parameter_overrides as a dict, and the line it is on: read
+    as SAM CLI reads it (parse_sam_overrides), so preprocess sees what `sam deploy` will."""
     text, data = _read_samconfig(samconfig)
     current = data.get("default", {}).get("deploy", {}).get("parameters", {}).get("parameter_overrides", "")
     try:
-        pairs = current if isinstance(current, list) else shlex.split(current)
+        overrides = parse_sam_overrides(current)
     except ValueError as exc:
         raise ConfigError([Problem(str(samconfig), None, None, "parameter_overrides",
                                    f"cannot be read: {exc}")]) from None
-    lines = text.splitlines()
-    start, end, existing = _overrides_position(lines)
-    return dict(pair.split("=", 1) for pair in pairs if "=" in pair), None if existing is None else existing + 1
+    start, end, existing = _overrides_position(_lines(text))
+    return overrides, None if existing is None else existing + 1
+
+
+def _lines(text: str) -> list[str]:
+    """The lines of a TOML document: split on "\n" only (TOML's newline; str.splitlines would
+    also split inside strings at \x85, U+2028, form feed, ...)."""
+    lines = text.split("\n")
+    return lines[:-1] if lines and lines[-1] == "" else lines
 
 
 def _overrides_position(lines: list[str]) -> tuple[int | None, int, int | None]:
@@ -349,25 +392,186 @@ def _overrides_position(lines: list[str]) -> tuple[int | None, int, int | None]:
 
 
 def update_parameter_overrides(samconfig: Path, values: dict[str, str]) -> None:
-    """Set `values` in [default.deploy.parameters] parameter_overrides, keeping everything else."""
-    text, _ = _read_samconfig(samconfig)
-    overrides, _ = read_parameter_overrides(samconfig)
+    """Set `values` in [default.deploy.parameters] parameter_overrides, keeping everything else.
+    The file is replaced whole (written beside it, then renamed), or not at all."""
+    new = _write_beside(samconfig, samconfig_with_overrides(samconfig, values))
+    try:
+        os.replace(new, samconfig)
+    except OSError as exc:
+        new.unlink(missing_ok=True)
+        raise ConfigError([Problem(str(samconfig), None, None, None,
+                                   f"cannot be replaced ({exc.strerror or exc}); it was left as it was")]) from None
+
+
+def samconfig_with_overrides(samconfig: Path, values: dict[str, str]) -> str:
+    """The text of `samconfig` with `values` set in its parameter_overrides, checked: valid TOML,
+    everything else unchanged, and SAM CLI reading back exactly the overrides meant. A value SAM
+    CLI could not read back is refused, naming its parameter (see sam_value)."""
+    text, before = _read_samconfig(samconfig)
+    overrides, line_no = read_parameter_overrides(samconfig)
+    given = set(values)
     overrides.update(values)
-    rendered = " ".join(f'{k}="{v}"' for k, v in overrides.items())
+    problems = []
+    for name, value in overrides.items():
+        why = sam_value_problem(value)
+        if why:
+            where = "" if name in given else f" (as samconfig.toml has it)"
+            problems.append(Problem(str(samconfig), None if name in given else line_no, None, name,
+                                    f"value {value!r}{where} cannot be written so that `sam deploy` "
+                                    f"reads it back: {why}"))
+    if problems:
+        raise ConfigError(problems)
+    rendered = " ".join(f"{k}={sam_value(v)}" for k, v in overrides.items())
     line = "parameter_overrides = " + _toml_string(rendered)
 
-    lines = text.splitlines()
+    lines = _lines(text)
     start, end, existing = _overrides_position(lines)
     if start is None:
         lines += ["", "[default.deploy.parameters]", line]
+    elif existing is None:
+        lines.insert(end, line)
     else:
-        if existing is None:
-            lines.insert(end, line)
+        lines[existing] = line
+    new_text = "\n".join(lines) + "\n"
+    try:   # what we write must read back: TOML, and the same document but for the overrides
+        after = tomllib.loads(new_text)
+        params = after.get("default", {}).get("deploy", {}).get("parameters", {})
+        written = params.pop("parameter_overrides")
+        before.get("default", {}).get("deploy", {}).get("parameters", {}).pop("parameter_overrides", None)
+        ok = parse_sam_overrides(written) == overrides and after == _with_table(before)
+    except (tomllib.TOMLDecodeError, ValueError, KeyError):
+        ok = False
+    if not ok:
+        raise ConfigError([Problem(str(samconfig), line_no, None, "parameter_overrides",
+                                   "cannot be rewritten in place (it must be one line, "
+                                   "parameter_overrides = \"...\", in [default.deploy.parameters]): "
+                                   "put it on one line and run again")])
+    return new_text
+
+
+def _with_table(data: dict) -> dict:
+    """`data` with an (empty) [default.deploy.parameters] table, as the rewrite adds one."""
+    data.setdefault("default", {}).setdefault("deploy", {}).setdefault("parameters", {})
+    return data
+
+
+def _write_beside(target: Path, text: str) -> Path:
+    """`text` in a new file beside `target` (same folder: os.replace onto it is atomic), with
+    target's permissions; returns its path. Fsynced, so the rename never exposes a partial file."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".new", dir=target.parent)
+    except OSError as exc:
+        raise ConfigError([Problem(str(target), None, None, None,
+                                   f"cannot write beside it ({exc.strerror or exc}); nothing was changed")]) from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if target.exists():
+            shutil.copymode(target, name)
         else:
-            lines[existing] = line
-    samconfig.write_text("\n".join(lines) + "\n")
-    tomllib.loads(samconfig.read_text())  # what we wrote must read back
+            os.chmod(name, 0o666 & ~_umask())
+    except OSError as exc:
+        Path(name).unlink(missing_ok=True)
+        raise ConfigError([Problem(str(target), None, None, None,
+                                   f"cannot write beside it ({exc.strerror or exc}); nothing was changed")]) from None
+    return Path(name)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# SAM CLI's reading of a parameter_overrides string (samcli/cli/types.py, CfnParameterOverridesType,
+# aws-sam-cli 1.170): pairs KEY=VALUE separated by spaces, found with re.findall; a VALUE is
+# "..." or '...' (backslash escapes any character but a newline) or unquoted (up to a space, no
+# quote); then one wrapping quote pair is stripped and only \<space>, \" and \' are unescaped: a
+# backslash before any other character stays, and "\\" is two backslashes, not one.
+_SAM_VALUE = r"""("(?:\\.|[^"\\]+)*"|'(?:\\.|[^'\\]+)*'|(?:\\.|[^ "\\]+)+)"""
+_SAM_PAIR = re.compile(r"""(?:(?: )([A-Za-z0-9"']+)=""" + _SAM_VALUE + ")")
+_SAM_LONG_PAIR = re.compile(r"""(?:ParameterKey=([A-Za-z0-9"']+),ParameterValue=""" + _SAM_VALUE + ")")
+
+
+def _sam_unquote(value: str) -> str:
+    if value and value[0] == value[-1] and value[0] in "\"'":
+        value = value[1:-1]
+    return value.replace("\\ ", " ").replace('\\"', '"').replace("\\'", "'")
+
+
+def parse_sam_overrides(raw) -> dict[str, str]:
+    """parameter_overrides (a string, a list of strings, or a table) as SAM CLI reads it.
+    Raises ValueError for what SAM CLI would refuse (a string with no KEY=VALUE pair)."""
+    if raw in ("", None) or raw == {}:
+        return {}
+    if isinstance(raw, dict):
+        def text(v):
+            if v is None:
+                return ""
+            if isinstance(v, list):
+                return ",".join(str(x).strip() for x in v if x not in (None, ""))
+            return str(v)
+        return {_sam_unquote(str(k)): _sam_unquote(text(v)) for k, v in raw.items()}
+    items = raw if isinstance(raw, list) else [raw]
+    found: dict[str, str] = {}
+    for item in items:
+        if isinstance(item, (list, dict)):
+            found.update(parse_sam_overrides(item))
+            continue
+        if not isinstance(item, str):
+            raise ValueError(f"{item!r} is not KEY=VALUE text")
+        if item.startswith("file://"):
+            raise ValueError(f"{item!r} refers to a file: preprocess writes these parameters "
+                             "itself, so give them inline (KEY=VALUE ...)")
+        normalized = " " + item.strip()
+        for pattern in (_SAM_LONG_PAIR, _SAM_PAIR):
+            pairs = pattern.findall(normalized)
+            if pairs:
+                found.update(pairs)
+                break
+        else:
+            raise ValueError(f"{item!r} holds no KEY=VALUE pair (SAM CLI refuses it)")
+    return {_sam_unquote(k): _sam_unquote(v) for k, v in found.items()}
+
+
+def sam_value_problem(value: str) -> str | None:
+    """Why `value` cannot be written in parameter_overrides so that SAM CLI reads it back as
+    itself, or None. SAM CLI has no escape for a backslash: a backslash before a space, a quote,
+    a newline or at the end is read differently (or breaks the pairs that follow). And it looks
+    for ParameterKey=K,ParameterValue=V anywhere in the string first, quotes or not."""
+    if re.search(r"""\\(?=[ "'\n]|$)""", value):
+        return ("SAM CLI's parameter_overrides cannot hold a backslash before a space, a quote, a "
+                "newline, or at the end")
+    if _SAM_LONG_PAIR.search(value):
+        return ("SAM CLI would read its ParameterKey=...,ParameterValue=... as the other syntax of "
+                "parameter_overrides, and then ignore every other parameter")
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+        return "it holds a lone surrogate (not Unicode text), which no TOML file can hold"
+    return None
+
+
+def sam_value(value: str) -> str:
+    """`value` as SAM CLI reads it back in parameter_overrides: double-quoted, its quotes as \\"
+    (SAM CLI unescapes those). Only for values sam_value_problem accepts."""
+    return '"' + value.replace('"', '\\"') + '"'
 
 
 def _toml_string(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """`value` as a TOML basic string: backslash and quote escaped, and every control character
+    (TOML forbids them raw), line or paragraph separator, and other invisible formatting
+    character (so the file's lines stay its lines, and nothing invisible hides in it) as \\uXXXX."""
+    out = []
+    for c in value:
+        if c in '"\\':
+            out.append("\\" + c)
+        elif c == "\t":
+            out.append(c)
+        elif unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp"):
+            out.append(f"\\u{ord(c):04X}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08X}")
+        elif 0xD800 <= ord(c) <= 0xDFFF:
+            raise ValueError(f"{c!r} is not a Unicode scalar value: TOML cannot hold it")
+        else:
+            out.append(c)
+    return '"' + "".join(out) + '"'
