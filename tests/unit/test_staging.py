@@ -133,3 +133,44 @@ def test_head_node_fetch_quotes_every_url_and_copies_a_bundled_package_once(tmp_
     s3.meta.events.register("before-call.s3.PutObject", lambda **kw: puts.append(1))
     staging.fetch_script(plan, job, job_dir="/x", s3_client=s3, artifacts_bucket="artifacts")
     assert puts == []   # content-addressed: already there, not copied again
+
+
+def test_head_node_fetch_of_an_s3_prefix_downloads_each_file_to_its_place(s3, monkeypatch):
+    for key in ("proj/run.sh", "proj/data/in put.txt"):
+        s3.put_object(Bucket=BUCKET, Key=key, Body=b"x")
+    signed = []
+    monkeypatch.setattr(s3, "generate_presigned_url", lambda op, Params, ExpiresIn: signed.append(
+        (op, Params, ExpiresIn)) or f"https://signed/{Params['Key']}")
+    job = PlannedJob("a", "run.sh", 10, s3_uri=f"s3://{BUCKET}/proj")   # a prefix, without the slash
+    script = staging.fetch_script(Plan("sequential", (job,), "d"), job, job_dir="/r/jobs/a", s3_client=s3,
+                                  artifacts_bucket="artifacts")
+    assert script.splitlines() == [
+        "mkdir -p /r/jobs/a/src && cd /r/jobs/a/src || exit 3",
+        "fail=0",
+        "mkdir -p data && curl -fsS --retry 3 -o 'data/in put.txt' 'https://signed/proj/data/in put.txt' || fail=1",
+        "mkdir -p . && curl -fsS --retry 3 -o run.sh https://signed/proj/run.sh || fail=1",
+        "printf '@@fetched %s %s\\n' a \"$fail\"",
+    ]
+    assert {(op, p["Bucket"], p["Key"], seconds) for op, p, seconds in signed} == {
+        ("get_object", BUCKET, "proj/run.sh", 3600), ("get_object", BUCKET, "proj/data/in put.txt", 3600)}
+
+
+def test_a_missing_handler_fails_the_head_node_fetch_before_any_url_is_made(s3, monkeypatch):
+    s3.put_object(Bucket=BUCKET, Key="proj/other.sh", Body=b"x")
+    monkeypatch.setattr(s3, "generate_presigned_url", lambda *a, **k: pytest.fail("a URL was made"))
+    job = PlannedJob("a", "run.sh", 10, s3_uri=f"s3://{BUCKET}/proj/")
+    with pytest.raises(StagingError, match="handler 'run.sh' is not among"):
+        staging.fetch_script(Plan("sequential", (job,), "d"), job, job_dir="/r", s3_client=s3,
+                             artifacts_bucket="artifacts")
+
+
+def test_s3_errors_other_than_not_found_are_staging_errors_naming_the_uri(s3):
+    job = PlannedJob("a", "run.sh", 10, s3_uri="s3://no-such-bucket-here/x.sh")
+    with pytest.raises(StagingError, match="cannot read s3://no-such-bucket-here/x.sh"):
+        staged(Plan("sequential", (job,), "d"), job, s3)
+
+
+def test_only_s3_uris_are_split():
+    assert staging.split_s3_uri("s3://b/k/x") == ("b", "k/x")
+    with pytest.raises(StagingError, match="not an S3 URI"):
+        staging.split_s3_uri("https://b/k")
