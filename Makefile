@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: install cluster-up cluster-down demo test lint build benchmark measure clean
+.PHONY: install cluster-up cluster-down demo test lint build benchmark measure fuzz mutation clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,15 @@ benchmark: install cluster-up
 # MEASURE_ARGS=--results to also stream results from the local cluster (needs cluster-up).
 measure: install
 	$(BIN)/python scripts/measure_functions.py $(MEASURE_ARGS)
+
+# The property tests with 100,000 generated cases each (CI runs a few hundred).
+fuzz: install
+	HYPOTHESIS_PROFILE=fuzz STEPCLUSTER_FUZZ_EXAMPLES=100000 $(BIN)/pytest -q -p no:cacheprovider tests/unit/test_config_properties.py tests/unit/test_preprocess_safety.py
+
+# Mutation testing of the core modules with their unit and functional tests (minutes per
+# module; not in CI). MODULES="stepcluster/staging.py" for one.
+mutation:
+	scripts/mutation.sh $(MODULES)
 
 clean:
 	rm -rf .aws-sam functions/plan
