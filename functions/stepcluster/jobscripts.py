@@ -7,7 +7,9 @@ Layout of one run (RUN = <remote root>/<execution name>):
     RUN/jobs/NAME/stdout       the handler's stdout and stderr
     RUN/jobs/NAME/stderr
     RUN/jobs/NAME/run.sh       the wrapper submitted to the scheduler
-    RUN/jobs/NAME/submit.*     the submit command's rc, stdout, stderr (makes submit idempotent)
+    RUN/jobs/NAME/submit.*     the submit command's rc, stdout, stderr (makes submit idempotent);
+                               submit.intent, written before it runs (a retry then asks the
+                               scheduler by the job's name, see submission_name)
     RUN/jobs/NAME/started      epoch seconds, written when the wrapper starts
     RUN/jobs/NAME/result       "EXIT SIGNAL ENDED_EPOCH", written atomically when it ends
 
@@ -21,6 +23,7 @@ Every value placed in a script goes through shlex.quote; job names are also rest
 from __future__ import annotations
 
 import base64
+import hashlib
 import shlex
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
@@ -64,17 +67,20 @@ def wrapper_script(*, run_dir: str, name: str, handler: str, env: Mapping[str, s
 JOB_DIR={q(d)}
 {exports}
 export STEPCLUSTER_JOB_DIR="$JOB_DIR" STEPCLUSTER_SOURCE="$JOB_DIR/src" STEPCLUSTER_OUTPUT="$JOB_DIR/output"
-mkdir -p "$STEPCLUSTER_OUTPUT"
+mkdir -p -- "$STEPCLUSTER_OUTPUT"
 date +%s > "$JOB_DIR/started"
-record() {{ printf '%s %s %s\\n' "$1" "$2" "$(date +%s)" > "$JOB_DIR/result.tmp" && mv -f "$JOB_DIR/result.tmp" "$JOB_DIR/result"; }}
+record() {{ printf '%s %s %s\\n' "$1" "$2" "$(date +%s)" > "$JOB_DIR/result.tmp" && mv -f -- "$JOB_DIR/result.tmp" "$JOB_DIR/result"; }}
 cd "$STEPCLUSTER_SOURCE" || {{ echo "stepcluster: cannot enter $STEPCLUSTER_SOURCE" >&2; record 127 0; exit 127; }}
 handler={q(handler)}
-if [ "$(head -c 2 "$handler")" = '#!' ]; then
-    chmod u+x "$handler" && "./$handler"
+# "./": a handler named like an option ("--version", "-x.sh") stays a path for every command
+case $handler in /*) path=$handler ;; *) path=./$handler ;; esac
+if [ ! -f "$path" ]; then
+    echo "stepcluster: the handler $handler is not a file in $STEPCLUSTER_SOURCE" >&2; rc=127
+elif [ "$(head -c 2 -- "$path")" = '#!' ]; then
+    chmod u+x -- "$path" && "$path"; rc=$?
 else
-    bash "$handler"
+    bash -- "$path"; rc=$?
 fi
-rc=$?
 signal=0
 if [ "$rc" -gt 128 ] && [ "$rc" -lt 160 ]; then signal=$((rc - 128)); fi
 record "$rc" "$signal"
@@ -84,7 +90,18 @@ exit "$rc"
 
 def b64(command: str) -> str:
     """Shell snippet printing a file's content as one base64 line (empty if missing)."""
-    return f'$(base64 -w0 {command} 2>/dev/null)'
+    return f'$(base64 -w0 -- {command} 2>/dev/null)'
+
+
+def submission_name(execution: str, name: str, attempt: int = 1) -> str:
+    """The job's name on the scheduler: its own name and a digest of (execution, job, attempt).
+
+    Deterministic, so that a retried submit finds, by this name, a job that an earlier attempt
+    submitted without recording its id; unique to this run, so it finds no other run's job.
+    Characters: the job name's [A-Za-z0-9_-] and hex digits, valid for every adapter.
+    """
+    digest = hashlib.sha256(f"{execution}\0{name}\0{int(attempt)}".encode()).hexdigest()[:12]
+    return f"{name}-{digest}"
 
 
 def submit_script(run_dir: str, submissions: Sequence[tuple[str, Sequence[str]]]) -> str:
@@ -93,16 +110,41 @@ def submit_script(run_dir: str, submissions: Sequence[tuple[str, Sequence[str]]]
     Each job prints `@@submit NAME RC B64(stdout) B64(stderr)`. A job whose submit.rc is
     already 0 (an earlier attempt got through) is not submitted again: its recorded output is
     printed instead, so a retried Lambda never submits a job twice.
+
+    submit.intent is written before the submit command runs. A job with an intent and no
+    submit.rc was being submitted when an earlier attempt died: the scheduler may or may not
+    have it. Such a job is not submitted but reported as `@@unsure NAME ran|-` ("ran": its
+    wrapper has started, so it was submitted), for the caller to ask the scheduler by the job's
+    name (`recovery_script` then records what it found).
     """
     lines = ["set -u"]
     for name, argv in submissions:
         d = q(job_dir(run_dir, name))
         lines.append(
-            f"if [ \"$(cat {d}/submit.rc 2>/dev/null)\" != 0 ]; then "
-            f"( cd {d} && {shlex.join(argv)} ) > {d}/submit.out 2> {d}/submit.err; echo $? > {d}/submit.rc; fi; "
-            f"printf '@@submit %s %s %s %s\\n' {q(name)} \"$(cat {d}/submit.rc)\" "
+            f"if [ -e {d}/submit.intent ] && [ ! -s {d}/submit.rc ]; then "
+            f"printf '@@unsure %s %s\\n' {q(name)} \"$([ -e {d}/started ] && echo ran || echo -)\"; else "
+            f"if [ \"$(cat -- {d}/submit.rc 2>/dev/null)\" != 0 ]; then "
+            f": > {d}/submit.intent && ( cd -- {d} && {shlex.join(argv)} ) > {d}/submit.out 2> {d}/submit.err; "
+            f"echo $? > {d}/submit.rc; fi; "
+            f"printf '@@submit %s %s %s %s\\n' {q(name)} \"$(cat -- {d}/submit.rc)\" "
             f"\"{b64(d + '/submit.out')}\" \"{b64(d + '/submit.err')}\"; "
-            f"[ \"$(cat {d}/submit.rc)\" = 0 ] || exit 0")
+            f"[ \"$(cat -- {d}/submit.rc)\" = 0 ] || exit 0; fi")
+    return "\n".join(lines) + "\n"
+
+
+def recovery_script(run_dir: str, adopted: Mapping[str, str], not_submitted: Iterable[str]) -> str:
+    """Record what the scheduler said about `@@unsure` jobs.
+
+    A job it knows is adopted (its id written as submit.out, then submit.rc 0: what a
+    successful submit leaves); a job it verifiably does not know loses its intent, so the next
+    submit script submits it.
+    """
+    lines = ["set -u"]
+    for name, job_id in adopted.items():
+        d = q(job_dir(run_dir, name))
+        lines.append(f"printf '%s\\n' {q(job_id)} > {d}/submit.out && : > {d}/submit.err && echo 0 > {d}/submit.rc")
+    for name in not_submitted:
+        lines.append(f"rm -f -- {q(job_dir(run_dir, name))}/submit.intent")
     return "\n".join(lines) + "\n"
 
 
@@ -139,7 +181,7 @@ def commands_script(commands: Sequence[tuple[str, Sequence[str]]]) -> str:
 def tails_script(run_dir: str, names: Iterable[str], max_bytes: int) -> str:
     """The last `max_bytes` of each job's stderr: `@@tail NAME B64(text)`."""
     return "\n".join(
-        f"printf '@@tail %s %s\\n' {q(n)} \"$(tail -c {int(max_bytes)} {q(job_dir(run_dir, n) + '/stderr')} 2>/dev/null | base64 -w0)\""
+        f"printf '@@tail %s %s\\n' {q(n)} \"$(tail -c {int(max_bytes)} -- {q(job_dir(run_dir, n) + '/stderr')} 2>/dev/null | base64 -w0)\""
         for n in names) + "\n"
 
 
@@ -147,12 +189,16 @@ def submitted_jobs_script(run_dir: str) -> str:
     """Every job of the run that was submitted and has no result: `@@left NAME B64(stdout)`.
 
     Read from the head node, not from the state machine's payload, so that a job submitted by
-    an attempt that crashed before reporting back is still found and cancelled.
+    an attempt that crashed before reporting back is still found and cancelled. A job whose
+    submit died before its id was recorded (an intent, no submit.rc) is `@@unsure NAME`: the
+    caller looks it up by its submission name.
     """
     return (f"cd {q(run_dir + '/jobs')} 2>/dev/null || exit 0\n"
             "for d in */; do n=${d%/}; "
-            "if [ \"$(cat \"$n/submit.rc\" 2>/dev/null)\" = 0 ] && [ ! -e \"$n/result\" ]; then "
-            "printf '@@left %s %s\\n' \"$n\" \"$(base64 -w0 \"$n/submit.out\")\"; fi; done\n")
+            "if [ \"$(cat -- \"./$n/submit.rc\" 2>/dev/null)\" = 0 ] && [ ! -e \"./$n/result\" ]; then "
+            "printf '@@left %s %s\\n' \"$n\" \"$(base64 -w0 -- \"./$n/submit.out\")\"; "
+            "elif [ -e \"./$n/submit.intent\" ] && [ ! -s \"./$n/submit.rc\" ]; then "
+            "printf '@@unsure %s\\n' \"$n\"; fi; done\n")
 
 
 #: What of a job's folder outlives the cluster: its output streams, exit record, output folder.

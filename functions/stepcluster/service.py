@@ -49,6 +49,10 @@ POLLS_AT_WAIT_TIME = 1500
 #: ...doubling its interval every this many rounds, up to MAX_WAIT_SECONDS.
 POLLS_PER_DOUBLING = 50
 MAX_WAIT_SECONDS = 3600
+#: A job submitted (its wrapper started) that the scheduler lists nowhere is asked about again
+#: this many times, this far apart, before the retried submit fails (never resubmits it).
+RECOVER_ROUNDS = 5
+RECOVER_WAIT_SECONDS = 2
 
 
 def _now() -> int:
@@ -343,14 +347,28 @@ class RunService:
         for job in batch:
             d = jobscripts.job_dir(run_dir, job.name)
             submissions.append((job.name, scheduler.submit_argv(
-                f"{d}/run.sh", job_name=job.name, workdir=f"{d}/src",
+                f"{d}/run.sh", job_name=jobscripts.submission_name(run["execution"], job.name),
+                workdir=f"{d}/src",
                 stdout=f"{d}/stdout", stderr=f"{d}/stderr")))
         ssh.run(["tar", "-xzf", "-", "-C", run_dir], stdin=bundle.getvalue())
         if fetches:
             failed = self._fetch_on_head_node(ssh, batch, fetches)
             if failed:
                 return self._fail_before_submit(run, *failed)
-        result = ssh.run_script(jobscripts.submit_script(run_dir, submissions))
+        script = jobscripts.submit_script(run_dir, submissions)
+        result = ssh.run_script(script)
+        unsure = {r.fields[0]: r.fields[1:] == ("ran",)
+                  for r in jobscripts.parse_records(result.stdout) if r.tag == "unsure"}
+        if unsure:
+            # An earlier attempt died while submitting these: adopt what the scheduler has by
+            # their names, then submit (again) only those it verifiably does not know.
+            adopted, not_known = self._recover_submissions(
+                ssh, scheduler, run, list(unsure), ran={n for n, ran in unsure.items() if ran})
+            ssh.run_script(jobscripts.recovery_script(run_dir, adopted, not_known))
+            result = ssh.run_script(script)
+            still = [r.fields[0] for r in jobscripts.parse_records(result.stdout) if r.tag == "unsure"]
+            if still:
+                raise SchedulerError(f"cannot tell whether jobs {still} were submitted: {result.tail()}")
         for record in jobscripts.parse_records(result.stdout):
             if record.tag != "submit":
                 continue
@@ -368,6 +386,63 @@ class RunService:
         run["phase"] = "RUNNING"
         run["wait_seconds"] = self._wait_seconds(run)
         return run
+
+    def _recover_submissions(self, ssh, scheduler: Scheduler, run: dict, names: list[str],
+                             ran: set[str] = frozenset()) -> tuple[dict[str, str], list[str]]:
+        """Ask the scheduler, by each job's submission name, whether it has it.
+
+        Returns ({job name: adopted id}, [job names it verifiably does not know]). SchedulerError
+        when it cannot tell (not answering, or several jobs by one name): never a guess.
+
+        A job in `ran` (its wrapper started: it was submitted) that the scheduler does not list
+        is between two of its views (Grid Engine: gone from qstat, not yet in qacct, about a
+        second): asked again, RECOVER_ROUNDS times RECOVER_WAIT_SECONDS apart, then an error."""
+        adopted, not_known, pending = {}, [], list(names)
+        for round_ in range(RECOVER_ROUNDS):
+            if round_:
+                time.sleep(RECOVER_WAIT_SECONDS)
+            found, unknown = self._ask_by_name(ssh, scheduler, run, pending)
+            adopted.update(found)
+            not_known += [n for n in unknown if n not in ran]
+            pending = [n for n in unknown if n in ran]
+            if not pending:
+                return adopted, not_known
+        raise SchedulerError(f"jobs {pending} were submitted (their wrappers started) but {scheduler.name} "
+                             f"lists no job by their names: not submitting them again")
+
+    def _ask_by_name(self, ssh, scheduler: Scheduler, run: dict,
+                     names: list[str]) -> tuple[dict[str, str], list[str]]:
+        commands = []
+        for name in names:
+            argv = scheduler.recover_argv(jobscripts.submission_name(run["execution"], name))
+            if argv is None:
+                raise SchedulerError(f"job {name!r} may have been submitted by an earlier attempt, and "
+                                     f"{scheduler.name} cannot be asked by name: not submitting it again")
+            commands.append((name, argv))
+        out = ssh.run_script(jobscripts.commands_script(commands))
+        answers = {r.fields[0]: CommandOutput(jobscripts.unb64(r.fields[2]), jobscripts.unb64(r.fields[3]),
+                                              int(r.fields[1]))
+                   for r in jobscripts.parse_records(out.stdout) if r.tag == "cmd" and len(r.fields) == 4}
+        adopted, not_known = {}, []
+        for name in names:
+            if name not in answers:
+                raise SchedulerError(f"no answer from {scheduler.name} about job {name!r}: {out.tail()}")
+            sched_name = jobscripts.submission_name(run["execution"], name)
+            ids = scheduler.parse_recover(answers[name], sched_name)
+            if len(ids) > 1:
+                raise SchedulerError(f"{scheduler.name} has several jobs named {sched_name!r} ({', '.join(ids)}): "
+                                     "not choosing one")
+            if ids:
+                if scheduler.parse_submit(CommandOutput(ids[0] + "\n")) != ids[0]:
+                    raise SchedulerError(f"{scheduler.name} id {ids[0]!r} of job {name!r} would not read back")
+                adopted[name] = ids[0]
+                log.warning("job %s was submitted by an earlier attempt as %s (%s): adopted",
+                            name, ids[0], sched_name)
+            else:
+                not_known.append(name)
+                log.warning("job %s: an earlier attempt died submitting it and %s does not know %s",
+                            name, scheduler.name, sched_name)
+        return adopted, not_known
 
     def _fetch_on_head_node(self, ssh, batch, fetches) -> tuple[str, str] | None:
         """Run the download scripts; (job name, why) of the first job whose files did not come."""
@@ -566,14 +641,22 @@ class RunService:
         """Cancel jobs the head node shows as submitted without a result; return their names."""
         scheduler = self.scheduler(run)
         out = ssh.run_script(jobscripts.submitted_jobs_script(run["cluster"]["run_dir"]))
-        leftovers = {}
+        leftovers, unsure = {}, []
         for record in jobscripts.parse_records(out.stdout):
-            if record.tag == "left":
+            if record.tag == "unsure":
+                unsure.append(record.fields[0])
+            elif record.tag == "left":
                 try:
                     leftovers[record.fields[0]] = scheduler.parse_submit(
                         CommandOutput(jobscripts.unb64(record.fields[1])))
                 except SchedulerError:
                     log.warning("cannot read the job id of leftover job %s", record.fields[0])
+        if unsure and run.get("execution"):
+            # submitted (maybe) by an attempt that died before recording the id: find it by name
+            try:
+                leftovers.update(self._recover_submissions(ssh, scheduler, run, unsure)[0])
+            except SchedulerError as exc:
+                log.warning("cannot find jobs %s by name to cancel them: %s", unsure, exc)
         if leftovers:
             ssh.run(scheduler.cancel_argv(sorted(leftovers.values())), check=False)
             log.info("cancelled leftover jobs %s", leftovers)

@@ -316,3 +316,52 @@ def test_a_cluster_that_cannot_be_deleted_fails_the_run_saying_so(
     assert report.status == "FAILED" and report.error == "ClusterDeletionFailed"
     assert "may still exist" in report.cause and "DependencyViolation" in report.cause
     assert ("The run had failed before that: JobFailed: Job 'job'" in report.cause) == earlier_failure
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_a_submit_that_dies_after_the_scheduler_accepted_the_job_is_retried_without_a_second_job(
+        scheduler, local_cluster, write_config, head_node, monkeypatch):
+    """The first Submit Jobs attempt dies after sbatch/qsub returned and before submit.rc is
+    written (its script exits there; the function fails as when Lambda loses it); the
+    definition's Retry runs Submit Jobs again: it finds the job by its name and adopts it."""
+    from stepcluster import jobscripts
+    from stepcluster.errors import RemoteCommandError, SchedulerError, TransientSSHError
+    from stepcluster.service import RunService
+
+    original_script, original_submit = jobscripts.submit_script, RunService.submit_jobs
+    attempts = []
+
+    def crashing_script(run_dir, submissions):
+        script = original_script(run_dir, submissions)
+        assert "; echo $? > " in script
+        return script.replace("; echo $? > ", "; exit 1; echo $? > ", 1)
+
+    def submit_jobs(self, run):
+        attempts.append(run["execution"])
+        if len(attempts) > 1:
+            return original_submit(self, run)
+        monkeypatch.setattr(jobscripts, "submit_script", crashing_script)
+        try:
+            original_submit(self, run)
+        except (SchedulerError, RemoteCommandError) as exc:    # the script's exit 1
+            raise TransientSSHError(f"simulated: the function died mid-submit ({exc})") from None
+        finally:
+            monkeypatch.setattr(jobscripts, "submit_script", original_script)
+        raise AssertionError("the crashing submit script did not crash")
+
+    monkeypatch.setattr(RunService, "submit_jobs", submit_jobs)
+    config = write_config("sequential", {"once": "echo ran"})
+    report = run_local(config, "resubmit", scheduler=scheduler, cluster=local_cluster)
+    assert report.status == "SUCCEEDED", report.cause
+    assert len(attempts) == 2
+    job_id = jobs_by_name(report)["once"]["job_id"]
+    name = jobscripts.submission_name(attempts[0], "once")
+    adapter = get_scheduler(scheduler)
+    found = head_node.run_script(shlex.join(adapter.recover_argv(name)), check=False)
+    assert adapter.parse_recover(CommandOutput(found.stdout, found.stderr, found.exit_code), name) == [job_id]
+    if scheduler == "slurm":     # the scheduler's own count: one job by that name, any state
+        listed = head_node.run(["squeue", "-h", "-t", "all", "-n", name, "-o", "%i"]).stdout.split()
+    else:                        # ended: one accounting record by that name
+        listed = [line.split()[1] for line in head_node.run(["qacct", "-j", name]).stdout.splitlines()
+                  if line.startswith("jobnumber")]
+    assert listed == [job_id]

@@ -27,12 +27,30 @@ class FakeScheduler(Scheduler):
         self.status_file = folder / "status.txt"
         self.status_file.write_text("")
         self.cancelled = folder / "cancelled.txt"
+        self.submitted = folder / "submitted.txt"   # one line per submission: its name
+        self.known = folder / "known.txt"           # "ID NAME": what it would list by name
+        self.known.write_text("")
 
     def probe_argv(self):
         return ["true"]
 
     def submit_argv(self, script, *, job_name, workdir, stdout, stderr):
-        return ["echo", f"id-{job_name}"]
+        # id-JOB for a job's first submission, id-JOB-N for its N-th: a second submission shows
+        short = job_name.rsplit("-", 1)[0]
+        return ["bash", "-c", 'echo "$2" >> "$1"; c=$(grep -cx -- "$2" "$1"); id="id-$3"; '
+                '[ "$c" = 1 ] || id="$id-$c"; echo "$id $2" >> "$4"; echo "$id"',
+                "submit", str(self.submitted), job_name, short, str(self.known)]
+
+    def submissions(self):
+        return self.submitted.read_text().split() if self.submitted.exists() else []
+
+    def recover_argv(self, job_name):
+        return ["cat", str(self.known)]
+
+    def parse_recover(self, out, job_name):
+        if out.exit_code != 0:
+            raise SchedulerError(out.stderr)
+        return [i for i, n in (line.split() for line in out.stdout.splitlines()) if n == job_name]
 
     def parse_submit(self, out):
         return out.stdout.strip()
@@ -211,9 +229,74 @@ def test_submit_twice_does_not_submit_twice(world):
     svc, scheduler, run = world("parallel")
     first = svc.submit_jobs(run)
     retried = svc.submit_jobs(run)  # a retried Lambda sees the same input
+    # the fake gives a second submission of a job another id (id-a-2): the ids would differ
     assert first["jobs"] == retried["jobs"]
+    assert {n: j["job_id"] for n, j in retried["jobs"].items()} == {"a": "id-a", "b": "id-b", "c": "id-c"}
+    assert len(scheduler.submissions()) == 3 and len(set(scheduler.submissions())) == 3
     rcs = sorted(Path(run["cluster"]["run_dir"], "jobs").glob("*/submit.rc"))
     assert len(rcs) == 3
+
+
+def crash_after_the_first_submit(monkeypatch):
+    """The next submit script dies right after the scheduler accepted its first job, before
+    that job's submit.rc is written (as when the Lambda dies mid-script)."""
+    original = service_module.jobscripts.submit_script
+
+    def crashing(run_dir, submissions):
+        script = original(run_dir, submissions)
+        marker = "; echo $? > "
+        assert marker in script
+        monkeypatch.setattr(service_module.jobscripts, "submit_script", original)   # once
+        return script.replace(marker, "; exit 1; echo $? > ", 1)
+    monkeypatch.setattr(service_module.jobscripts, "submit_script", crashing)
+
+
+@pytest.mark.parametrize("order", ["sequential", "parallel"])
+def test_a_retry_after_a_crash_between_submit_and_submit_rc_adopts_the_first_job(world, monkeypatch, order):
+    svc, scheduler, run = world(order)
+    crash_after_the_first_submit(monkeypatch)
+    with pytest.raises(SchedulerError, match="reported nothing"):
+        svc.submit_jobs(run)
+    job_dir = Path(run["cluster"]["run_dir"], "jobs", "a")
+    assert scheduler.submissions() and not (job_dir / "submit.rc").exists()   # accepted, not recorded
+    retried = svc.submit_jobs(run)                # the Lambda's retry, same input
+    expected = 1 if order == "sequential" else 3
+    assert len(scheduler.submissions()) == expected, scheduler.submissions()   # nothing submitted twice
+    assert retried["jobs"]["a"] == {"state": "PENDING", "job_id": "id-a"}
+    assert (job_dir / "submit.rc").read_text().strip() == "0"
+    assert svc.submit_jobs(run)["jobs"] == retried["jobs"]       # and again: still the same
+    assert len(scheduler.submissions()) == expected
+
+
+def test_a_job_whose_submission_the_scheduler_does_not_know_is_submitted_once(world):
+    """Intent written, then the attempt died before the submit command ran."""
+    svc, scheduler, run = world()
+    job_dir = Path(run["cluster"]["run_dir"], "jobs", "a")
+    job_dir.mkdir(parents=True)
+    (job_dir / "submit.intent").write_text("")
+    run = svc.submit_jobs(run)
+    assert run["jobs"]["a"] == {"state": "PENDING", "job_id": "id-a"}
+    assert len(scheduler.submissions()) == 1
+
+
+def test_a_scheduler_that_cannot_tell_is_never_submitted_to_again(world):
+    svc, scheduler, run = world()
+    job_dir = Path(run["cluster"]["run_dir"], "jobs", "a")
+    job_dir.mkdir(parents=True)
+    (job_dir / "submit.intent").write_text("")
+    scheduler.known.unlink()                      # the look-up by name fails
+    with pytest.raises(SchedulerError):
+        svc.submit_jobs(run)
+    assert scheduler.submissions() == []
+
+
+def test_cancel_finds_a_job_whose_submission_crashed_by_its_name(world, monkeypatch):
+    svc, scheduler, run = world()
+    crash_after_the_first_submit(monkeypatch)
+    with pytest.raises(SchedulerError):
+        svc.submit_jobs(run)
+    svc.cancel_jobs(run)                          # retries exhausted: the failure path
+    assert scheduler.cancelled.read_text().split() == ["id-a"]
 
 
 def test_a_missing_handler_fails_before_anything_is_submitted(world):
@@ -342,3 +425,18 @@ def test_a_package_uploaded_by_preprocess_is_staged_from_s3(tmp_path, monkeypatc
         run = svc.submit_jobs(run)
     assert run["phase"] == "RUNNING"
     assert Path(run["cluster"]["run_dir"], "jobs", "a", "src", "run.sh").read_text() == "echo from s3\n"
+
+
+def test_a_job_whose_wrapper_ran_is_never_submitted_again_even_if_the_scheduler_lists_it_nowhere(
+        world, monkeypatch):
+    """Grid Engine drops an ended job from qstat about a second before qacct has it: a job
+    whose wrapper started was submitted, whatever one look at the scheduler says."""
+    svc, scheduler, run = world()
+    monkeypatch.setattr(service_module, "RECOVER_WAIT_SECONDS", 0)
+    job_dir = Path(run["cluster"]["run_dir"], "jobs", "a")
+    job_dir.mkdir(parents=True)
+    (job_dir / "submit.intent").write_text("")
+    (job_dir / "started").write_text("1700000000\n")
+    with pytest.raises(SchedulerError, match="wrappers started"):
+        svc.submit_jobs(run)
+    assert scheduler.submissions() == []

@@ -817,3 +817,47 @@ def test_slurm_accounting_script_tries_scontrol_then_sacct(fake_bin):
 def test_categories_used_by_the_tables_are_all_known():
     for adapter in ADAPTERS.values():
         assert set(adapter.STATES.values()) <= ACTIVE | TERMINAL | {Category.MISSING}
+
+
+# ------------------------------------------------- finding a submitted job by its name (retries)
+@pytest.mark.parametrize("scheduler, fixture, expected", [
+    ("slurm", "recover_known", ["136"]),
+    ("slurm", "recover_unknown", []),          # accounting disabled: squeue's answer is enough
+    ("sge", "recover_known", ["61"]),
+    ("sge", "recover_unknown", []),
+    ("sge", "recover_ended", None),            # from qacct: its jobnumber
+])
+def test_a_job_is_found_by_its_name_in_recorded_output(scheduler, fixture, expected):
+    doc, out = load(scheduler, fixture)
+    assert doc["command"] == " ".join(__import__("shlex").quote(a) for a in
+                                      ADAPTERS[scheduler].recover_argv(doc["job_name"]))
+    ids = ADAPTERS[scheduler].parse_recover(out, doc["job_name"])
+    if expected is None:       # the id qsub printed, as the fixture says
+        expected = [re.search(r"printed (\d+)", doc["what"]).group(1)]
+    assert ids == expected
+    if scheduler == "sge":     # names filtered here (squeue filters by --name itself)
+        assert ADAPTERS[scheduler].parse_recover(out, doc["job_name"] + "x") == []   # exact names only
+
+
+def test_torque_finds_a_job_by_its_name_in_qstat_f():
+    _, out = load("torque", "recover_by_name")
+    torque = Torque()
+    assert torque.recover_argv("a-0123456789ab") == ["qstat", "-f"]
+    assert torque.parse_recover(out, "a-0123456789ab") == ["301.head.example.com"]
+    assert torque.parse_recover(out, "1st-0123456789ab") == ["303.head.example.com"]   # letter_first
+    assert torque.parse_recover(out, "a-0123456789") == []
+    assert torque.parse_recover(CommandOutput("", "", 0), "a") == []          # no jobs at all
+
+
+@pytest.mark.parametrize("scheduler, out", [
+    ("slurm", CommandOutput("", "slurm_load_jobs error: Unable to contact slurm controller", 1)),
+    ("slurm", CommandOutput("136\n", "", 0)),                           # never reached the mark
+    ("slurm", CommandOutput("garbage\n@@stepcluster-sacct\n", "", 0)),
+    ("sge", CommandOutput("", "error: commlib error: got select error (Connection refused)", 1)),
+    ("sge", CommandOutput("<job_info>\n@@stepcluster-qacct\n", "", 0)),
+    ("torque", CommandOutput("", "qstat: cannot connect to server head (errno=111)", 1)),
+    ("torque", CommandOutput("not qstat -f\n", "", 0)),
+])
+def test_a_scheduler_that_cannot_tell_is_an_error_never_an_empty_answer(scheduler, out):
+    with pytest.raises(SchedulerError):
+        ADAPTERS[scheduler].parse_recover(out, "a-0123456789ab")

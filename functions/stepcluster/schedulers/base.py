@@ -119,6 +119,18 @@ class Scheduler(abc.ABC):
         """Parse `accounting_argv`'s output; MISSING when the history does not know it (yet)."""
         return JobStatus(job_id, Category.MISSING, "")
 
+    def recover_argv(self, job_name: str) -> list[str] | None:
+        """A command listing the jobs the scheduler knows by the name `job_name` (as given to
+        `submit_argv`): how a retried submit finds a job that an earlier attempt submitted but
+        whose id it never recorded. None when this scheduler cannot be asked (then a retry
+        refuses to guess: it never submits a second copy blindly)."""
+        return None
+
+    def parse_recover(self, out: CommandOutput, job_name: str) -> list[str]:
+        """The ids of the jobs named `job_name` in `recover_argv`'s output; [] only when the
+        scheduler answered and verifiably knows none. SchedulerError when it cannot tell."""
+        raise SchedulerError(f"{self.name}: no way to find a job by its name")
+
     @abc.abstractmethod
     def cancel_argv(self, job_ids: Sequence[str]) -> list[str]:
         """One command cancelling all `job_ids`; cancelling a finished job is not an error."""

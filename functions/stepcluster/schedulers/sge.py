@@ -132,6 +132,7 @@ _QACCT_EXIT = re.compile(r"^(?P<code>-?\d+)")
 _QACCT_NOT_YET = re.compile(r"job id \S+ not found|no jobs running since startup|No such file or directory",
                             re.IGNORECASE)
 _BAD_OUTPUT_PATH = re.compile(r"[:,$\n]")   # -o/-e take [[host]:]path,... and expand $JOB_ID & co
+_RECOVER_MARK = "@@stepcluster-qacct"
 _CANCEL_OK = r"does not exist|has registered the job|has deleted job|already in deletion|is already"
 
 
@@ -258,6 +259,42 @@ class SGE(Scheduler):
         # itself reports a failure (a script may well `exit 137`)
         signal = code - 128 if failed_code != 0 and code > 128 else None
         return JobStatus(job_id, Category.FAILED, raw, exit_code=code, signal=signal, reason=reason)
+
+    def recover_argv(self, job_name: str) -> list[str] | None:
+        # every job qstat knows (JB_name), then the accounting file by name for ended ones
+        # ("error: job name N not found", exit 1, when it has none)
+        return ["sh", "-c",
+                'out=$(qstat -xml -u "*") || { rc=$?; printf "%s\\n" "$out"; exit $rc; }\n'
+                'printf "%s\\n" "$out"\n'
+                f'echo {_RECOVER_MARK}\n'
+                'qacct -j "$1" 2>&1\n'
+                'exit 0', "sh", letter_first(job_name)]
+
+    def parse_recover(self, out: CommandOutput, job_name: str) -> list[str]:
+        name = letter_first(job_name)
+        xml_text, mark, history = out.stdout.partition(_RECOVER_MARK)
+        if out.exit_code != 0 or not mark:
+            raise SchedulerError(f"qstat cannot say whether job {name!r} exists: {raw_output(out)}")
+        try:
+            root = ET.fromstring(xml_text.strip())
+        except ET.ParseError as exc:
+            raise SchedulerError(f"qstat -xml printed no valid XML ({exc}): {raw_output(out)}") from None
+        ids = [(job.findtext("JB_job_number") or "").strip() for job in root.iter("job_list")
+               if (job.findtext("JB_name") or "").strip() == name]
+        records, current = [], {}
+        for line in history.splitlines():
+            if line.startswith("=========="):
+                current = {}
+                records.append(current)
+                continue
+            m = _QACCT_LINE.match(line)
+            if m:
+                current.setdefault(m.group("key"), m.group("value"))
+        ids += [r.get("jobnumber", "") for r in records if r.get("jobname") == name]
+        bad = [i for i in ids if not _JOB_ID.match(i)]
+        if bad:
+            raise SchedulerError(f"not Grid Engine job ids for job {name!r}: {bad!r}: {raw_output(out)}")
+        return sorted(set(ids), key=ids.index)
 
     def cancel_argv(self, job_ids: Sequence[str]) -> list[str]:
         # qdel exits 1 when an id is already gone: that is not an error here, anything else is

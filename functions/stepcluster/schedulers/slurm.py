@@ -189,7 +189,8 @@ _SC_REASON = re.compile(r"\sReason=(?P<reason>\S+)")
 _SC_PRIORITY = re.compile(r"\sPriority=(?P<priority>\d+)")
 _SC_EXIT = re.compile(r"\sExitCode=(?P<code>\d+):(?P<signal>\d+)")
 _SACCT_ROW = re.compile(r"^(?P<id>[^|]+)\|(?P<state>[^|]+)\|(?P<code>\d+):(?P<signal>\d+)$")
-_BAD_PATH = re.compile(r"[%\\\n]")   # sbatch expands %j, %x... in -o/-e; "\" turns that off
+_BAD_PATH = re.compile(r"[%\\\n]")
+_RECOVER_MARK = "@@stepcluster-sacct"   # sbatch expands %j, %x... in -o/-e; "\" turns that off
 
 
 
@@ -305,6 +306,34 @@ class Slurm(Scheduler):
         if out.exit_code != 0 and unexplained:
             raise SchedulerError(f"cannot read Slurm's history of job {job_id}: {raw_output(out)}")
         return JobStatus(job_id, Category.MISSING, "")
+
+    def recover_argv(self, job_name: str) -> list[str] | None:
+        # slurmctld's memory (every state, for MinJobAge after the end), then slurmdbd's when
+        # the cluster keeps accounting; sacct's complaints ("accounting storage is disabled")
+        # go to stdout after the mark and do not make the answer unsure: squeue's does.
+        return ["sh", "-c",
+                'squeue --noheader --states=all --name="$1" --format=%i || exit $?\n'
+                f'echo {_RECOVER_MARK}\n'
+                'sacct --noheader --allocations --parsable2 --format=JobIDRaw,JobName '
+                '--starttime=now-7days --name="$1" 2>&1\n'
+                'exit 0', "sh", job_name]
+
+    def parse_recover(self, out: CommandOutput, job_name: str) -> list[str]:
+        live, mark, history = out.stdout.partition(_RECOVER_MARK)
+        if out.exit_code != 0 or not mark:
+            raise SchedulerError(f"squeue cannot say whether job {job_name!r} exists: {raw_output(out)}")
+        ids = []
+        for line in (line.strip() for line in live.splitlines()):
+            if not line:
+                continue
+            if not _JOB_ID.match(line):
+                raise SchedulerError(f"unexpected squeue line {line!r}: {raw_output(out)}")
+            ids.append(line)
+        for line in history.splitlines():
+            row = line.strip().split("|")
+            if len(row) == 2 and row[1] == job_name and _JOB_ID.match(row[0]):
+                ids.append(row[0])
+        return sorted(set(ids), key=ids.index)
 
     def cancel_argv(self, job_ids: Sequence[str]) -> list[str]:
         # scancel exits 0 for finished and unknown ids (observed on 22.05)

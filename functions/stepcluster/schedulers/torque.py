@@ -206,6 +206,22 @@ class Torque(Scheduler):
 
     # accounting_argv: none. A job gone from qstat has no history a client can read.
 
+    def recover_argv(self, job_name: str) -> list[str] | None:
+        # every job the server knows, Job_Name among the attributes; completed ones for
+        # keep_completed seconds (Torque keeps no history a client can read after that)
+        return ["qstat", "-f"]
+
+    def parse_recover(self, out: CommandOutput, job_name: str) -> list[str]:
+        name = letter_first(job_name)
+        if out.exit_code != 0 or out.stderr.strip():
+            raise SchedulerError(f"qstat -f cannot say whether job {name!r} exists: {raw_output(out)}")
+        try:
+            jobs = parse_full(out.stdout)
+        except SchedulerError as exc:
+            raise SchedulerError(f"{exc}: {raw_output(out)}") from None
+        ids = [job_id for job_id, attrs in jobs if attrs.get("Job_Name") == name]
+        return sorted(set(ids), key=ids.index)
+
     def cancel_argv(self, job_ids: Sequence[str]) -> list[str]:
         # qdel fails for ids already gone (Unknown Job Id) or completed (invalid state): fine here
         return qdel_argv(_ids(job_ids), _CANCEL_OK)
