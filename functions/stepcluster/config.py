@@ -38,7 +38,9 @@ Decisions (documented here because they are part of the contract):
 * Job names: 1..64 characters from ``A-Z a-z 0-9 _ -``, not starting with ``-`` (it would read
   as a command-line option wherever the name reaches a shell command).
 * ``handler``: a relative POSIX path inside the job's files; absolute paths, ``~``, ``..``
-  components, backslashes, control characters and trailing ``/`` are refused. ``.`` components
+  components, backslashes, control characters and trailing ``/`` are refused (control
+  characters: Unicode categories Cc, Cf, Zl and Zp, so C1 controls, U+2028 / U+2029 and bidi
+  overrides such as U+202E too, in ``handler``, ``s3_uri`` and ``local_path`` alike). ``.`` components
   and doubled slashes are normalised away (``./src//a.sh`` -> ``src/a.sh``).
 * ``local_path``: ``~`` is expanded; relative paths are relative to the config file's folder;
   the result is resolved (symlinks followed) and must exist as a readable file or folder. For a
@@ -55,7 +57,10 @@ Decisions (documented here because they are part of the contract):
   backslash (samconfig.toml's parameter_overrides carries that parameter to ``sam deploy``, and the
   SAM CLI unescapes them). ``*``, ``?`` and ``$`` are fine: preprocess writes them as IAM's
   literal ``${*}``, ``${?}``, ``${$}``.
-* ``wait_time``: ASCII digits only (surrounding whitespace ignored), value 1..240.
+* ``wait_time``: ASCII digits only (surrounding whitespace ignored), value 1..240; a digit string
+  of any length is an ordinary out-of-range problem, never Python's int() digit-limit error.
+* Problems are rendered with every non-printable character (save the space) escaped as
+  ``\\xNN`` / ``\\uNNNN``: nothing a config holds reaches the terminal raw.
 * A ``[job X]`` section not listed in ``[order]`` is a warning (the job will not run); its
   contents are still checked, and errors in it are errors.
 * `ConfigError.problems` holds the errors (sorted by line); the warnings found in the same pass
@@ -69,6 +74,7 @@ import difflib
 import ipaddress
 import os
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,6 +106,52 @@ SECTION_WORDS = ("order", "job")
 
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+#: Unicode categories refused in values and escaped in rendered problems: controls (C0, DEL, C1),
+#: format characters (bidi overrides such as U+202E, zero-width ones), line and paragraph
+#: separators (U+2028, U+2029), and lone surrogates (which cannot even be printed).
+_UNSAFE_CATEGORIES = frozenset(("Cc", "Cf", "Zl", "Zp", "Cs"))
+#: Longest digit string read as a number (after leading zeros): far above any limit, far below
+#: Python's int() digit limit, so a huge number is an ordinary "out of range" problem.
+_MAX_INT_DIGITS = 18
+
+
+def _has_unsafe_chars(value: str) -> bool:
+    """True if `value` holds a control, format or separator character (see above)."""
+    return bool(_CONTROL_RE.search(value)) or any(
+        unicodedata.category(ch) in _UNSAFE_CATEGORIES for ch in value if ord(ch) >= 0x7F
+    )
+
+
+def _escape_unsafe(text: str) -> str:
+    """`text` with every character that is not printable (save the space) written as
+    \\xNN, \\uNNNN or \\UNNNNNNNN, so that nothing printed can drive a terminal."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch == " " or ch.isprintable():
+            out.append(ch)
+            continue
+        code = ord(ch)
+        if code < 0x100:
+            out.append(f"\\x{code:02x}")
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return "".join(out)
+
+
+def _small_int(text: str, low: int, high: int) -> int | None:
+    """The ASCII-digit string `text` as an int if it lies in low..high; None otherwise (also for
+    a digit string too long to be one: never Python's int() digit-limit ValueError)."""
+    if not re.fullmatch(r"[0-9]+", text):
+        return None
+    digits = text.lstrip("0") or "0"
+    if len(digits) > _MAX_INT_DIGITS:
+        return None
+    number = int(digits)
+    return number if low <= number <= high else None
 _INLINE_COMMENT_RE = re.compile(r"\s[#;]")
 _NEWLINE_RE = re.compile(r"\r\n|\r|\n")
 
@@ -129,7 +181,9 @@ class Problem:
         if self.key is not None:
             parts.append(f"{self.key}:")
         parts.append(self.message)
-        return " ".join(parts)
+        # Every field may hold what the user wrote (a path, a section, a key): escaped, so that no
+        # control, bidi or separator character reaches the terminal raw.
+        return _escape_unsafe(" ".join(parts))
 
 
 @dataclass(frozen=True)
@@ -152,8 +206,8 @@ class JobsConfig:
         names = [job.name for job in self.jobs]
         count = f"{len(names)} job" + ("" if len(names) == 1 else "s")
         if self.order == "parallel":
-            return f"{self.path}: {count} in parallel: {_abbreviate(names, ', ')}"
-        return f"{self.path}: {count}, sequential: {_abbreviate(names, ' -> ')}"
+            return _escape_unsafe(f"{self.path}: {count} in parallel: {_abbreviate(names, ', ')}")
+        return _escape_unsafe(f"{self.path}: {count}, sequential: {_abbreviate(names, ' -> ')}")
 
 
 def _abbreviate(names: list[str], sep: str, limit: int = 8, head: int = 4, tail: int = 2) -> str:
@@ -719,11 +773,9 @@ class _Checker:
         wait_entry, wait_value = single("wait_time")
         wait_time = DEFAULT_WAIT_TIME
         if wait_entry is not None and wait_value is not None:
-            if (
-                re.fullmatch(r"[0-9]+", wait_value)
-                and MIN_WAIT_TIME <= int(wait_value) <= MAX_WAIT_TIME
-            ):
-                wait_time = int(wait_value)
+            number = _small_int(wait_value, MIN_WAIT_TIME, MAX_WAIT_TIME)
+            if number is not None:
+                wait_time = number
             else:
                 hint = ""
                 if _INLINE_COMMENT_RE.search(wait_value):
@@ -768,8 +820,8 @@ class _Checker:
     def check_local_path(self, value: str, handler: str | None):
         if not value:
             return None, "is empty: give a file or folder, relative to the config file or absolute"
-        if _CONTROL_RE.search(value):
-            return None, f"contains control characters: {_short(value)}"
+        if _has_unsafe_chars(value):
+            return None, f"contains control or invisible formatting characters: {_short(value)}"
         try:
             expanded = os.path.expanduser(value)
             target = Path(self.base_dir, expanded).resolve()
@@ -841,8 +893,8 @@ def _check_handler(value: str):
     """Return (normalised handler, None) or (None, message)."""
     if not value:
         return None, "is empty: name the script to run, relative to the job's files"
-    if _CONTROL_RE.search(value):
-        return None, f"contains control characters: {_short(value)}"
+    if _has_unsafe_chars(value):
+        return None, f"contains control or invisible formatting characters: {_short(value)}"
     if value.startswith("/"):
         return None, (
             f"must be a path relative to the job's files, not an absolute path: {_short(value)}"
@@ -870,8 +922,8 @@ def _check_s3_uri(value: str):
     expected = "expected s3://BUCKET/KEY-OR-PREFIX"
     if not value:
         return f"is empty: {expected}", None
-    if _CONTROL_RE.search(value):
-        return f"contains control characters: {_short(value)}", None
+    if _has_unsafe_chars(value):
+        return f"contains control or invisible formatting characters: {_short(value)}", None
     lowered = value.lower()
     if lowered.startswith(("http://", "https://")):
         return f"{expected}, not an HTTP(S) URL: {_short(value)}", None

@@ -114,10 +114,28 @@ class RunService:
     # -- the cluster's lifecycle (no SSH) ------------------------------------------------
     def create_cluster(self, run: dict) -> dict:
         """Check the input and the plan, make the run's key, start creating the cluster."""
+        import difflib
+        import json
+
         user_input = run.get("input")
-        if not isinstance(user_input, dict) or "cluster_name" not in user_input:
-            raise InputError('execution input must be a JSON object like {"cluster_name": "my-cluster"}; '
-                             f"got {user_input!r}")
+        known = ("cluster_name", "keep_cluster")    # every key read from the input
+        example = 'a JSON object like {"cluster_name": "my-cluster"}'
+        if not isinstance(user_input, dict):
+            what = {list: "an array", str: "a string", bool: "a boolean", type(None): "null",
+                    int: "a number", float: "a number"}.get(type(user_input), "not an object")
+            shown = json.dumps(user_input, default=str)
+            shown = shown if len(shown) <= 200 else shown[:197] + "..."
+            raise InputError(f"execution input must be {example}; got {what}: {shown}")
+        unknown = sorted((k for k in user_input if k not in known), key=str)
+        if unknown:
+            described = []
+            for k in unknown:
+                close = difflib.get_close_matches(str(k), known, n=1, cutoff=0.6)
+                described.append(f"{json.dumps(k)}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise InputError(f"execution input has unknown key{'s' if len(unknown) > 1 else ''} "
+                             f"{', '.join(described)}: the keys are {', '.join(known)}")
+        if "cluster_name" not in user_input:
+            raise InputError(f"execution input must be {example}: cluster_name is missing")
         keep = user_input.get("keep_cluster", False)
         if not isinstance(keep, bool):
             raise InputError(f"keep_cluster must be true or false, got {keep!r}")

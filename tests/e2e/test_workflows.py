@@ -155,6 +155,22 @@ def test_a_bad_cluster_name_fails_fast_and_touches_nothing(execution_input, loca
     assert report.invocations == {"ClusterFunction": 1}
 
 
+@pytest.mark.parametrize("execution_input,says", [
+    ([], "got an array"), ("demo", "got a string"), (7, "got a number"),   # (run_local reads None as "the default")
+    ({"cluster_name": "c1", "keep_clsuter": True}, "did you mean 'keep_cluster'?"),
+])
+def test_an_input_that_is_not_the_documented_object_fails_with_what_it_must_be(
+        execution_input, says, local_cluster, write_config):
+    """Through the real definition: Start Run must not fail on it (States.Runtime) before
+    Create Cluster can say what is wrong."""
+    config = write_config("sequential", {"a": "true"})
+    report = run_local(config, "unused", cluster=local_cluster, execution_input=execution_input)
+
+    assert (report.status, report.error) == ("FAILED", "InputError")
+    assert says in report.cause and "cluster_name" in report.cause
+    assert report.invocations == {"ClusterFunction": 1} and report.counts["ssh_connections"] == 0
+
+
 def test_a_lambda_error_mid_run_still_cancels_and_tears_down(local_cluster, write_config, head_node):
     config = write_config("parallel", {"busy": "sleep 120"})
     report = run_local(config, "crash", cluster=local_cluster, on_start=crash_polling)

@@ -173,7 +173,8 @@ def test_create_refuses_a_bad_config_before_calling_cfncluster(aws):
         make_backend(aws, no_key).create(ctx(), SshKey(None, "s", False))
 
 
-@pytest.mark.parametrize("name", ["9lives", "a" * 61, "has_underscore", "", None, "semi;colon"])
+@pytest.mark.parametrize("name", ["9lives", "a" * 61, "has_underscore", "", None, "semi;colon",
+                                  "demo\n"])
 def test_check_name_refuses(name):
     with pytest.raises(InputError):
         CfnClusterBackend(settings(), config_path="unused").check_name(name)

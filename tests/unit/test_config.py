@@ -808,3 +808,73 @@ def test_fuzz_random_bytes(tmp_path):
 
 def test_config_error_is_a_stepcluster_error():
     assert issubclass(ConfigError, StepclusterError)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input found by fuzzing (issue 8, section 2): a Problem, never a traceback
+
+
+@pytest.mark.parametrize(
+    "value", ["9" * 5000, "1" + "0" * 4299, "9" * 4301, "-" + "9" * 5000, "9" * 19, "241" * 2000]
+)
+def test_a_huge_wait_time_is_the_ordinary_range_problem(tmp_path, value):
+    # int() of more than 4,300 digits raises ValueError: it used to escape as a traceback.
+    problem = only_error(GOOD_ORDER + GOOD_JOB_A + f"wait_time = {value}\n", tmp_path)
+    assert_at(problem, 7, "job a", "wait_time", "must be an integer from 1 to 240 (seconds)")
+    assert len(str(problem)) < 300, "the value is shortened in the message"
+
+
+def test_leading_zeros_in_wait_time_are_still_the_number(tmp_path):
+    config = parse(GOOD_ORDER + GOOD_JOB_A + "wait_time = " + "0" * 5000 + "30\n", tmp_path)
+    assert config.jobs[0].wait_time == 30
+
+
+UNSAFE = {
+    "escape": "\x1b[31m",
+    "C1 NEL": "\x85",
+    "C1 CSI": "\x9b",
+    "line separator": "\u2028",
+    "paragraph separator": "\u2029",
+    "bidi override": "\u202e",
+    "zero-width space": "\u200b",
+    "BOM inside": "\ufeff",
+}
+
+
+@pytest.mark.parametrize("char", list(UNSAFE.values()), ids=list(UNSAFE))
+@pytest.mark.parametrize("key", ["handler", "s3_uri", "local_path"])
+def test_control_and_format_characters_in_values_are_refused(tmp_path, key, char):
+    (tmp_path / f"x{char}y").mkdir()
+    (tmp_path / f"x{char}y" / "run.sh").write_text("true\n")
+    values = {"handler": "run.sh", "s3_uri": None, "local_path": None}
+    if key == "handler":
+        values["handler"] = f"src/a{char}b.sh"
+        values["s3_uri"] = "s3://my-bucket/a/"
+    elif key == "s3_uri":
+        values["s3_uri"] = f"s3://my-bucket/a{char}b/"
+    else:
+        values["local_path"] = f"x{char}y"
+    body = "".join(f"{k} = {v}\n" for k, v in values.items() if v is not None)
+    problem = only_error(GOOD_ORDER + "[job a]\n" + body, tmp_path)
+    line = 5 + [k for k, v in values.items() if v is not None].index(key)
+    assert_at(problem, line, "job a", key, "contains control or invisible formatting characters")
+    assert str(problem).isprintable(), repr(str(problem))
+
+
+def test_problem_rendering_escapes_what_could_drive_a_terminal():
+    problem = Problem(
+        "jobs\x1b]0;title\x07.ini", 3, "job \u202ea", "ke\x9by", "bad\u2028value\x85\ufeff"
+    )
+    rendered = str(problem)
+    assert rendered.isprintable(), repr(rendered)
+    assert rendered == (
+        "jobs\\x1b]0;title\\x07.ini:3: [job \\u202ea] ke\\x9by: bad\\u2028value\\x85\\ufeff"
+    )
+    # Ordinary text, spaces and non-ASCII letters are left as they are.
+    assert str(Problem("jobs.ini", 1, "job a", "handler", "héllo wörld")).endswith("héllo wörld")
+
+
+def test_an_unknown_key_with_escapes_is_printed_escaped(tmp_path):
+    problem = only_error(GOOD_ORDER + GOOD_JOB_A + "wait\x1b[2J\u202etime = 5\n", tmp_path)
+    assert problem.line == 7 and "unknown key" in problem.message
+    assert str(problem).isprintable() and "\\x1b[2J\\u202e" in str(problem)

@@ -180,7 +180,8 @@ def test_check_name_accepts_parallelcluster_names(name):
     assert backend().check_name(name) == name
 
 
-@pytest.mark.parametrize("name", ["a", "a" * 61, "1abc", "-abc", "bad_name", "has space", "", None, 42])
+@pytest.mark.parametrize("name", ["a", "a" * 61, "1abc", "-abc", "bad_name", "has space", "", None, 42,
+                                  "demo\n", "ab\n"])
 def test_check_name_refuses_with_the_rule(name):
     with pytest.raises(InputError, match="2 to 60 characters, start with a letter"):
         backend().check_name(name)

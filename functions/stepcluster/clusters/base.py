@@ -71,7 +71,7 @@ class ClusterBackend(abc.ABC):
 
     def check_name(self, cluster_name) -> str:
         """The name, if this backend accepts it; InputError naming the rule otherwise."""
-        if not isinstance(cluster_name, str) or not CLUSTER_NAME.match(cluster_name):
+        if not isinstance(cluster_name, str) or not CLUSTER_NAME.fullmatch(cluster_name):
             raise InputError(
                 f"cluster_name must start with a letter and hold at most 60 letters, digits or "
                 f"hyphens; got {cluster_name!r}")

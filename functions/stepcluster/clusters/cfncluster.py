@@ -234,7 +234,7 @@ class CfnClusterBackend(ClusterBackend):
     # -- names ------------------------------------------------------------------------------
     def check_name(self, cluster_name) -> str:
         name = super().check_name(cluster_name)
-        if not STACK_NAME.match(STACK_PREFIX + name):
+        if not STACK_NAME.fullmatch(STACK_PREFIX + name):
             raise InputError(f"cluster_name {name!r} gives the stack name {STACK_PREFIX + name!r}, "
                              f"which CloudFormation does not accept")
         return name

@@ -247,7 +247,7 @@ class ParallelClusterBackend(ClusterBackend):
 
     # ---------------------------------------------------------------- contract
     def check_name(self, cluster_name) -> str:
-        if not isinstance(cluster_name, str) or not PCLUSTER_NAME.match(cluster_name):
+        if not isinstance(cluster_name, str) or not PCLUSTER_NAME.fullmatch(cluster_name):
             raise InputError(
                 "cluster_name must be 2 to 60 characters, start with a letter and hold only "
                 f"letters, digits and hyphens (ParallelCluster's rule); got {cluster_name!r}")
