@@ -5,12 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from stepcluster import service as service_module
 from stepcluster.config import parse_jobs_config
 from stepcluster.plan import build_plan
-from stepcluster.settings import Settings
 
-from functional.test_service import FakeScheduler, LocalBash
+from functional.test_service import FakeScheduler, local_service
 
 
 class RunsTheWrapper(FakeScheduler):
@@ -28,12 +26,8 @@ def test_a_handler_named_like_an_option_runs_and_its_exit_code_is_recorded(tmp_p
     (tmp_path / "job" / handler).write_text(body)
     text = f"[order]\nsequential = a\n\n[job a]\nhandler = {handler}\nlocal_path = job\n"
     plan = build_plan(parse_jobs_config(text, str(tmp_path / "jobs.ini"), tmp_path), tmp_path / "plan")
-    settings = Settings("existing", "slurm", "127.0.0.1", 22, "hpc", "SHA256:x", "secret",
-                        remote_root=str(tmp_path / "remote"))
-    svc = service_module.RunService(settings, plan=plan, private_key=lambda _: "key")
     scheduler = RunsTheWrapper(tmp_path)
-    svc.connect = lambda run: LocalBash()
-    svc.scheduler = lambda run: scheduler
+    svc = local_service(tmp_path, plan, scheduler)
     run = svc.prepare_head_node(svc.create_cluster(
         {"input": {"cluster_name": "c1"}, "execution": "e", "plan_digest": plan.digest}))
     run = svc.submit_jobs(run)
@@ -51,12 +45,8 @@ def test_a_handler_that_cannot_run_fails_the_job(tmp_path):
     (tmp_path / "job" / "--help").write_text("exit 0\n")
     text = "[order]\nsequential = a\n\n[job a]\nhandler = --help\nlocal_path = job\n"
     plan = build_plan(parse_jobs_config(text, str(tmp_path / "jobs.ini"), tmp_path), tmp_path / "plan")
-    settings = Settings("existing", "slurm", "127.0.0.1", 22, "hpc", "SHA256:x", "secret",
-                        remote_root=str(tmp_path / "remote"))
-    svc = service_module.RunService(settings, plan=plan, private_key=lambda _: "key")
-    scheduler = FakeScheduler(tmp_path)       # submits without running: the test runs it
-    svc.connect = lambda run: LocalBash()
-    svc.scheduler = lambda run: scheduler
+    # FakeScheduler submits without running: the test runs the wrapper itself
+    svc = local_service(tmp_path, plan, FakeScheduler(tmp_path))
     run = svc.submit_jobs(svc.prepare_head_node(svc.create_cluster(
         {"input": {"cluster_name": "c1"}, "execution": "e", "plan_digest": plan.digest})))
     job_dir = Path(run["cluster"]["run_dir"], "jobs", "a")

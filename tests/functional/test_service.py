@@ -96,6 +96,17 @@ class LocalBash:
         return CommandResult(script, done.stdout.decode(), done.stderr.decode(), done.returncode)
 
 
+def local_service(tmp_path, plan, scheduler):
+    """A RunService for an existing Slurm head node whose SSH is a local bash and whose
+    scheduler is `scheduler`."""
+    settings = Settings("existing", "slurm", "127.0.0.1", 22, "hpc", "SHA256:x", "secret",
+                        remote_root=str(tmp_path / "remote"))
+    svc = service_module.RunService(settings, plan=plan, private_key=lambda _: "key")
+    svc.connect = lambda run: LocalBash()
+    svc.scheduler = lambda run: scheduler
+    return svc
+
+
 @pytest.fixture
 def world(tmp_path, monkeypatch):
     jobs = tmp_path / "jobs"
@@ -108,12 +119,8 @@ def world(tmp_path, monkeypatch):
             f"\n[job {n}]\nhandler = run.sh\nlocal_path = jobs/{n}\nwait_time = {w}\n"
             for n, w in (("a", 5), ("b", 2), ("c", 9)))
         plan = build_plan(parse_jobs_config(text, str(tmp_path / "jobs.ini"), tmp_path), tmp_path / "plan")
-        settings = Settings("existing", "slurm", "127.0.0.1", 22, "hpc", "SHA256:x", "secret",
-                            remote_root=str(tmp_path / "remote"))
-        svc = service_module.RunService(settings, plan=plan, private_key=lambda _: "key")
         scheduler = FakeScheduler(tmp_path)
-        svc.connect = lambda run: LocalBash()
-        svc.scheduler = lambda run: scheduler
+        svc = local_service(tmp_path, plan, scheduler)
         run = svc.create_cluster({"input": {"cluster_name": "c1"}, "execution": "exec-1",
                                   "plan_digest": plan.digest})
         return svc, scheduler, svc.prepare_head_node(run)
@@ -414,12 +421,8 @@ def test_a_package_uploaded_by_preprocess_is_staged_from_s3(tmp_path, monkeypatc
         plan = build_plan(parse_jobs_config(text, str(tmp_path / "jobs.ini"), tmp_path), tmp_path / "plan",
                           upload=PackageUploader("pkgs"))
         assert not list((tmp_path / "plan" / "payloads").glob("*.tar.gz"))
-        settings = Settings("existing", "slurm", "127.0.0.1", 22, "hpc", "SHA256:x", "secret",
-                            remote_root=str(tmp_path / "remote"))
-        svc = service_module.RunService(settings, plan=plan, private_key=lambda _: "key")
         scheduler = FakeScheduler(tmp_path)
-        svc.connect = lambda run: LocalBash()
-        svc.scheduler = lambda run: scheduler
+        svc = local_service(tmp_path, plan, scheduler)
         run = svc.prepare_head_node(svc.create_cluster(
             {"input": {"cluster_name": "c1"}, "execution": "e", "plan_digest": plan.digest}))
         run = svc.submit_jobs(run)
