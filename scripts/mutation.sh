@@ -13,7 +13,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 VENV=$ROOT/.venv-mutation
-WORK=$ROOT/.mutation
 # module (below functions/) -> the tests that guard it
 declare -A TESTS=(
   [stepcluster/schedulers/]="tests/unit/test_schedulers.py"
@@ -21,7 +20,10 @@ declare -A TESTS=(
   [stepcluster/staging.py]="tests/unit/test_staging.py"
   [stepcluster/results.py]="tests/functional/test_results.py"
   [stepcluster/config.py]="tests/unit/test_config.py"
-  [stepcluster/jobscripts.py]="tests/functional/test_service.py"
+  [stepcluster/inifile.py]="tests/unit/test_config.py tests/unit/test_inifile.py"
+  [stepcluster/jobscripts.py]="tests/unit/test_jobscripts.py tests/functional/test_job_wrapper.py tests/functional/test_service.py"
+  [stepcluster/decisions.py]="tests/unit/test_decisions.py"
+  [stepcluster/record.py]="tests/unit/test_record.py tests/unit/test_decisions.py"
 )
 MODULES=("$@")
 [ ${#MODULES[@]} -gt 0 ] || MODULES=("${!TESTS[@]}")
@@ -35,6 +37,8 @@ fi
 
 for module in "${MODULES[@]}"; do
   tests=${TESTS[$module]:?"no tests listed for $module"}
+  # one scratch tree per module, so two modules can be measured at once
+  WORK=$ROOT/.mutation/$(echo "$module" | tr '/.' '__')
   rm -rf "$WORK" && mkdir -p "$WORK"
   cp -R functions "$WORK/src"
   cp -R tests events examples statemachine "$WORK/"
@@ -47,7 +51,7 @@ also_copy = ["src/"]
 pytest_add_cli_args_test_selection = [$(printf '"%s",' $tests)]
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]
 EOF
-  (cd "$WORK" && "$VENV/bin/mutmut" run > mutmut.log 2>&1 || true)
+  (cd "$WORK" && "$VENV/bin/mutmut" run --max-children "${MUTATION_CHILDREN:-2}" > mutmut.log 2>&1 || true)
   (cd "$WORK" && "$VENV/bin/mutmut" results --all true > results.txt 2>&1 || true)
   killed=$(grep -c ': killed' "$WORK/results.txt" || true)
   survived=$(grep -c ': survived' "$WORK/results.txt" || true)

@@ -5,9 +5,16 @@ A Lambda handler lets these propagate: Step Functions sees the class name as the
 are part of the contract with `statemachine/definition.asl.json`.
 """
 
+from __future__ import annotations
+
 
 class StepclusterError(Exception):
-    """Base of every error this package raises on purpose."""
+    """Base of every error this package raises on purpose.
+
+    Each carries, as attributes, the data it is about (the problems of a config, the command
+    output a scheduler printed, the result of a remote command), so a caller can act on it
+    without parsing the message; the message says it all for a person.
+    """
 
 
 class ConfigError(StepclusterError):
@@ -30,7 +37,18 @@ class PlanError(StepclusterError):
 
 
 class SchedulerError(StepclusterError):
-    """The scheduler answered something the adapter cannot interpret."""
+    """The scheduler refused, did not answer, or answered something the adapter cannot read.
+
+    `scheduler` names it ("slurm", "sge", "torque") where known; `output` is what it printed
+    (a `schedulers.CommandOutput`: stdout, stderr, exit code) when a command's answer is what
+    went wrong; `job_ids` the jobs it is about.
+    """
+
+    def __init__(self, message: str, *, scheduler: str | None = None, output=None, job_ids=()):
+        self.scheduler = scheduler
+        self.output = output
+        self.job_ids = tuple(job_ids)
+        super().__init__(message)
 
 
 class StagingError(StepclusterError):
