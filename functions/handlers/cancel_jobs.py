@@ -1,7 +1,7 @@
 """State "Cancel Jobs": cancels the run's jobs still queued or running after a failure."""
 
-from stepcluster.runtime import service
+from stepcluster.runtime import run_task
 
 
 def handler(event, context):
-    return service().cancel_jobs(event)
+    return run_task("cancel_jobs", event)

@@ -6,19 +6,23 @@ carries its tag), and for the periodic sweep ({"action": "sweep", "state_machine
 deletes what is still tagged with such an execution (a create that finished after the cleanup,
 an EventBridge delivery that never came)."""
 
-from stepcluster.runtime import service
+from stepcluster.errors import InputError
+from stepcluster.runtime import cleanup_task, run_task, service
 
-ACTIONS = {
-    "create": lambda s, run: s.create_cluster(run),
-    "status": lambda s, run: s.cluster_status(run),
-    "delete": lambda s, run: s.delete_cluster(run),
-    "deletion_status": lambda s, run: s.deletion_status(run),
-}
+#: The definition's "action" -> the task it runs.
+ACTIONS = {"create": "create_cluster", "status": "cluster_status",
+           "delete": "delete_cluster", "deletion_status": "deletion_status"}
 
 
 def handler(event, context):
+    if not isinstance(event, dict):
+        raise InputError(f"the cluster function takes an object, not {type(event).__name__}")
     if event.get("detail-type") == "Step Functions Execution Status Change":
-        return service().cleanup_execution(event["detail"]["executionArn"])
+        arn = event["detail"]["executionArn"]
+        return cleanup_task(arn, lambda: service().cleanup_execution(arn))
     if event.get("action") == "sweep":
-        return service().sweep(event["state_machine_arn"])
-    return ACTIONS[event["action"]](service(), event["run"])
+        arn = event["state_machine_arn"]
+        return cleanup_task(arn, lambda: service().sweep(arn))
+    if event.get("action") not in ACTIONS:
+        raise InputError(f"unknown action {event.get('action')!r}: one of {', '.join(ACTIONS)} or sweep")
+    return run_task(ACTIONS[event["action"]], event.get("run"))

@@ -1,7 +1,7 @@
 """State "Poll Jobs": one polling round over every job in flight (one SSH connection)."""
 
-from stepcluster.runtime import service
+from stepcluster.runtime import run_task
 
 
 def handler(event, context):
-    return service().poll_jobs(event)
+    return run_task("poll_jobs", event)

@@ -1,7 +1,7 @@
 """State "Prepare Head Node": checks the scheduler answers and makes the run's folder."""
 
-from stepcluster.runtime import service
+from stepcluster.runtime import run_task
 
 
 def handler(event, context):
-    return service().prepare_head_node(event)
+    return run_task("prepare_head_node", event)

@@ -1,7 +1,7 @@
 """State "Release Head Node": cancels leftover jobs and removes the run's folder."""
 
-from stepcluster.runtime import service
+from stepcluster.runtime import run_task
 
 
 def handler(event, context):
-    return service().release_head_node(event)
+    return run_task("release_head_node", event)

@@ -1,7 +1,7 @@
 """State "Submit Jobs": stages and submits the next job, or every job in parallel mode."""
 
-from stepcluster.runtime import service
+from stepcluster.runtime import run_task
 
 
 def handler(event, context):
-    return service().submit_jobs(event)
+    return run_task("submit_jobs", event)

@@ -13,9 +13,11 @@ in well under a second).
 
 from __future__ import annotations
 
-import logging
 
-log = logging.getLogger("stepcluster")
+from stepcluster import logs
+from stepcluster.errors import InputError
+
+log = logs.logger(__name__)
 
 #: What the cleanup rule and the sweep delete for. SUCCEEDED is not among them: a successful
 #: run deleted its cluster itself, or kept it (keep_cluster) with its key, on purpose.
@@ -27,7 +29,7 @@ def execution_prefix(state_machine_arn: str) -> str:
     ARNs (and so their `stepcluster:execution` tags) start with."""
     head, sep, name = state_machine_arn.rpartition(":stateMachine:")
     if not sep or not name or ":" in name:
-        raise ValueError(f"not a state machine ARN: {state_machine_arn!r}")
+        raise InputError(f"not a state machine ARN: {state_machine_arn!r}")
     return f"{head}:execution:{name}:"
 
 

@@ -8,15 +8,15 @@ cluster. A key the user names instead (deployment settings) is used as it is, ne
 
 from __future__ import annotations
 
-import logging
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from stepcluster import logs
 from stepcluster.clusters.base import EXECUTION_TAG, RunContext, SshKey
 from stepcluster.errors import ClusterError
 
-log = logging.getLogger(__name__)
+log = logs.logger(__name__)
 
 
 def new_key_pair() -> tuple[str, str]:

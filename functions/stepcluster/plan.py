@@ -80,6 +80,13 @@ class Plan:
     def names(self) -> list[str]:
         return [job.name for job in self.jobs]
 
+    def job(self, name: str) -> PlannedJob:
+        return next(job for job in self.jobs if job.name == name)
+
+    @property
+    def wait_times(self) -> dict[str, int]:
+        return {job.name: job.wait_time for job in self.jobs}
+
     def archive_bytes(self, job: PlannedJob, s3_client=None) -> bytes:
         """The job's package: from S3 when preprocess uploaded it, else bundled with the plan."""
         if job.package_uri:

@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import tarfile
 
-from stepcluster import jobscripts
+from stepcluster import jobscripts, logs
+from stepcluster.record import Run
 
-log = logging.getLogger("stepcluster")
+log = logs.logger(__name__)
 
 #: Per-job result locations go into the run record only while it stays below this size.
 RESULTS_IN_PAYLOAD_BUDGET = 192 * 1024
 
 
-def collect(ssh, run: dict, bucket: str, *, s3_client=None) -> dict:
+def collect(ssh, run: Run, bucket: str, *, s3_client=None) -> dict:
     """Stream the jobs' results from the head node into S3; write the run's manifest.
 
     Layout: s3://BUCKET/EXECUTION/JOB/{stdout,stderr,exit_code,output/...} and
@@ -29,11 +29,11 @@ def collect(ssh, run: dict, bucket: str, *, s3_client=None) -> dict:
     import boto3
 
     s3 = s3_client or boto3.client("s3")
-    execution = run["execution"]
-    started = [n for n, j in run["jobs"].items() if j.get("job_id")]
+    execution = run.execution
+    started = [n for n, j in run.jobs.items() if j.job_id]
     collected = set()
     if started:
-        with ssh.stream_script(jobscripts.results_script(run["cluster"]["run_dir"], started)) as stream:
+        with ssh.stream_script(jobscripts.results_script(run.run_dir, started)) as stream:
             head = stream.read(2)
             if head:
                 with tarfile.open(fileobj=_Prefixed(head, stream), mode="r|gz") as tar:
@@ -46,18 +46,18 @@ def collect(ssh, run: dict, bucket: str, *, s3_client=None) -> dict:
                                           f"{execution}/{job}/{rest}")
                         collected.add(job)
     prefix = f"s3://{bucket}/{execution}/"
-    manifest = {"execution": execution, "cluster_name": run.get("cluster_name"),
-                "jobs": {name: {**job, "results": f"{prefix}{name}/" if name in collected else None}
-                         for name, job in run["jobs"].items()}}
+    manifest = {"execution": execution, "cluster_name": run.cluster_name,
+                "jobs": {name: {**job.to_dict(), "results": f"{prefix}{name}/" if name in collected else None}
+                         for name, job in run.jobs.items()}}
     s3.put_object(Bucket=bucket, Key=f"{execution}/manifest.json",
                   Body=json.dumps(manifest, indent=1).encode(), ContentType="application/json")
     log.info("kept results of %d jobs under %s", len(collected), prefix)
     # Each job's location in the execution output too, while the payload stays well under
     # Step Functions' 256 KiB (for very wide runs the manifest alone lists them).
     extra = sum(len(prefix) + len(name) + 16 for name in collected)
-    if len(json.dumps(run, separators=(",", ":"))) + extra < RESULTS_IN_PAYLOAD_BUDGET:
+    if len(json.dumps(run.to_dict(), separators=(",", ":"))) + extra < RESULTS_IN_PAYLOAD_BUDGET:
         for name in collected:
-            run["jobs"][name]["results"] = f"{prefix}{name}/"
+            run.jobs[name] = run.jobs[name].but(results=f"{prefix}{name}/")
     return {"prefix": prefix, "manifest": f"{prefix}manifest.json", "jobs_collected": len(collected)}
 
 

@@ -1,10 +1,20 @@
-"""The RunService the Lambda handlers share, built once per warm container from the environment."""
+"""What the Lambda handlers share: the RunService, built once per warm container from the
+environment, and the one way a handler runs a task.
+
+A handler is an adapter: its event is parsed once into the run record, one task of the service
+runs on it, and the record goes back as a dict. A failure propagates (Step Functions matches
+the exception's class name in the definition's Retry and Catch) after it is logged with its
+whole exception chain: the error Step Functions shows holds only the last exception's message.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 
+from stepcluster import logs
+
+log = logs.logger(__name__)
 _service = None
 
 
@@ -23,3 +33,29 @@ def reset() -> None:
     """Forget the shared service (tests and run-local change the environment between runs)."""
     global _service
     _service = None
+
+
+def run_task(task: str, event, run_service=None) -> dict:
+    """Parse the run record in `event`, run `task` on it (on the shared service, or the one
+    given), return the record as a dict."""
+    from stepcluster.record import Run
+
+    run = None
+    try:
+        run = Run.from_dict(event)
+        with logs.run_context(run.execution, run.cluster_name):
+            return (run_service or service()).task(task, run).to_dict()
+    except Exception as exc:
+        with logs.run_context(getattr(run, "execution", None), getattr(run, "cluster_name", None)):
+            log.error("%s failed: %s: %s", task, type(exc).__name__, exc, exc_info=True)
+        raise
+
+
+def cleanup_task(execution_arn: str, call) -> dict:
+    """An execution's cleanup (the abort rule, the sweep), logged under that execution."""
+    with logs.run_context(str(execution_arn).rsplit(":", 1)[-1]):
+        try:
+            return call()
+        except Exception as exc:
+            log.error("cleanup failed: %s: %s", type(exc).__name__, exc, exc_info=True)
+            raise

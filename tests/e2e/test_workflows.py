@@ -342,9 +342,9 @@ def test_a_submit_that_dies_after_the_scheduler_accepted_the_job_is_retried_with
     definition's Retry runs Submit Jobs again: it finds the job by its name and adopts it."""
     from stepcluster import jobscripts
     from stepcluster.errors import RemoteCommandError, SchedulerError, TransientSSHError
-    from stepcluster.service import RunService
+    from stepcluster.headnode import HeadNodeWork
 
-    original_script, original_submit = jobscripts.submit_script, RunService.submit_jobs
+    original_script, original_submit = jobscripts.submit_script, HeadNodeWork.submit_jobs
     attempts = []
 
     def crashing_script(run_dir, submissions):
@@ -353,7 +353,7 @@ def test_a_submit_that_dies_after_the_scheduler_accepted_the_job_is_retried_with
         return script.replace("; echo $? > ", "; exit 1; echo $? > ", 1)
 
     def submit_jobs(self, run):
-        attempts.append(run["execution"])
+        attempts.append(run.execution)
         if len(attempts) > 1:
             return original_submit(self, run)
         monkeypatch.setattr(jobscripts, "submit_script", crashing_script)
@@ -365,7 +365,7 @@ def test_a_submit_that_dies_after_the_scheduler_accepted_the_job_is_retried_with
             monkeypatch.setattr(jobscripts, "submit_script", original_script)
         raise AssertionError("the crashing submit script did not crash")
 
-    monkeypatch.setattr(RunService, "submit_jobs", submit_jobs)
+    monkeypatch.setattr(HeadNodeWork, "submit_jobs", submit_jobs)
     config = write_config("sequential", {"once": "echo ran"})
     report = run_local(config, "resubmit", scheduler=scheduler, cluster=local_cluster)
     assert report.status == "SUCCEEDED", report.cause

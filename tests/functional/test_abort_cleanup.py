@@ -32,6 +32,8 @@ from stepcluster.plan import build_plan
 from stepcluster.service import RunService
 from stepcluster.settings import Settings
 
+from functional.test_service import AsTheStateMachineCalls
+
 ROOT = Path(__file__).resolve().parents[2]
 REGION = "us-east-1"
 PREFIX = "stepcluster/stack"
@@ -80,8 +82,9 @@ def aws(tmp_path, monkeypatch):
             """The cluster function's service: cfncluster's real code, keys and executions in moto."""
             made = CfnClusterBackend(settings, config_path=cluster_config, cfn_client=cfn, ec2_client=ec2) \
                 if backend else None
-            return RunService(settings, plan=plan, backend=made, keys=RunKeys(prefix=PREFIX),
-                              executions=executions or Executions(sfn), cfn_client=cfn)
+            return AsTheStateMachineCalls(RunService(
+                settings, plan=plan, backend=made, keys=RunKeys(prefix=PREFIX),
+                executions=executions or Executions(sfn), cfn_client=cfn))
 
         yield type("Aws", (), dict(cfn=cfn, ec2=ec2, sfn=sfn, plan=plan, machine=machine,
                                    other_machine=other_machine, service=staticmethod(service)))
@@ -137,7 +140,7 @@ def play(svc: RunService, monkeypatch, event: dict) -> dict:
     """The cluster function's handler, as EventBridge (or the scheduler) invokes it."""
     from handlers import cluster
 
-    monkeypatch.setattr(runtime, "_service", svc)
+    monkeypatch.setattr(runtime, "_service", getattr(svc, "service", svc))
     return cluster.handler(event, None)
 
 
@@ -320,7 +323,7 @@ def test_the_sweep_never_touches_running_succeeded_untagged_or_foreign_clusters(
     def no_backend(*_):
         raise AssertionError("the sweep built the backend (it would import pcluster.lib)")
 
-    monkeypatch.setattr("stepcluster.service.get_backend", no_backend)
+    monkeypatch.setattr("stepcluster.wiring.get_backend", no_backend)
     sweeper = aws.service(backend=False)
     for _ in range(2):   # repeated sweeps are harmless
         result = play(sweeper, monkeypatch, SWEEP_EVENT)
@@ -341,7 +344,7 @@ def test_a_sweep_that_finds_nothing_never_builds_the_backend(aws, monkeypatch):
     def no_backend(*_):
         raise AssertionError("the sweep built the backend (it would import pcluster.lib)")
 
-    monkeypatch.setattr("stepcluster.service.get_backend", no_backend)
+    monkeypatch.setattr("stepcluster.wiring.get_backend", no_backend)
     settings = Settings(backend="parallelcluster", resource_prefix=PREFIX, region=REGION)
     svc = RunService(settings, executions=Executions(aws.sfn), cfn_client=aws.cfn)
     assert play(svc, monkeypatch, SWEEP_EVENT) == {"state_machine": STATE_MACHINE_ARN, "swept": [], "kept": []}
@@ -389,8 +392,8 @@ def test_parallelcluster_an_abort_during_create_cluster_is_undone_through_pclust
 
     pc = AbortedWhileCreating()
     backend, plan, settings = parallelcluster(aws, pc)
-    svc = RunService(settings, plan=plan, backend=backend, keys=RunKeys(prefix=PREFIX),
-                     executions=Executions(aws.sfn), cfn_client=aws.cfn)
+    svc = AsTheStateMachineCalls(RunService(settings, plan=plan, backend=backend, keys=RunKeys(prefix=PREFIX),
+                                            executions=Executions(aws.sfn), cfn_client=aws.cfn))
     run = create(svc, arn)
     assert pc.called("delete_cluster") == [{"cluster_name": "demo", "region": REGION}]
     assert pc.clusters["demo"]["clusterStatus"] == "DELETE_IN_PROGRESS"
@@ -406,9 +409,9 @@ def test_parallelcluster_the_sweep_loads_the_backend_only_for_a_tagged_stack(aws
     pc = FakePcluster()
     backend, plan, settings = parallelcluster(aws, pc)
     built = []
-    monkeypatch.setattr("stepcluster.service.get_backend", lambda *_: built.append(1) or backend)
-    svc = RunService(settings, plan=plan, keys=RunKeys(prefix=PREFIX), executions=Executions(aws.sfn),
-                     cfn_client=aws.cfn)
+    monkeypatch.setattr("stepcluster.wiring.get_backend", lambda *_: built.append(1) or backend)
+    svc = AsTheStateMachineCalls(RunService(settings, plan=plan, keys=RunKeys(prefix=PREFIX),
+                                            executions=Executions(aws.sfn), cfn_client=aws.cfn))
     arn = start_execution(aws)
     assert play(svc, monkeypatch, SWEEP_EVENT)["swept"] == [] and built == []
     backend.create(RunContext("event-test", arn, "demo"), svc.keys.create(RunContext("event-test", arn, "demo")))

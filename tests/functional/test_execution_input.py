@@ -5,6 +5,8 @@ failed execution at once), never a silently ignored key or a TypeError."""
 import pytest
 
 from stepcluster import service as service_module
+
+from functional.test_service import AsTheStateMachineCalls
 from stepcluster.config import parse_jobs_config
 from stepcluster.errors import InputError
 from stepcluster.plan import build_plan
@@ -20,7 +22,7 @@ def create(tmp_path):
     plan = build_plan(config, tmp_path / "plan")
     settings = Settings("existing", "slurm", "127.0.0.1", 22, "hpc", "SHA256:x", "secret",
                         remote_root=str(tmp_path / "remote"))
-    svc = service_module.RunService(settings, plan=plan, private_key=lambda _: "key")
+    svc = AsTheStateMachineCalls(service_module.RunService(settings, plan=plan, private_key=lambda _: "key"))
     return lambda user_input: svc.create_cluster(
         {"input": user_input, "execution": "exec-1", "plan_digest": plan.digest})
 

@@ -11,6 +11,8 @@ from stepcluster.config import parse_jobs_config
 from stepcluster.errors import InputError
 from stepcluster.plan import build_plan
 from stepcluster.service import RunService
+
+from functional.test_service import AsTheStateMachineCalls
 from stepcluster.settings import Settings
 
 ARN = "arn:aws:states:us-east-1:123456789012:execution:sm:exec-1"
@@ -60,8 +62,9 @@ def service(tmp_path, monkeypatch):
     plan = build_plan(config, tmp_path / "plan", backend="cfncluster", cluster_config=tmp_path / "cluster.ini")
     with mock_aws():
         backend = FakeBackend()
-        yield RunService(Settings(backend="cfncluster", resource_prefix="stepcluster/stack"),
-                         plan=plan, backend=backend), backend
+        yield AsTheStateMachineCalls(RunService(
+            Settings(backend="cfncluster", resource_prefix="stepcluster/stack"),
+            plan=plan, backend=backend)), backend
 
 
 def start(service, **extra):

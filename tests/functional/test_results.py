@@ -11,6 +11,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from stepcluster.record import Run
 from stepcluster import results
 
 BUCKET = "artifacts"
@@ -51,7 +52,8 @@ def job_dir(root, name, files: dict[str, str]):
 
 
 def run_record(root, jobs):
-    return {"execution": "exec-1", "cluster_name": "c1", "cluster": {"run_dir": str(root)}, "jobs": jobs}
+    return Run.from_dict({"execution": "exec-1", "cluster_name": "c1", "order": "parallel",
+                          "cluster": {"status": "READY", "run_dir": str(root)}, "jobs": jobs})
 
 
 def test_every_started_jobs_files_reach_s3_with_the_manifest(tmp_path, s3):
@@ -73,7 +75,7 @@ def test_every_started_jobs_files_reach_s3_with_the_manifest(tmp_path, s3):
     assert manifest["jobs"]["a"]["results"] == f"s3://{BUCKET}/exec-1/a/"
     assert manifest["jobs"]["quiet"]["results"] is None and manifest["jobs"]["never"]["results"] is None
     assert manifest["jobs"]["quiet"]["state"] == "FAILED"
-    assert run["jobs"]["a"]["results"] == f"s3://{BUCKET}/exec-1/a/" and "results" not in run["jobs"]["quiet"]
+    assert run.jobs["a"].results == f"s3://{BUCKET}/exec-1/a/" and run.jobs["quiet"].results is None
     assert summary == {"prefix": f"s3://{BUCKET}/exec-1/", "manifest": f"s3://{BUCKET}/exec-1/manifest.json",
                        "jobs_collected": 1}
 
@@ -90,5 +92,5 @@ def test_a_wide_run_keeps_locations_in_the_manifest_only(tmp_path, s3, monkeypat
     monkeypatch.setattr(results, "RESULTS_IN_PAYLOAD_BUDGET", 10)
     run = run_record(tmp_path, {"a": {"job_id": "1"}})
     results.collect(LocalStream(), run, BUCKET, s3_client=s3)
-    assert "results" not in run["jobs"]["a"]
+    assert run.jobs["a"].results is None
     assert json.loads(objects(s3)["exec-1/manifest.json"])["jobs"]["a"]["results"] == f"s3://{BUCKET}/exec-1/a/"

@@ -7,11 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from stepcluster import decisions, headnode
 from stepcluster import service as service_module
 from stepcluster.config import parse_jobs_config
 from stepcluster.errors import InputError, PlanError, SchedulerError
 from stepcluster.plan import build_plan
+from stepcluster.record import Run
 from stepcluster.remote.ssh import CommandResult
+from stepcluster.runtime import run_task
 from stepcluster.schedulers import Category, JobStatus, Scheduler
 from stepcluster.settings import Settings
 
@@ -96,12 +99,37 @@ class LocalBash:
         return CommandResult(script, done.stdout.decode(), done.stderr.decode(), done.returncode)
 
 
+class AsTheStateMachineCalls:
+    """A RunService called the way the handlers call it: the record as JSON in and out, parsed
+    and dumped by the handlers' own `run_task`. Its parts (settings, plan, keys, backend,
+    connect, scheduler) can be read and replaced as on the service."""
+
+    _WIRING = ("settings", "plan", "keys", "backend")
+    _HEAD_NODE = ("connect", "scheduler")
+
+    def __init__(self, svc):
+        object.__setattr__(self, "service", svc)
+
+    def __getattr__(self, name):
+        svc = self.service
+        if name in service_module.RUN_TASKS:
+            return lambda run: run_task(name, run, svc)
+        if name in self._WIRING:
+            return getattr(svc.wiring, name)
+        return getattr(svc, name)
+
+    def __setattr__(self, name, value):
+        owner = (self.service.wiring if name in self._WIRING else
+                 self.service.head_node if name in self._HEAD_NODE else self.service)
+        setattr(owner, name, value)
+
+
 def local_service(tmp_path, plan, scheduler):
     """A RunService for an existing Slurm head node whose SSH is a local bash and whose
     scheduler is `scheduler`."""
     settings = Settings("existing", "slurm", "127.0.0.1", 22, "hpc", "SHA256:x", "secret",
                         remote_root=str(tmp_path / "remote"))
-    svc = service_module.RunService(settings, plan=plan, private_key=lambda _: "key")
+    svc = AsTheStateMachineCalls(service_module.RunService(settings, plan=plan, private_key=lambda _: "key"))
     svc.connect = lambda run: LocalBash()
     svc.scheduler = lambda run: scheduler
     return svc
@@ -211,12 +239,12 @@ def test_a_job_the_scheduler_forgot_is_waited_for_then_declared_lost(world, monk
     svc, scheduler, run = world()
     run = svc.submit_jobs(run)
     clock = [1_000_000]
-    monkeypatch.setattr(service_module, "_now", lambda: clock[0])
+    monkeypatch.setattr(headnode, "_now", lambda: clock[0])
     for _ in range(3):           # gone from the queue, no result yet: still finishing
         run = svc.poll_jobs(run)
         assert run["jobs"]["a"]["state"] == "PENDING" and run["phase"] == "RUNNING"
         clock[0] += 10
-    clock[0] += service_module.MISSING_GRACE_SECONDS
+    clock[0] += decisions.MISSING_GRACE_SECONDS
     run = svc.poll_jobs(run)
     assert run["jobs"]["a"]["state"] == "FAILED"
     assert "no longer knows" in run["failure"]["Cause"]
@@ -247,15 +275,15 @@ def test_submit_twice_does_not_submit_twice(world):
 def crash_after_the_first_submit(monkeypatch):
     """The next submit script dies right after the scheduler accepted its first job, before
     that job's submit.rc is written (as when the Lambda dies mid-script)."""
-    original = service_module.jobscripts.submit_script
+    original = headnode.jobscripts.submit_script
 
     def crashing(run_dir, submissions):
         script = original(run_dir, submissions)
         marker = "; echo $? > "
         assert marker in script
-        monkeypatch.setattr(service_module.jobscripts, "submit_script", original)   # once
+        monkeypatch.setattr(headnode.jobscripts, "submit_script", original)   # once
         return script.replace(marker, "; exit 1; echo $? > ", 1)
-    monkeypatch.setattr(service_module.jobscripts, "submit_script", crashing)
+    monkeypatch.setattr(headnode.jobscripts, "submit_script", crashing)
 
 
 @pytest.mark.parametrize("order", ["sequential", "parallel"])
@@ -311,7 +339,7 @@ def test_a_missing_handler_fails_before_anything_is_submitted(world):
     # A plan whose handler is not in the package (preprocess refuses this; staging checks again).
     jobs = list(svc.plan.jobs)
     jobs[1] = dataclasses.replace(jobs[1], handler="nope.sh")
-    svc._plan = dataclasses.replace(svc.plan, jobs=tuple(jobs))
+    svc.plan = dataclasses.replace(svc.plan, jobs=tuple(jobs))
     run = svc.submit_jobs(run)
     assert run["phase"] == "FAILED" and "'nope.sh'" in run["failure"]["Cause"]
     assert {j["state"] for n, j in run["jobs"].items() if n != "b"} == {"NOT_STARTED"}
@@ -350,7 +378,7 @@ def test_a_job_that_cannot_start_by_itself_fails_after_the_bounded_time(world, m
     svc, scheduler, run = world()
     run = svc.submit_jobs(run)
     clock = [1_000_000]
-    monkeypatch.setattr(service_module, "_now", lambda: clock[0])
+    monkeypatch.setattr(headnode, "_now", lambda: clock[0])
     scheduler.status_file.write_text("id-a Q held\n")
     run = svc.poll_jobs(run)
     assert run["jobs"]["a"]["state"] == "PENDING" and run["phase"] == "RUNNING"
@@ -400,7 +428,7 @@ def test_polling_slows_down_before_the_history_limit_instead_of_failing(world):
     while wait < 3600:
         n += 1
         events += 9
-        wait = svc._wait_seconds({**run, "polls": n}) if n >= 1500 else 1
+        wait = decisions.wait_seconds(Run.from_dict({**run, "polls": n}), svc.plan.wait_times) if n >= 1500 else 1
     assert events < 25_000 * 0.8
 
 
@@ -435,7 +463,7 @@ def test_a_job_whose_wrapper_ran_is_never_submitted_again_even_if_the_scheduler_
     """Grid Engine drops an ended job from qstat about a second before qacct has it: a job
     whose wrapper started was submitted, whatever one look at the scheduler says."""
     svc, scheduler, run = world()
-    monkeypatch.setattr(service_module, "RECOVER_WAIT_SECONDS", 0)
+    monkeypatch.setattr(headnode, "RECOVER_WAIT_SECONDS", 0)
     job_dir = Path(run["cluster"]["run_dir"], "jobs", "a")
     job_dir.mkdir(parents=True)
     (job_dir / "submit.intent").write_text("")

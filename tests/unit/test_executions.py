@@ -7,6 +7,7 @@ import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
+from stepcluster.errors import InputError
 from stepcluster.executions import ENDED, Executions, execution_prefix
 
 MACHINE = "arn:aws:states:us-east-1:123456789012:stateMachine:stepcluster-JobsStateMachine"
@@ -17,7 +18,7 @@ def test_the_prefix_of_a_state_machines_executions():
     assert execution_prefix(MACHINE.replace("arn:aws:", "arn:aws-cn:")).startswith("arn:aws-cn:states:")
     for bad in ("", "stepcluster-JobsStateMachine", MACHINE.replace(":stateMachine:", ":execution:") + ":x",
                 MACHINE + ":alias"):
-        with pytest.raises(ValueError):
+        with pytest.raises(InputError):
             execution_prefix(bad)
 
 

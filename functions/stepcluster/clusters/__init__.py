@@ -18,4 +18,6 @@ def get_backend(settings, plan) -> ClusterBackend:
     if settings.backend == "cfncluster":
         from stepcluster.clusters.cfncluster import CfnClusterBackend
         return CfnClusterBackend(settings, config_path=str(plan.cluster_config_path()))
-    raise ValueError(f"unknown cluster backend {settings.backend!r}")
+    from stepcluster.errors import PlanError
+    raise PlanError(f"unknown cluster backend {settings.backend!r}: the deployment's Backend "
+                    "parameter is one of existing, parallelcluster, cfncluster")

@@ -38,6 +38,7 @@ import warnings
 import boto3
 from botocore.exceptions import ClientError
 
+from stepcluster import logs
 from stepcluster.clusters.base import (EXECUTION_TAG, ClusterBackend, HeadNode, RunContext,
                                        SshKey)
 from stepcluster.clusters.cfncluster_config import (SCHEDULERS, DEFAULT_SCHEDULER,
@@ -47,7 +48,7 @@ from stepcluster.clusters.hostkeys import read_host_key
 from stepcluster.config import Problem
 from stepcluster.errors import ClusterError, ConfigError, InputError
 
-log = logging.getLogger("stepcluster")
+log = logs.logger(__name__)
 
 STACK_PREFIX = "cfncluster-"
 # CloudFormation: a letter first, then letters, digits and hyphens, 128 characters at most.

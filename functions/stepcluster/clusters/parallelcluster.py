@@ -36,16 +36,16 @@ Decisions:
 from __future__ import annotations
 
 import copy
-import logging
 import re
 import time
 from datetime import datetime
 
+from stepcluster import logs
 from stepcluster.clusters.base import EXECUTION_TAG, ClusterBackend, HeadNode, RunContext, SshKey
 from stepcluster.clusters.hostkeys import read_host_key
 from stepcluster.errors import ClusterError, InputError
 
-LOG = logging.getLogger(__name__)
+LOG = logs.logger(__name__)
 
 #: The AWS ParallelCluster versions this backend runs on: their Lambda layer is built for
 #: python3.12 (the function's runtime) and their pcluster.lib takes the keyword arguments used

@@ -1,0 +1,290 @@
+"""What a round's observations mean for the run, and what to do next: pure functions.
+
+No SSH, no boto3, no clock: the service gathers what the head node showed (each job's start and
+result files, the scheduler's answers) into `JobObservation`s, passes the time it read, and
+gets back the changed record and a `Decision`. So every rule below (when a job has ended, when
+it is lost, when it is blocked for too long, which failure the run reports, how long to wait)
+is tested by feeding it records, without a cluster (tests/unit/test_decisions.py).
+
+The wrapper's result file is final: whatever the scheduler shows meanwhile, a job whose wrapper
+recorded an exit code has ended with it. The scheduler's view matters while a job is queued or
+running, and when a job died without its wrapper recording anything (killed, node failure,
+cancelled by someone).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Mapping, Sequence
+
+from stepcluster.errors import SchedulerError
+from stepcluster.record import JobRecord, JobState, Phase, Run
+from stepcluster.schedulers import Category, JobStatus
+
+#: A job the scheduler no longer knows, with no result file, is given this long (and at least
+#: MISSING_MIN_POLLS rounds) to show its result before it is declared lost. SGE, for one,
+#: drops a job from qstat about a second before qacct knows it.
+MISSING_GRACE_SECONDS = 60
+MISSING_MIN_POLLS = 3
+#: Polling slows down after this many rounds (9 history events each; 25,000 fail a run)...
+POLLS_AT_WAIT_TIME = 1500
+#: ...doubling its interval every this many rounds, up to MAX_WAIT_SECONDS.
+POLLS_PER_DOUBLING = 50
+MAX_WAIT_SECONDS = 3600
+#: The wrapper's result line: exit code (0..255), signal (0: none), epoch it ended.
+RESULT_LINE = re.compile(r"(\d{1,3}) (\d{1,3})(?: (\d{1,12}))?")
+#: The scheduler's "no reason" words, shown as no reason at all.
+NO_REASON = ("None", "(null)", "")
+
+
+class Action(str, enum.Enum):
+    """What the state machine does after this round (the run's phase says the same to the ASL)."""
+
+    WAIT = "WAIT"        # wait `wait_seconds`, poll again
+    SUBMIT = "SUBMIT"    # submit the next job (sequential), in this round if possible
+    FAIL = "FAIL"        # cancel what is left, keep the results, tear down, fail with `failure`
+    FINISH = "FINISH"    # keep the results, tear down, succeed
+
+
+PHASE_ACTIONS = {Phase.RUNNING: Action.WAIT, Phase.NEXT: Action.SUBMIT,
+                 Phase.FAILED: Action.FAIL, Phase.SUCCEEDED: Action.FINISH}
+
+
+@dataclass(frozen=True)
+class JobObservation:
+    """One job as this round saw it on the head node."""
+
+    started: str = ""                 # the wrapper's start file: epoch seconds, or empty
+    result: str = ""                  # the wrapper's result line "EXIT SIGNAL ENDED", or empty
+    status: JobStatus | None = None   # the scheduler's answer (its history's, where asked)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The bounds a round applies (the deployment's BlockedJobTimeoutSeconds among them)."""
+
+    blocked_job_timeout_seconds: int
+    missing_grace_seconds: int = MISSING_GRACE_SECONDS
+    missing_min_polls: int = MISSING_MIN_POLLS
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of a round: the record to pass on, what changed, what comes next."""
+
+    run: Run
+    changed: tuple[str, ...]          # jobs whose state changed in this round
+    action: Action
+    wait_seconds: int
+    failure: dict | None = None       # {"Error", "Cause"} when the action is FAIL
+
+
+def iso(epoch: int | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def missing(job_id: str | None) -> JobStatus:
+    return JobStatus(job_id or "", Category.MISSING, "")
+
+
+# -- one job ---------------------------------------------------------------------------------
+
+def needs_history(observation: JobObservation) -> bool:
+    """Gone from the live queue (or shown done there) without a result: ask the scheduler's
+    history (sacct, qacct, qstat -x) for its exit before judging it."""
+    category = (observation.status or missing(None)).category
+    return not observation.result and category in (Category.MISSING, Category.SUCCEEDED)
+
+
+def observe(job: JobRecord, name: str, observation: JobObservation, *, scheduler: str,
+            now: int, limits: Limits) -> JobRecord:
+    """The job after this round's observation. SchedulerError for a state the adapter does not
+    know: never guessed to be anything."""
+    if observation.started.isdigit():
+        job = job.but(started=iso(int(observation.started)))
+    if observation.result:
+        return _ended_by_wrapper(job, observation.result)
+    status = observation.status or missing(job.job_id)
+    category = status.category
+    if category == Category.UNKNOWN:
+        raise SchedulerError(
+            f"job {name!r} ({scheduler} job {job.job_id}) is in state {status.raw_state!r}, "
+            f"which the {scheduler} adapter does not know: refusing to guess",
+            scheduler=scheduler, job_ids=[job.job_id] if job.job_id else ())
+    if category in (Category.QUEUED, Category.RUNNING):
+        reason = status.reason if status.reason not in NO_REASON else None
+        job = job.but(state=JobState.PENDING if category == Category.QUEUED else JobState.RUNNING,
+                      scheduler_state=status.raw_state, reason=reason)
+        return _blocked(job, status, now, limits)
+    if category in (Category.FAILED, Category.CANCELLED):
+        # Ended without the wrapper recording it: killed, cancelled, node failure...
+        return job.but(state=JobState.FAILED if category == Category.FAILED else JobState.CANCELLED,
+                       scheduler_state=status.raw_state, exit_code=status.exit_code,
+                       signal=status.signal, ended=iso(now), reason=status.reason or None)
+    return _missing_for(job, status, scheduler, now, limits)
+
+
+def _ended_by_wrapper(job: JobRecord, result: str) -> JobRecord:
+    """The wrapper's "EXIT SIGNAL ENDED" line (jobscripts.wrapper_script writes it atomically).
+    A line that is not that (a handler that wrote over its own result file) is a failure that
+    says so, never a success."""
+    cleared = dict(scheduler_state=None, missing_since=None, missing_polls=None)
+    match = RESULT_LINE.fullmatch(result)
+    if not match:
+        why = f"its result file is not the wrapper's 'EXIT SIGNAL ENDED' line: {result[:80]!r}"
+        return job.but(**cleared, state=JobState.FAILED, exit_code=None, signal=None, reason=why)
+    code, signal, ended = match.groups()
+    return job.but(**cleared, reason=None, exit_code=int(code), signal=int(signal) or None,
+                   ended=iso(int(ended)) if ended else None,
+                   state=JobState.SUCCEEDED if int(code) == 0 else JobState.FAILED)
+
+
+def _blocked(job: JobRecord, status: JobStatus, now: int, limits: Limits) -> JobRecord:
+    """A job the scheduler says cannot start by itself (held, impossible request, failed
+    dependency) fails after a bounded time instead of being polled for ever."""
+    if not status.blocked:
+        return job.but(blocked_since=None)
+    since = job.blocked_since if job.blocked_since is not None else now
+    limit = limits.blocked_job_timeout_seconds
+    if now - since >= limit:
+        return job.but(state=JobState.FAILED, ended=iso(now), blocked_since=None,
+                       reason=f"cannot start by itself ({status.blocked}) and did not within {limit} s")
+    return job.but(blocked_since=since)
+
+
+def _missing_for(job: JobRecord, status: JobStatus, scheduler: str, now: int, limits: Limits) -> JobRecord:
+    """MISSING, or SUCCEEDED without a result file: still finishing, for a bounded time."""
+    since = job.missing_since if job.missing_since is not None else now
+    polls = (job.missing_polls or 0) + 1
+    if now - since >= limits.missing_grace_seconds and polls >= limits.missing_min_polls:
+        return job.but(state=JobState.FAILED, scheduler_state=status.raw_state or "MISSING",
+                       ended=iso(now),
+                       reason=f"{scheduler} no longer knows the job and its wrapper recorded "
+                              f"no exit code within {limits.missing_grace_seconds} s")
+    return job.but(missing_since=since, missing_polls=polls)
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+def apply_round(run: Run, observations: Mapping[str, JobObservation], *, scheduler: str,
+                now: int, limits: Limits) -> tuple[Run, list[str]]:
+    """The record after one round over its active jobs, and the jobs that changed state."""
+    run = run.copy()
+    run.polls = (run.polls or 0) + 1
+    changed = []
+    for name in run.active_jobs():
+        before = run.jobs[name]
+        after = observe(before, name, observations.get(name, JobObservation()),
+                        scheduler=scheduler, now=now, limits=limits)
+        run.jobs[name] = after
+        if after.state != before.state:
+            changed.append(name)
+    return run, changed
+
+
+def failed_jobs(run: Run, names: Sequence[str]) -> list[str]:
+    """Of `names`, the jobs that ended badly (their stderr tails go into the cause)."""
+    return [n for n in names if run.jobs[n].state in (JobState.FAILED, JobState.CANCELLED)]
+
+
+def decide(run: Run, changed: Sequence[str], *, wait_times: Mapping[str, int], scheduler: str,
+           stderr_tails: Mapping[str, str] | None = None) -> Decision:
+    """What comes next, given the record after a round (or a submission).
+
+    The first job (in the round's order) that ended badly fails the run; otherwise jobs in
+    flight mean waiting; otherwise, sequential with jobs left: the next one; otherwise done."""
+    run = run.copy()
+    failed = failed_jobs(run, changed)
+    if failed:
+        name = failed[0]
+        run.phase = Phase.FAILED
+        run.failure = {"Error": "JobFailed",
+                       "Cause": describe_failure(name, run.jobs[name], scheduler,
+                                                 (stderr_tails or {}).get(name, ""))}
+    elif run.active_jobs():
+        run.phase = Phase.RUNNING
+    elif run.order == "sequential" and run.next < len(run.jobs):
+        run.phase = Phase.NEXT
+    else:
+        run.phase = Phase.SUCCEEDED
+    run.wait_seconds = wait_seconds(run, wait_times)
+    return Decision(run, tuple(changed), PHASE_ACTIONS[run.phase], run.wait_seconds, run.failure)
+
+
+def wait_seconds(run: Run, wait_times: Mapping[str, int]) -> int:
+    """The smallest wait_time among the jobs in flight (or of all jobs, when none is).
+
+    A polling round costs 9 history events, and an execution that passes 25,000 fails.
+    After POLLS_AT_WAIT_TIME rounds the interval doubles every POLLS_PER_DOUBLING rounds
+    (up to an hour), so a run whose jobs outlast their wait_time budget slows its polling
+    instead of failing: at wait_time 1 that starts after 25 minutes of polling; from there
+    the interval reaches an hour within 600 rounds, which leaves about 700 hourly rounds.
+    """
+    waits = [wait_times[name] for name in run.active_jobs()]
+    wait = min(waits) if waits else min(wait_times.values())
+    polls = run.polls or 0
+    if polls >= POLLS_AT_WAIT_TIME:
+        wait = min(MAX_WAIT_SECONDS, wait * 2 ** ((polls - POLLS_AT_WAIT_TIME) // POLLS_PER_DOUBLING + 1))
+    return wait
+
+
+def next_batch(run: Run, plan_order: Sequence[str]) -> tuple[Run, list[str]]:
+    """The jobs Submit Jobs sends now: the next one (sequential, advancing `next`) or every job
+    not started yet (parallel)."""
+    run = run.copy()
+    if run.order == "sequential":
+        batch = [plan_order[run.next]]
+        run.next += 1
+        return run, batch
+    return run, [name for name in plan_order if run.jobs[name].state == JobState.NOT_STARTED]
+
+
+def submitted(run: Run, job_ids: Mapping[str, str], *, wait_times: Mapping[str, int]) -> Run:
+    """The record once the scheduler accepted these jobs."""
+    run = run.copy()
+    for name, job_id in job_ids.items():
+        run.jobs[name] = run.jobs[name].but(job_id=job_id, state=JobState.PENDING)
+    run.phase = Phase.RUNNING
+    run.wait_seconds = wait_seconds(run, wait_times)
+    return run
+
+
+def failed_before_submit(run: Run, name: str, why: str, *, now: int) -> Run:
+    """A job whose files could not be staged, or that the scheduler refused, fails the run."""
+    run = run.copy()
+    run.jobs[name] = run.jobs[name].but(state=JobState.FAILED, reason=why, ended=iso(now))
+    run.phase = Phase.FAILED
+    run.failure = {"Error": "JobFailed", "Cause": f"Job {name!r} failed before submission: {why}"}
+    return run
+
+
+def cancelled(run: Run, leftovers: Sequence[str], *, now: int) -> Run:
+    """The record after Cancel Jobs: every active job, and every job found submitted on the head
+    node though the record never saw its id (an attempt died reporting it), is CANCELLED."""
+    run = run.copy()
+    for name, job in run.jobs.items():
+        if job.state.active or (job.state == JobState.NOT_STARTED and name in leftovers):
+            run.jobs[name] = job.but(state=JobState.CANCELLED, ended=iso(now))
+    return run
+
+
+def describe_failure(name: str, job: JobRecord, scheduler: str, stderr_tail: str) -> str:
+    """The failure cause: job, scheduler id, final state, exit code or signal, stderr tail."""
+    parts = [f"Job {name!r} ({scheduler} job {job.job_id}) ended {job.state.value}"]
+    if job.scheduler_state:
+        parts.append(f"(scheduler state {job.scheduler_state})")
+    if job.signal:
+        parts.append(f"killed by signal {job.signal}")
+    elif job.exit_code is not None:
+        parts.append(f"with exit code {job.exit_code}")
+    text = " ".join(parts)
+    if job.reason:
+        text += f"; reason: {job.reason}"
+    if stderr_tail.strip():
+        text += f"\nLast lines of its stderr:\n{stderr_tail.strip()}"
+    return text

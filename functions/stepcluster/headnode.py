@@ -1,0 +1,380 @@
+"""The head node's work over SSH: prepare, submit, poll, cancel, release.
+
+The states "Prepare Head Node", "Submit Jobs", "Poll Jobs", "Cancel Jobs" and "Release Head
+Node". Each call opens one SSH connection and runs a few generated scripts on it (`jobscripts`);
+what their output means for the run is decided by the pure `decisions` module. paramiko is
+imported only here (and only when connecting).
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import time
+
+from stepcluster import decisions, jobscripts, logs, results, staging
+from stepcluster.decisions import JobObservation, Limits
+from stepcluster.errors import SchedulerError, StagingError
+from stepcluster.record import JobState, Phase, Run
+from stepcluster.schedulers import Category, CommandOutput, JobStatus, Scheduler, get_scheduler
+from stepcluster.wiring import Wiring
+
+log = logs.logger(__name__)
+
+STDERR_TAIL_BYTES = 2000
+#: A job submitted (its wrapper started) that the scheduler lists nowhere is asked about again
+#: this many times, this far apart, before the retried submit fails (never resubmits it).
+RECOVER_ROUNDS = 5
+RECOVER_WAIT_SECONDS = 2
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+def _output(record: jobscripts.Record, first: int) -> CommandOutput:
+    """A command's answer as a script recorded it: exit code, then stdout and stderr in base64."""
+    f = record.fields
+    return CommandOutput(jobscripts.unb64(f[first + 1]), jobscripts.unb64(f[first + 2]), int(f[first]))
+
+
+class HeadNodeWork:
+    def __init__(self, wiring: Wiring):
+        self.wiring = wiring
+
+    # -- connections -----------------------------------------------------------------------
+    def connect(self, run: Run):
+        from stepcluster.remote.ssh import HeadNodeConnection  # paramiko: head-node tasks only
+
+        w = self.wiring
+        node = w.backend.head_node(run.cluster.to_dict())
+        secret = run.cluster.secret_arn or w.settings.ssh_key_secret_id
+        return HeadNodeConnection(node.host, node.port, node.user, w.private_key(secret), node.host_key)
+
+    def scheduler(self, run: Run) -> Scheduler:
+        return get_scheduler(run.cluster.scheduler)
+
+    # -- Prepare Head Node -----------------------------------------------------------------
+    def prepare_head_node(self, run: Run) -> Run:
+        """Check the scheduler answers; make the run's folder."""
+        if run.run_dir:
+            return run
+        scheduler = self.scheduler(run)
+        script = jobscripts.prepare_run_script(scheduler.name, scheduler.probe_argv(),
+                                               self.wiring.settings.remote_root, run.execution)
+        with self.connect(run) as ssh:
+            result = ssh.run_script(script)
+        run = run.copy()
+        run.cluster.run_dir = next(" ".join(r.fields) for r in jobscripts.parse_records(result.stdout)
+                                   if r.tag == "run_dir")
+        return run
+
+    # -- Submit Jobs -----------------------------------------------------------------------
+    def submit_jobs(self, run: Run) -> Run:
+        """Stage and submit the next job (sequential) or all jobs (parallel)."""
+        with self.connect(run) as ssh:
+            return self._submit(run, ssh)
+
+    def _submit(self, run: Run, ssh) -> Run:
+        plan = self.wiring.plan
+        run, names = decisions.next_batch(run, plan.names)
+        batch = [plan.job(name) for name in names]
+        scheduler = self.scheduler(run)
+        try:
+            bundle, fetches = self._stage(run, batch)
+        except _NotStaged as exc:
+            return decisions.failed_before_submit(run, exc.name, exc.why, now=_now())
+        submissions = []
+        for job in batch:
+            d = jobscripts.job_dir(run.run_dir, job.name)
+            submissions.append((job.name, scheduler.submit_argv(
+                f"{d}/run.sh", job_name=jobscripts.submission_name(run.execution, job.name),
+                workdir=f"{d}/src", stdout=f"{d}/stdout", stderr=f"{d}/stderr")))
+        ssh.run(["tar", "-xzf", "-", "-C", run.run_dir], stdin=bundle)
+        if fetches:
+            failed = self._fetch_on_head_node(ssh, batch, fetches)
+            if failed:
+                return decisions.failed_before_submit(run, *failed, now=_now())
+        result = self._run_submit_script(ssh, scheduler, run, submissions)
+        accepted = {}
+        for record in jobscripts.parse_records(result.stdout):
+            if record.tag != "submit":
+                continue
+            name, out = record.fields[0], _output(record, 1)
+            if out.exit_code != 0:
+                return decisions.failed_before_submit(
+                    run, name, f"{scheduler.name} refused the job (exit {out.exit_code}): "
+                               f"{out.stderr.strip() or out.stdout.strip()}", now=_now())
+            accepted[name] = scheduler.parse_submit(out)
+            log.info("job %s submitted as %s", name, accepted[name])
+        missing = [job.name for job in batch if job.name not in accepted]
+        if missing:
+            raise SchedulerError(f"the submit script reported nothing for jobs {missing}: {result.tail()}",
+                                 scheduler=scheduler.name)
+        return decisions.submitted(run, accepted, wait_times=self.wiring.plan.wait_times)
+
+    def _stage(self, run: Run, batch) -> tuple[bytes, list[str]]:
+        """The batch's files and wrappers as one tar (and the scripts that make the head node
+        download them itself, in head-node staging). Everything is staged before anything of
+        the batch reaches the scheduler: a job whose files cannot be staged fails the run first."""
+        w = self.wiring
+        by_head_node = w.settings.staging == "head-node"
+        bundle, fetches = io.BytesIO(), []
+        with tarfile.open(fileobj=bundle, mode="w:gz") as tar:
+            for job in batch:
+                try:
+                    if by_head_node:
+                        fetches.append(staging.fetch_script(
+                            w.plan, job, job_dir=jobscripts.job_dir(run.run_dir, job.name),
+                            s3_client=w.s3, artifacts_bucket=w.settings.artifacts_bucket))
+                    else:
+                        staging.add_job_files(tar, w.plan, job, s3_client=w.s3)
+                except StagingError as exc:
+                    raise _NotStaged(job.name, str(exc)) from exc
+                wrapper = jobscripts.wrapper_script(
+                    run_dir=run.run_dir, name=job.name, handler=job.handler,
+                    env={"STEPCLUSTER_JOB_NAME": job.name, "STEPCLUSTER_EXECUTION": run.execution,
+                         "STEPCLUSTER_CLUSTER_NAME": run.cluster_name})
+                _add_bytes(tar, f"jobs/{job.name}/run.sh", wrapper.encode(), 0o755)
+        return bundle.getvalue(), fetches
+
+    def _run_submit_script(self, ssh, scheduler: Scheduler, run: Run, submissions):
+        """Submit; where an earlier attempt died while submitting some of these, adopt what the
+        scheduler has by their names, then submit (again) only those it verifiably does not know."""
+        script = jobscripts.submit_script(run.run_dir, submissions)
+        result = ssh.run_script(script)
+        unsure = {r.fields[0]: r.fields[1:] == ("ran",)
+                  for r in jobscripts.parse_records(result.stdout) if r.tag == "unsure"}
+        if not unsure:
+            return result
+        adopted, not_known = self._recover_submissions(
+            ssh, scheduler, run, list(unsure), ran={n for n, ran in unsure.items() if ran})
+        ssh.run_script(jobscripts.recovery_script(run.run_dir, adopted, not_known))
+        result = ssh.run_script(script)
+        still = [r.fields[0] for r in jobscripts.parse_records(result.stdout) if r.tag == "unsure"]
+        if still:
+            raise SchedulerError(f"cannot tell whether jobs {still} were submitted: {result.tail()}",
+                                 scheduler=scheduler.name)
+        return result
+
+    def _recover_submissions(self, ssh, scheduler: Scheduler, run: Run, names: list[str],
+                             ran: set[str] = frozenset()) -> tuple[dict[str, str], list[str]]:
+        """Ask the scheduler, by each job's submission name, whether it has it.
+
+        Returns ({job name: adopted id}, [job names it verifiably does not know]). SchedulerError
+        when it cannot tell (not answering, or several jobs by one name): never a guess.
+
+        A job in `ran` (its wrapper started: it was submitted) that the scheduler does not list
+        is between two of its views (Grid Engine: gone from qstat, not yet in qacct, about a
+        second): asked again, RECOVER_ROUNDS times RECOVER_WAIT_SECONDS apart, then an error."""
+        adopted, not_known, pending = {}, [], list(names)
+        for round_ in range(RECOVER_ROUNDS):
+            if round_:
+                time.sleep(RECOVER_WAIT_SECONDS)
+            found, unknown = self._ask_by_name(ssh, scheduler, run, pending)
+            adopted.update(found)
+            not_known += [n for n in unknown if n not in ran]
+            pending = [n for n in unknown if n in ran]
+            if not pending:
+                return adopted, not_known
+        raise SchedulerError(f"jobs {pending} were submitted (their wrappers started) but {scheduler.name} "
+                             f"lists no job by their names: not submitting them again", scheduler=scheduler.name)
+
+    def _ask_by_name(self, ssh, scheduler: Scheduler, run: Run,
+                     names: list[str]) -> tuple[dict[str, str], list[str]]:
+        commands = []
+        for name in names:
+            argv = scheduler.recover_argv(jobscripts.submission_name(run.execution, name))
+            if argv is None:
+                raise SchedulerError(f"job {name!r} may have been submitted by an earlier attempt, and "
+                                     f"{scheduler.name} cannot be asked by name: not submitting it again",
+                                     scheduler=scheduler.name)
+            commands.append((name, argv))
+        out = ssh.run_script(jobscripts.commands_script(commands))
+        answers = {r.fields[0]: _output(r, 1) for r in jobscripts.parse_records(out.stdout)
+                   if r.tag == "cmd" and len(r.fields) == 4}
+        adopted, not_known = {}, []
+        for name in names:
+            if name not in answers:
+                raise SchedulerError(f"no answer from {scheduler.name} about job {name!r}: {out.tail()}",
+                                     scheduler=scheduler.name)
+            sched_name = jobscripts.submission_name(run.execution, name)
+            ids = scheduler.parse_recover(answers[name], sched_name)
+            if len(ids) > 1:
+                raise SchedulerError(f"{scheduler.name} has several jobs named {sched_name!r} ({', '.join(ids)}): "
+                                     "not choosing one", scheduler=scheduler.name, output=answers[name],
+                                     job_ids=ids)
+            if ids:
+                if scheduler.parse_submit(CommandOutput(ids[0] + "\n")) != ids[0]:
+                    raise SchedulerError(f"{scheduler.name} id {ids[0]!r} of job {name!r} would not read back",
+                                         scheduler=scheduler.name, output=answers[name], job_ids=ids)
+                adopted[name] = ids[0]
+                log.warning("job %s was submitted by an earlier attempt as %s (%s): adopted",
+                            name, ids[0], sched_name)
+            else:
+                not_known.append(name)
+                log.warning("job %s: an earlier attempt died submitting it and %s does not know %s",
+                            name, scheduler.name, sched_name)
+        return adopted, not_known
+
+    def _fetch_on_head_node(self, ssh, batch, fetches) -> tuple[str, str] | None:
+        """Run the download scripts; (job name, why) of the first job whose files did not come."""
+        result = ssh.run_script("".join(f"(\n{f})\n" for f in fetches), check=False)
+        fetched = {r.fields[0]: r.fields[1] for r in jobscripts.parse_records(result.stdout)
+                   if r.tag == "fetched"}
+        for job in batch:
+            if fetched.get(job.name) != "0":
+                return job.name, ("the head node could not download its files (does it reach S3?): "
+                                  + (result.tail(5) or "no output"))
+        return None
+
+    # -- Poll Jobs -------------------------------------------------------------------------
+    def poll_jobs(self, run: Run) -> Run:
+        """One round: one SSH connection, every job in flight."""
+        scheduler = self.scheduler(run)
+        with self.connect(run) as ssh:
+            observations = self._observe(ssh, scheduler, run)
+            limits = Limits(self.wiring.settings.blocked_job_timeout_seconds)
+            run, changed = decisions.apply_round(run, observations, scheduler=scheduler.name,
+                                                 now=_now(), limits=limits)
+            failed = decisions.failed_jobs(run, changed)
+            tails = self._stderr_tails(ssh, run.run_dir, failed) if failed else {}
+            decision = decisions.decide(run, changed, wait_times=self.wiring.plan.wait_times,
+                                        scheduler=scheduler.name, stderr_tails=tails)
+            run = decision.run
+            if decision.action == decisions.Action.SUBMIT:
+                # Sequential: the next job goes out in this round, on this connection (saves a
+                # Submit Jobs state, a Lambda call and an SSH connection per job).
+                run = self._submit(run, ssh)
+        return run
+
+    def _observe(self, ssh, scheduler: Scheduler, run: Run) -> dict[str, JobObservation]:
+        """What the head node shows of each active job: its wrapper's files and the scheduler's
+        answer, with the scheduler's history asked about the jobs gone from its live queue."""
+        active = run.active_jobs()
+        ids = [run.jobs[n].job_id for n in active]
+        result = ssh.run_script(jobscripts.inspect_script(
+            run.run_dir, active, scheduler.status_argv(ids) if ids else None))
+        files, statuses = {}, {}
+        for record in jobscripts.parse_records(result.stdout):
+            if record.tag == "job":
+                files[record.fields[0]] = (jobscripts.unb64(record.fields[1]).strip(),
+                                           jobscripts.unb64(record.fields[2]).strip())
+            elif record.tag == "status":
+                statuses = scheduler.parse_status(_output(record, 0), ids)
+        observations = {}
+        for name in active:
+            started, result_line = files.get(name, ("", ""))
+            observations[name] = JobObservation(started, result_line,
+                                                statuses.get(run.jobs[name].job_id))
+        gone = [run.jobs[n].job_id for n in active if decisions.needs_history(observations[n])]
+        history = self._accounting(ssh, scheduler, gone)
+        for name in active:
+            known = history.get(run.jobs[name].job_id)
+            if known is not None:
+                observations[name] = JobObservation(observations[name].started, observations[name].result, known)
+        return observations
+
+    def _accounting(self, ssh, scheduler: Scheduler, ids: list[str]) -> dict[str, JobStatus]:
+        commands = [(i, scheduler.accounting_argv(i)) for i in ids]
+        commands = [(i, argv) for i, argv in commands if argv]
+        if not commands:
+            return {}
+        out = ssh.run_script(jobscripts.commands_script(commands))
+        history = {}
+        for record in jobscripts.parse_records(out.stdout):
+            if record.tag == "cmd":
+                job_id = record.fields[0]
+                status = scheduler.parse_accounting(_output(record, 1), job_id)
+                if status.category != Category.MISSING:
+                    history[job_id] = status
+        return history
+
+    def _stderr_tails(self, ssh, run_dir: str, names: list[str]) -> dict[str, str]:
+        out = ssh.run_script(jobscripts.tails_script(run_dir, names, STDERR_TAIL_BYTES), check=False)
+        return {r.fields[0]: jobscripts.unb64(r.fields[1]) for r in jobscripts.parse_records(out.stdout)
+                if r.tag == "tail" and len(r.fields) > 1}
+
+    # -- Cancel Jobs / Release Head Node ---------------------------------------------------
+    def cancel_jobs(self, run: Run) -> Run:
+        """Cancel every job of the run still queued or running (known to the record or not)."""
+        if run.cluster is None or not run.run_dir or not run.cluster.ready:
+            return run
+        with self.connect(run) as ssh:
+            leftovers = self._cancel_leftovers(ssh, run)
+        return decisions.cancelled(run, leftovers, now=_now())
+
+    def release_head_node(self, run: Run) -> Run:
+        """Keep the results, then leave the head node as the run found it.
+
+        Cancels leftover jobs (so nothing writes any more), copies every started job's stdout,
+        stderr, exit record and output folder to the artifacts bucket, then removes the run's
+        folder. On every path: the cluster, and all on it, is deleted next.
+        """
+        if run.cluster is None or not run.run_dir or not run.cluster.ready:
+            return run
+        run = run.copy()
+        bucket = self.wiring.settings.artifacts_bucket
+        with self.connect(run) as ssh:
+            self._cancel_leftovers(ssh, run)
+            if bucket:
+                run.results = results.collect(ssh, run, bucket, s3_client=self.wiring.s3)
+            ssh.run(["rm", "-rf", "--", run.run_dir])
+        run.cluster.run_dir_removed = True
+        return run
+
+    def release_existing(self, execution: str) -> str | None:
+        """After an abort on an existing head node: find the execution's folder, cancel its jobs,
+        keep what they wrote, remove it. The folder's path, or None if there was none."""
+        from stepcluster.record import ClusterRecord
+
+        node = self.wiring.backend.head_node({})
+        run = Run(execution=execution,
+                  cluster=ClusterRecord("READY", head_node={"scheduler": node.scheduler}))
+        with self.connect(run) as ssh:
+            found = ssh.run_script(jobscripts.find_run_script(self.wiring.settings.remote_root, execution))
+            run_dir = next((" ".join(r.fields) for r in jobscripts.parse_records(found.stdout)
+                            if r.tag == "run_dir"), None)
+        if run_dir is not None:
+            run.cluster.run_dir = run_dir
+            self.release_head_node(run)
+        return run_dir
+
+    def _cancel_leftovers(self, ssh, run: Run) -> list[str]:
+        """Cancel jobs the head node shows as submitted without a result; return their names."""
+        scheduler = self.scheduler(run)
+        out = ssh.run_script(jobscripts.submitted_jobs_script(run.run_dir))
+        leftovers, unsure = {}, []
+        for record in jobscripts.parse_records(out.stdout):
+            if record.tag == "unsure":
+                unsure.append(record.fields[0])
+            elif record.tag == "left":
+                try:
+                    leftovers[record.fields[0]] = scheduler.parse_submit(
+                        CommandOutput(jobscripts.unb64(record.fields[1])))
+                except SchedulerError:
+                    log.warning("cannot read the job id of leftover job %s", record.fields[0])
+        if unsure:
+            # submitted (maybe) by an attempt that died before recording the id: find it by name
+            try:
+                leftovers.update(self._recover_submissions(ssh, scheduler, run, unsure)[0])
+            except SchedulerError as exc:
+                log.warning("cannot find jobs %s by name to cancel them: %s", unsure, exc)
+        if leftovers:
+            ssh.run(scheduler.cancel_argv(sorted(leftovers.values())), check=False)
+            log.info("cancelled leftover jobs %s", leftovers)
+        return list(leftovers)
+
+
+class _NotStaged(Exception):
+    """A job of the batch could not be staged (internal: becomes the run's failure)."""
+
+    def __init__(self, name: str, why: str):
+        super().__init__(why)
+        self.name, self.why = name, why
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+    tar.addfile(info, io.BytesIO(data))

@@ -1,0 +1,175 @@
+"""The cluster's lifecycle: create, watch, delete (AWS APIs and the cluster tools; no SSH).
+
+The states "Create Cluster", "Check Cluster Status", "Delete Cluster" and "Check Deletion",
+and the deletion half of the abort cleanup. paramiko is never imported here: the ParallelCluster
+function, which runs on another Python with its own layer, does not ship it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from stepcluster import logs
+from stepcluster.clusters.base import RunContext, SshKey
+from stepcluster.errors import InputError, PlanError
+from stepcluster.executions import ENDED
+from stepcluster.record import ClusterRecord, ClusterStatus, JobRecord, Phase, Run
+from stepcluster.wiring import Wiring
+
+log = logs.logger(__name__)
+
+#: Every key the execution input may hold.
+INPUT_KEYS = ("cluster_name", "keep_cluster")
+_INPUT_EXAMPLE = 'a JSON object like {"cluster_name": "my-cluster"}'
+_JSON_KINDS = {list: "an array", str: "a string", bool: "a boolean", type(None): "null",
+               int: "a number", float: "a number"}
+
+
+@dataclass(frozen=True)
+class RunInput:
+    """The execution input, checked: what the user asked for when starting the execution."""
+
+    cluster_name: Any       # checked by the backend, whose naming rules it is
+    keep_cluster: bool = False
+
+
+def parse_run_input(value: Any) -> RunInput:
+    """The user's execution input, or InputError saying what it must be (with did-you-mean)."""
+    if not isinstance(value, dict):
+        what = _JSON_KINDS.get(type(value), "not an object")
+        shown = json.dumps(value, default=str)
+        shown = shown if len(shown) <= 200 else shown[:197] + "..."
+        raise InputError(f"execution input must be {_INPUT_EXAMPLE}; got {what}: {shown}")
+    unknown = sorted((k for k in value if k not in INPUT_KEYS), key=str)
+    if unknown:
+        described = []
+        for key in unknown:
+            close = difflib.get_close_matches(str(key), INPUT_KEYS, n=1, cutoff=0.6)
+            described.append(json.dumps(key) + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise InputError(f"execution input has unknown key{'s' if len(unknown) > 1 else ''} "
+                         f"{', '.join(described)}: the keys are {', '.join(INPUT_KEYS)}")
+    if "cluster_name" not in value:
+        raise InputError(f"execution input must be {_INPUT_EXAMPLE}: cluster_name is missing")
+    keep = value.get("keep_cluster", False)
+    if not isinstance(keep, bool):
+        raise InputError(f"keep_cluster must be true or false, got {keep!r}")
+    return RunInput(value["cluster_name"], keep)
+
+
+class ClusterLifecycle:
+    def __init__(self, wiring: Wiring):
+        self.wiring = wiring
+
+    def create_cluster(self, run: Run) -> Run:
+        """Check the input and the plan, make the run's key, start creating the cluster."""
+        w = self.wiring
+        user_input = parse_run_input(run.input)
+        plan = w.plan
+        if run.plan_digest != plan.digest:
+            raise PlanError(
+                f"the state machine was deployed with jobs plan {run.plan_digest!r} but the "
+                f"functions hold plan {plan.digest!r}: run `stepcluster preprocess` and deploy again")
+        if plan.backend != w.settings.backend:
+            raise PlanError(f"the plan was prepared for backend {plan.backend!r} but the deployment "
+                            f"uses {w.settings.backend!r}: run `stepcluster preprocess` with --backend "
+                            f"{w.settings.backend}")
+        ctx = RunContext(run.execution, run.execution_arn or run.execution,
+                         w.backend.check_name(user_input.cluster_name))
+        key = self._run_key(ctx)
+        try:
+            cluster = w.backend.create(ctx, key)
+        except Exception:
+            # InputError ("name in use") skips the teardown states: leave no key behind.
+            if key.owned:
+                w.keys.delete(ctx.execution)
+            raise
+        if w.backend.creates_clusters:
+            cluster["key"] = {"key_name": key.key_name, "secret_arn": key.secret_arn, "owned": key.owned}
+            cluster = self._undo_if_execution_ended(ctx, cluster, key)
+        created = Run(
+            execution=ctx.execution, execution_arn=ctx.execution_arn, plan_digest=plan.digest,
+            cluster_name=ctx.cluster_name, keep_cluster=user_input.keep_cluster, order=plan.order,
+            cluster=ClusterRecord.from_dict(cluster),
+            jobs={job.name: JobRecord() for job in plan.jobs},
+            next=0, phase=Phase.READY, wait_seconds=min(j.wait_time for j in plan.jobs))
+        log.info("cluster %s: %s", ctx.cluster_name, cluster["status"])
+        return created
+
+    def _undo_if_execution_ended(self, ctx: RunContext, cluster: dict, key: SshKey) -> dict:
+        """An abort or timeout while the cluster tool was creating the stack skips every teardown
+        state, and the EventBridge cleanup it triggers may run before the stack exists (finding
+        nothing), while this call goes on to create it. So, once the cluster is started, ask Step
+        Functions whether this execution still runs; if it ended, delete what this call made (the
+        cluster, through the backend's delete and its tag check, and the run's key), now. An
+        execution that ends after this check finds the stack already there for its cleanup.
+
+        A look-up that fails (no route to Step Functions, throttling) does not fail a run that is
+        most likely alive: it is logged, and the periodic sweep catches a cluster left behind."""
+        w = self.wiring
+        try:
+            status = w.executions.status(ctx.execution_arn)
+        except Exception as exc:  # noqa: BLE001 - botocore errors, an ARN that is only a name
+            log.warning("cannot tell whether execution %s still runs (%s: %s); if it ended, the "
+                        "periodic sweep deletes cluster %s", ctx.execution_arn, type(exc).__name__,
+                        exc, ctx.cluster_name)
+            return cluster
+        if status not in ENDED:     # RUNNING (or about to be, PENDING_REDRIVE); None: unknown here
+            return cluster
+        log.warning("execution %s is %s: deleting cluster %s and the run's key it just made",
+                    ctx.execution_arn, status, ctx.cluster_name)
+        try:
+            deleted = w.backend.delete(cluster)
+        finally:
+            if key.owned:
+                w.keys.delete(ctx.execution)
+        if key.owned:
+            deleted = {**deleted, "key": {**cluster["key"], "deleted": True}}
+        return {**deleted, "execution_status": status}
+
+    def _run_key(self, ctx: RunContext) -> SshKey:
+        w, s = self.wiring, self.wiring.settings
+        if not w.backend.creates_clusters or s.ssh_key_name:
+            return SshKey(s.ssh_key_name, s.ssh_key_secret_id, owned=False)
+        return w.keys.create(ctx)
+
+    def cluster_status(self, run: Run) -> Run:
+        return self._with_cluster(run, self.wiring.backend.status(run.cluster.to_dict()))
+
+    def delete_cluster(self, run: Run) -> Run:
+        """Delete the cluster (unless keep_cluster on success); a missing cluster is done."""
+        if run.cluster is None:              # creation never started: nothing to delete
+            return self._with_cluster(run, {"status": ClusterStatus.DELETED.value})
+        if run.keep_cluster and run.phase == Phase.SUCCEEDED and run.failure is None:
+            return self._with_cluster(run, {**run.cluster.to_dict(), "status": ClusterStatus.KEPT.value})
+        return self._after_deletion(self._with_cluster(run, self.wiring.backend.delete(run.cluster.to_dict())))
+
+    def deletion_status(self, run: Run) -> Run:
+        return self._after_deletion(
+            self._with_cluster(run, self.wiring.backend.deletion_status(run.cluster.to_dict())))
+
+    def _after_deletion(self, run: Run) -> Run:
+        """Once the cluster is gone, its key goes too (only a key made for this run)."""
+        cluster = run.cluster
+        if cluster.status == ClusterStatus.DELETED and (cluster.key or {}).get("owned"):
+            self.wiring.keys.delete(run.execution)
+            return self._with_cluster(run, {**cluster.to_dict(), "key": {**cluster.key, "deleted": True}})
+        return run
+
+    def delete_tagged(self, execution_arn: str) -> list[dict]:
+        """Delete every cluster tagged with this execution, and the run's key (idempotent)."""
+        w = self.wiring
+        deleted = []
+        for cluster in w.backend.find_clusters(execution_arn):
+            result = w.backend.delete(cluster)
+            deleted.append({"name": cluster.get("name"), "status": result["status"]})
+        w.keys.delete(execution_arn.rsplit(":", 1)[-1])
+        return deleted
+
+    @staticmethod
+    def _with_cluster(run: Run, cluster: dict) -> Run:
+        run = run.copy()
+        run.cluster = ClusterRecord.from_dict(cluster)
+        return run

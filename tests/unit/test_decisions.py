@@ -1,0 +1,272 @@
+"""The run's decisions (stepcluster.decisions), fed records and observations: no cluster, no
+SSH, no clock. Each rule is pinned at its boundary (the second a limit is reached, the round a
+grace ends), since an off-by-one there fails healthy jobs or polls broken ones for ever."""
+
+import pytest
+
+from stepcluster import decisions as d
+from stepcluster.decisions import Action, JobObservation, Limits
+from stepcluster.errors import SchedulerError
+from stepcluster.record import JobRecord, JobState, Phase, Run
+from stepcluster.schedulers import Category, JobStatus
+
+NOW = 1_700_000_000
+LIMITS = Limits(blocked_job_timeout_seconds=600)
+WAITS = {"a": 5, "b": 2, "c": 9}
+
+
+def status(category, raw="X", **kw):
+    return JobStatus("7", category, raw, **kw)
+
+
+def observe(job=None, *, started="", result="", st=None, now=NOW, limits=LIMITS):
+    job = job or JobRecord(state=JobState.RUNNING, job_id="7")
+    return d.observe(job, "a", JobObservation(started, result, st), scheduler="slurm", now=now, limits=limits)
+
+
+def run_of(order="sequential", next_=0, polls=None, **states):
+    jobs = {n: JobRecord(state=JobState(s), job_id=None if s == "NOT_STARTED" else f"id-{n}")
+            for n, s in states.items()}
+    return Run(execution="exec-1", cluster_name="c1", order=order, jobs=jobs, next=next_, polls=polls,
+               phase=Phase.RUNNING)
+
+
+# -- the wrapper's result is final ---------------------------------------------------------------
+
+def test_a_result_line_ends_the_job_whatever_the_scheduler_shows():
+    job = JobRecord(state=JobState.RUNNING, job_id="7", scheduler_state="R", reason="Resources",
+                    missing_since=NOW - 5, missing_polls=2)
+    done = observe(job, started=str(NOW - 10), result=f"0 0 {NOW}", st=status(Category.RUNNING, "R"))
+    assert done == JobRecord(state=JobState.SUCCEEDED, job_id="7", exit_code=0, started="2023-11-14T22:13:10Z",
+                             ended="2023-11-14T22:13:20Z")
+
+
+@pytest.mark.parametrize("line, state, code, signal", [
+    ("1 0 1700000000", JobState.FAILED, 1, None),
+    ("137 9 1700000000", JobState.FAILED, 137, 9),
+    ("143 15 1700000000", JobState.FAILED, 143, 15),
+    ("0 0", JobState.SUCCEEDED, 0, None),
+])
+def test_exit_codes_and_signals_are_read_from_the_result_line(line, state, code, signal):
+    job = observe(result=line)
+    assert (job.state, job.exit_code, job.signal) == (state, code, signal)
+    assert job.ended == (None if line == "0 0" else "2023-11-14T22:13:20Z")
+
+
+@pytest.mark.parametrize("line", ["", "x", "0", "0 0 0 0", "-1 0 1", "0  0 1", "00000 0 1", "0 0 later"])
+def test_a_result_file_that_is_not_the_wrappers_line_is_a_failure_never_a_success(line):
+    if not line:
+        assert observe(result=line, st=status(Category.RUNNING)).state == JobState.RUNNING
+        return
+    job = observe(result=line)
+    assert job.state == JobState.FAILED and job.exit_code is None
+    assert "not the wrapper's 'EXIT SIGNAL ENDED' line" in job.reason and repr(line[:80]) in job.reason
+
+
+def test_a_start_file_sets_started_and_anything_else_in_it_is_ignored():
+    assert observe(started=str(NOW), st=status(Category.RUNNING)).started == "2023-11-14T22:13:20Z"
+    assert observe(started="soon", st=status(Category.RUNNING)).started is None
+
+
+# -- the scheduler's view while there is no result -------------------------------------------
+
+def test_queued_and_running_keep_the_schedulers_word_and_reason():
+    queued = observe(st=status(Category.QUEUED, "PENDING", reason="Priority"))
+    assert (queued.state, queued.scheduler_state, queued.reason) == (JobState.PENDING, "PENDING", "Priority")
+    running = observe(st=status(Category.RUNNING, "RUNNING", reason="None"))
+    assert (running.state, running.scheduler_state, running.reason) == (JobState.RUNNING, "RUNNING", None)
+    for empty in d.NO_REASON:
+        assert observe(st=status(Category.QUEUED, reason=empty)).reason is None
+
+
+def test_a_state_the_adapter_does_not_know_is_an_error_naming_it_never_a_guess():
+    with pytest.raises(SchedulerError) as err:
+        observe(st=status(Category.UNKNOWN, "Zz"))
+    assert "'Zz'" in str(err.value) and "job 'a' (slurm job 7)" in str(err.value)
+    assert err.value.scheduler == "slurm" and err.value.job_ids == ("7",)
+
+
+@pytest.mark.parametrize("category, state", [(Category.FAILED, JobState.FAILED),
+                                             (Category.CANCELLED, JobState.CANCELLED)])
+def test_a_job_that_ended_without_its_wrapper_takes_the_schedulers_end(category, state):
+    job = observe(st=status(category, "NODE_FAIL", exit_code=1, signal=9, reason="node lost"))
+    assert job == JobRecord(state=state, job_id="7", exit_code=1, signal=9, ended="2023-11-14T22:13:20Z",
+                            scheduler_state="NODE_FAIL", reason="node lost")
+    assert observe(st=status(category, "F", reason="")).reason is None
+
+
+def test_a_blocked_job_fails_when_its_time_is_up_not_a_second_before():
+    blocked = status(Category.QUEUED, "PD", blocked="held by admin")
+    first = observe(JobRecord(state=JobState.PENDING, job_id="7"), st=blocked)
+    assert first.state == JobState.PENDING and first.blocked_since == NOW
+    almost = observe(first, st=blocked, now=NOW + 599)
+    assert almost.state == JobState.PENDING and almost.blocked_since == NOW
+    failed = observe(almost, st=blocked, now=NOW + 600)
+    assert failed.state == JobState.FAILED and failed.blocked_since is None
+    assert failed.reason == "cannot start by itself (held by admin) and did not within 600 s"
+    assert failed.ended == d.iso(NOW + 600)
+
+
+def test_a_job_no_longer_blocked_starts_its_clock_again():
+    blocked = status(Category.QUEUED, "PD", blocked="held")
+    job = observe(JobRecord(state=JobState.PENDING, job_id="7", blocked_since=NOW - 500), st=blocked)
+    assert job.blocked_since == NOW - 500
+    free = observe(job, st=status(Category.QUEUED, "PD"))
+    assert free.blocked_since is None
+    again = observe(free, st=blocked, now=NOW + 1)
+    assert again.blocked_since == NOW + 1 and again.state == JobState.PENDING
+
+
+@pytest.mark.parametrize("st", [None, status(Category.MISSING, ""), status(Category.SUCCEEDED, "CD")])
+def test_a_job_gone_without_a_result_is_waited_for_then_lost(st):
+    limits = Limits(600, missing_grace_seconds=60, missing_min_polls=3)
+    job = JobRecord(state=JobState.RUNNING, job_id="7")
+    job = observe(job, st=st, limits=limits)
+    assert (job.state, job.missing_since, job.missing_polls) == (JobState.RUNNING, NOW, 1)
+    job = observe(job, st=st, now=NOW + 100, limits=limits)     # past the grace, 2 rounds only
+    assert (job.state, job.missing_since, job.missing_polls) == (JobState.RUNNING, NOW, 2)
+    lost = observe(job, st=st, now=NOW + 100, limits=limits)
+    assert lost.state == JobState.FAILED and lost.ended == d.iso(NOW + 100)
+    assert lost.scheduler_state == (st.raw_state if st and st.raw_state else "MISSING")
+    assert lost.reason == "slurm no longer knows the job and its wrapper recorded no exit code within 60 s"
+
+
+def test_a_missing_job_is_not_lost_before_the_grace_whatever_the_rounds():
+    limits = Limits(600, missing_grace_seconds=60, missing_min_polls=3)
+    job = JobRecord(state=JobState.RUNNING, job_id="7", missing_since=NOW, missing_polls=10)
+    assert observe(job, now=NOW + 59, limits=limits).state == JobState.RUNNING
+    assert observe(job, now=NOW + 60, limits=limits).state == JobState.FAILED
+
+
+def test_a_result_after_a_missing_spell_clears_it():
+    job = JobRecord(state=JobState.RUNNING, job_id="7", missing_since=NOW, missing_polls=2)
+    assert observe(job, result="0 0 1") == JobRecord(state=JobState.SUCCEEDED, job_id="7", exit_code=0,
+                                                    ended="1970-01-01T00:00:01Z")
+
+
+@pytest.mark.parametrize("result, st, asked", [
+    ("", None, True), ("", status(Category.MISSING), True), ("", status(Category.SUCCEEDED), True),
+    ("", status(Category.RUNNING), False), ("", status(Category.QUEUED), False),
+    ("", status(Category.FAILED), False), ("0 0 1", None, False), ("0 0 1", status(Category.SUCCEEDED), False),
+])
+def test_the_schedulers_history_is_asked_only_about_jobs_gone_without_a_result(result, st, asked):
+    assert d.needs_history(JobObservation("", result, st)) is asked
+
+
+# -- a round over the run ---------------------------------------------------------------------
+
+def test_a_round_observes_active_jobs_only_and_says_which_changed():
+    run = run_of("parallel", a="RUNNING", b="PENDING", c="SUCCEEDED")
+    observations = {"a": JobObservation(result="0 0 1"),
+                    "b": JobObservation(status=JobStatus("id-b", Category.QUEUED, "PD")),
+                    "c": JobObservation(result="1 0 1")}
+    after, changed = d.apply_round(run, observations, scheduler="slurm", now=NOW, limits=LIMITS)
+    assert changed == ["a"]
+    assert after.jobs["a"].state == JobState.SUCCEEDED and after.jobs["c"].state == JobState.SUCCEEDED
+    assert after.polls == 1 and run.polls is None
+    assert run.jobs["a"].state == JobState.RUNNING        # the record given is not changed
+    again, _ = d.apply_round(after, observations, scheduler="slurm", now=NOW, limits=LIMITS)
+    assert again.polls == 2
+
+
+def test_an_active_job_the_round_did_not_see_counts_as_missing():
+    after, changed = d.apply_round(run_of(a="RUNNING"), {}, scheduler="slurm", now=NOW, limits=LIMITS)
+    assert changed == [] and after.jobs["a"].missing_polls == 1
+
+
+def test_the_first_failed_job_of_the_round_fails_the_run_with_its_stderr():
+    run = run_of("parallel", a="FAILED", b="CANCELLED", c="RUNNING")
+    run.jobs["a"] = run.jobs["a"].but(exit_code=3)
+    decision = d.decide(run, ["a", "b"], wait_times=WAITS, scheduler="slurm", stderr_tails={"a": "  boom \n"})
+    assert decision.action == Action.FAIL and decision.run.phase == Phase.FAILED
+    assert decision.failure == decision.run.failure == {
+        "Error": "JobFailed",
+        "Cause": "Job 'a' (slurm job id-a) ended FAILED with exit code 3\nLast lines of its stderr:\nboom"}
+    assert decision.changed == ("a", "b") and decision.wait_seconds == 9
+    assert run.phase == Phase.RUNNING and run.failure is None
+
+
+def test_a_job_that_had_failed_before_the_round_is_not_this_rounds_failure():
+    run = run_of("parallel", a="FAILED", b="RUNNING")
+    assert d.decide(run, [], wait_times=WAITS, scheduler="slurm").action == Action.WAIT
+
+
+@pytest.mark.parametrize("order, next_, states, phase, action", [
+    ("sequential", 1, dict(a="RUNNING", b="NOT_STARTED"), Phase.RUNNING, Action.WAIT),
+    ("sequential", 1, dict(a="SUCCEEDED", b="NOT_STARTED"), Phase.NEXT, Action.SUBMIT),
+    ("sequential", 2, dict(a="SUCCEEDED", b="SUCCEEDED"), Phase.SUCCEEDED, Action.FINISH),
+    ("parallel", 0, dict(a="SUCCEEDED", b="PENDING"), Phase.RUNNING, Action.WAIT),
+    ("parallel", 0, dict(a="SUCCEEDED", b="SUCCEEDED"), Phase.SUCCEEDED, Action.FINISH),
+])
+def test_what_comes_after_a_round(order, next_, states, phase, action):
+    decision = d.decide(run_of(order, next_, **states), [], wait_times=WAITS, scheduler="slurm")
+    assert (decision.run.phase, decision.action, decision.failure) == (phase, action, None)
+    assert decision.run.wait_seconds == decision.wait_seconds
+
+
+def test_the_wait_is_the_smallest_wait_time_of_the_jobs_in_flight():
+    assert d.wait_seconds(run_of("parallel", a="RUNNING", b="SUCCEEDED", c="PENDING"), WAITS) == 5
+    assert d.wait_seconds(run_of("parallel", a="RUNNING", b="PENDING", c="PENDING"), WAITS) == 2
+    assert d.wait_seconds(run_of("parallel", a="SUCCEEDED", b="NOT_STARTED", c="FAILED"), WAITS) == 2
+
+
+def test_polling_slows_down_before_the_history_limit():
+    waits = {n: d.wait_seconds(run_of(a="RUNNING", polls=n), {"a": 5})
+             for n in (0, 1499, 1500, 1549, 1550, 1600, 2100)}
+    assert waits == {0: 5, 1499: 5, 1500: 10, 1549: 10, 1550: 20, 1600: 40, 2100: 3600}
+
+
+# -- submission and cancel -------------------------------------------------------------------
+
+def test_the_next_batch_is_the_next_job_or_every_job_not_started():
+    run, batch = d.next_batch(run_of("sequential", 1, a="SUCCEEDED", b="NOT_STARTED", c="NOT_STARTED"),
+                              ["a", "b", "c"])
+    assert batch == ["b"] and run.next == 2
+    run, batch = d.next_batch(run_of("parallel", 0, c="NOT_STARTED", a="RUNNING", b="NOT_STARTED"),
+                              ["a", "b", "c"])
+    assert batch == ["b", "c"] and run.next == 0
+
+
+def test_submitted_jobs_are_pending_with_their_ids():
+    run = d.submitted(run_of("parallel", a="NOT_STARTED", b="NOT_STARTED", c="SUCCEEDED"),
+                      {"a": "11", "b": "12"}, wait_times=WAITS)
+    assert [(n, j.state, j.job_id) for n, j in run.jobs.items()] == [
+        ("a", JobState.PENDING, "11"), ("b", JobState.PENDING, "12"), ("c", JobState.SUCCEEDED, "id-c")]
+    assert run.phase == Phase.RUNNING and run.wait_seconds == 2
+
+
+def test_a_job_that_cannot_be_submitted_fails_the_run_saying_why():
+    run = d.failed_before_submit(run_of(a="NOT_STARTED"), "a", "no such handler", now=NOW)
+    assert run.jobs["a"] == JobRecord(state=JobState.FAILED, reason="no such handler", ended=d.iso(NOW))
+    assert run.phase == Phase.FAILED
+    assert run.failure == {"Error": "JobFailed", "Cause": "Job 'a' failed before submission: no such handler"}
+
+
+def test_cancel_marks_active_jobs_and_leftovers_never_ended_ones():
+    run = run_of("parallel", a="RUNNING", b="PENDING", c="NOT_STARTED")
+    run.jobs["d"] = JobRecord(state=JobState.NOT_STARTED)
+    run.jobs["e"] = JobRecord(state=JobState.SUCCEEDED, job_id="5")
+    after = d.cancelled(run, ["c", "e"], now=NOW)
+    assert {n: j.state for n, j in after.jobs.items()} == {
+        "a": JobState.CANCELLED, "b": JobState.CANCELLED, "c": JobState.CANCELLED,
+        "d": JobState.NOT_STARTED, "e": JobState.SUCCEEDED}
+    assert after.jobs["a"].ended == d.iso(NOW) and after.jobs["d"].ended is None
+
+
+# -- the cause a user reads ------------------------------------------------------------------
+
+@pytest.mark.parametrize("job, tail, cause", [
+    (JobRecord(JobState.FAILED, "7", exit_code=2), "", "Job 'a' (sge job 7) ended FAILED with exit code 2"),
+    (JobRecord(JobState.FAILED, "7", exit_code=137, signal=9, scheduler_state="OUT_OF_MEMORY"), "",
+     "Job 'a' (sge job 7) ended FAILED (scheduler state OUT_OF_MEMORY) killed by signal 9"),
+    (JobRecord(JobState.CANCELLED, "7", reason="by root"), " \n",
+     "Job 'a' (sge job 7) ended CANCELLED; reason: by root"),
+    (JobRecord(JobState.FAILED, None, exit_code=0, reason="lost"), "e1\ne2\n",
+     "Job 'a' (sge job None) ended FAILED with exit code 0; reason: lost\nLast lines of its stderr:\ne1\ne2"),
+])
+def test_the_failure_cause_names_job_id_state_code_reason_and_stderr(job, tail, cause):
+    assert d.describe_failure("a", job, "sge", tail) == cause
+
+
+def test_times_are_utc_iso_8601():
+    assert d.iso(None) is None and d.iso(0) == "1970-01-01T00:00:00Z"

@@ -1,0 +1,96 @@
+"""The run record's JSON shape: what the definition's paths and the console read."""
+
+import json
+
+import pytest
+
+from stepcluster.errors import InputError
+from stepcluster.record import ClusterRecord, ClusterStatus, JobRecord, JobState, Phase, Run
+
+CREATED = {
+    "execution": "exec-1", "execution_arn": "arn:aws:states:us-east-1:1:execution:sm:exec-1",
+    "plan_digest": "d1", "cluster_name": "c1", "keep_cluster": False, "order": "sequential",
+    "next": 1, "phase": "RUNNING", "wait_seconds": 10, "polls": 3,
+    "cluster": {"backend": "cfncluster", "stack_id": "s", "status": "READY", "poll_seconds": 30,
+                "head_node": {"host": "h", "port": 22, "user": "u", "scheduler": "slurm", "host_key": "k"},
+                "key": {"key_name": "k1", "secret_arn": "arn:s", "owned": True}, "run_dir": "/r"},
+    "jobs": {"a": {"state": "SUCCEEDED", "job_id": "12", "exit_code": 0, "started": "t0", "ended": "t1"},
+             "b": {"state": "PENDING", "job_id": "13", "scheduler_state": "PD", "reason": "Priority",
+                   "blocked_since": 5}},
+}
+
+
+def test_a_record_reads_and_writes_back_the_same_json():
+    run = Run.from_dict(json.loads(json.dumps(CREATED)))
+    assert run.to_dict() == CREATED
+    assert run.phase is Phase.RUNNING and run.jobs["a"].state is JobState.SUCCEEDED
+    assert run.cluster.scheduler == "slurm" and run.cluster.secret_arn == "arn:s" and run.run_dir == "/r"
+    assert run.cluster.details == {"backend": "cfncluster", "stack_id": "s", "poll_seconds": 30}
+    assert json.loads(json.dumps(run.to_dict())) == CREATED       # plain JSON: enums as their words
+
+
+def test_empty_fields_are_left_out():
+    job = JobRecord(JobState.FAILED, "7", exit_code=0, reason=None)
+    assert job.to_dict() == {"state": "FAILED", "job_id": "7", "exit_code": 0}
+    assert JobRecord().to_dict() == {"state": "NOT_STARTED"}
+
+
+def test_the_record_start_run_makes_keeps_its_shape():
+    """Before Create Cluster: no jobs, no cluster; after a failed create's teardown: a cluster."""
+    early = {"input": {"cluster_name": "c1"}, "execution": "e", "execution_arn": "arn", "plan_digest": "d"}
+    assert Run.from_dict(early).to_dict() == early
+    torn_down = Run.from_dict({**early, "cluster": {"status": "DELETED"}})
+    assert torn_down.to_dict() == {**early, "cluster": {"status": "DELETED"}}
+
+
+def test_a_created_run_without_jobs_still_lists_them():
+    run = Run(execution="e", order="parallel")
+    assert run.to_dict() == {"execution": "e", "keep_cluster": False, "order": "parallel", "next": 0, "jobs": {}}
+
+
+@pytest.mark.parametrize("data, words", [
+    ("run", "not a run record"),
+    ({"cluster_name": "c"}, "not a run record"),
+    ({**CREATED, "keep_clsuter": True}, "keep_clsuter"),
+    ({**CREATED, "phase": "DONE"}, "the run's phase is 'DONE', not one of READY, RUNNING, NEXT"),
+    ({**CREATED, "jobs": {"a": {"state": "FINISHED"}}}, "job 'a''s state is 'FINISHED'"),
+    ({**CREATED, "jobs": {"a": {"state": "PENDING", "jobid": "1"}}}, "job 'a' has fields this version does not know: jobid"),
+    ({**CREATED, "jobs": {"a": "PENDING"}}, "job 'a' of the run record is not an object"),
+    ({**CREATED, "jobs": ["a"]}, "jobs are not an object"),
+    ({**CREATED, "cluster": {"name": "x"}}, "cluster has no status"),
+])
+def test_a_record_that_is_not_one_is_refused_naming_the_field(data, words):
+    with pytest.raises(InputError) as err:
+        Run.from_dict(data)
+    assert words in str(err.value)
+
+
+def test_a_copy_changes_apart_from_its_original():
+    run = Run.from_dict(CREATED)
+    copy = run.copy()
+    copy.jobs["a"] = copy.jobs["a"].but(state=JobState.FAILED)
+    copy.cluster.run_dir = "/other"
+    copy.jobs["c"] = JobRecord()
+    assert run.to_dict() == CREATED
+
+
+def test_job_states_and_phases_are_the_words_the_definition_branches_on():
+    assert [s.value for s in JobState] == ["NOT_STARTED", "PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"]
+    assert [s.name for s in JobState if s.active] == ["PENDING", "RUNNING"]
+    assert [s.name for s in JobState if s.ended] == ["SUCCEEDED", "FAILED", "CANCELLED"]
+    assert [p.value for p in Phase] == ["READY", "RUNNING", "NEXT", "SUCCEEDED", "FAILED"]
+    definition = json.load(open("statemachine/definition.asl.json"))
+    read = {c["StringEquals"] for s in definition["States"].values() for c in s.get("Choices", [])
+            if c.get("Variable") == "$.run.phase"}
+    assert read <= {p.value for p in Phase}
+    statuses = {c["StringEquals"] for s in definition["States"].values() for c in s.get("Choices", [])
+                if c.get("Variable") == "$.run.cluster.status"}
+    assert statuses <= {c.value for c in ClusterStatus}
+
+
+def test_active_jobs_in_record_order():
+    run = Run.from_dict(CREATED)
+    run.jobs["c"] = JobRecord(JobState.RUNNING, "14")
+    assert run.active_jobs() == ["b", "c"]
+    assert ClusterRecord("READY").ready and not ClusterRecord("CREATING").ready
+    assert ClusterRecord("READY").scheduler is None and ClusterRecord("READY").secret_arn is None
