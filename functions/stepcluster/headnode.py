@@ -12,30 +12,20 @@ import io
 import tarfile
 import time
 
-from stepcluster import decisions, jobscripts, logs, results, staging
+from stepcluster import adoption, decisions, jobscripts, logs, results, staging
 from stepcluster.decisions import JobObservation, Limits
 from stepcluster.errors import SchedulerError, StagingError
-from stepcluster.record import JobState, Phase, Run
+from stepcluster.record import ClusterRecord, Run
 from stepcluster.schedulers import Category, CommandOutput, JobStatus, Scheduler, get_scheduler
 from stepcluster.wiring import Wiring
 
 log = logs.logger(__name__)
 
 STDERR_TAIL_BYTES = 2000
-#: A job submitted (its wrapper started) that the scheduler lists nowhere is asked about again
-#: this many times, this far apart, before the retried submit fails (never resubmits it).
-RECOVER_ROUNDS = 5
-RECOVER_WAIT_SECONDS = 2
 
 
 def _now() -> int:
     return int(time.time())
-
-
-def _output(record: jobscripts.Record, first: int) -> CommandOutput:
-    """A command's answer as a script recorded it: exit code, then stdout and stderr in base64."""
-    f = record.fields
-    return CommandOutput(jobscripts.unb64(f[first + 1]), jobscripts.unb64(f[first + 2]), int(f[first]))
 
 
 class HeadNodeWork:
@@ -100,7 +90,7 @@ class HeadNodeWork:
         for record in jobscripts.parse_records(result.stdout):
             if record.tag != "submit":
                 continue
-            name, out = record.fields[0], _output(record, 1)
+            name, out = record.fields[0], jobscripts.command_output(record, 1)
             if out.exit_code != 0:
                 return decisions.failed_before_submit(
                     run, name, f"{scheduler.name} refused the job (exit {out.exit_code}): "
@@ -147,8 +137,8 @@ class HeadNodeWork:
                   for r in jobscripts.parse_records(result.stdout) if r.tag == "unsure"}
         if not unsure:
             return result
-        adopted, not_known = self._recover_submissions(
-            ssh, scheduler, run, list(unsure), ran={n for n, ran in unsure.items() if ran})
+        adopted, not_known = adoption.recover_submissions(
+            ssh, scheduler, run.execution, list(unsure), ran={n for n, ran in unsure.items() if ran})
         ssh.run_script(jobscripts.recovery_script(run.run_dir, adopted, not_known))
         result = ssh.run_script(script)
         still = [r.fields[0] for r in jobscripts.parse_records(result.stdout) if r.tag == "unsure"]
@@ -156,66 +146,6 @@ class HeadNodeWork:
             raise SchedulerError(f"cannot tell whether jobs {still} were submitted: {result.tail()}",
                                  scheduler=scheduler.name)
         return result
-
-    def _recover_submissions(self, ssh, scheduler: Scheduler, run: Run, names: list[str],
-                             ran: set[str] = frozenset()) -> tuple[dict[str, str], list[str]]:
-        """Ask the scheduler, by each job's submission name, whether it has it.
-
-        Returns ({job name: adopted id}, [job names it verifiably does not know]). SchedulerError
-        when it cannot tell (not answering, or several jobs by one name): never a guess.
-
-        A job in `ran` (its wrapper started: it was submitted) that the scheduler does not list
-        is between two of its views (Grid Engine: gone from qstat, not yet in qacct, about a
-        second): asked again, RECOVER_ROUNDS times RECOVER_WAIT_SECONDS apart, then an error."""
-        adopted, not_known, pending = {}, [], list(names)
-        for round_ in range(RECOVER_ROUNDS):
-            if round_:
-                time.sleep(RECOVER_WAIT_SECONDS)
-            found, unknown = self._ask_by_name(ssh, scheduler, run, pending)
-            adopted.update(found)
-            not_known += [n for n in unknown if n not in ran]
-            pending = [n for n in unknown if n in ran]
-            if not pending:
-                return adopted, not_known
-        raise SchedulerError(f"jobs {pending} were submitted (their wrappers started) but {scheduler.name} "
-                             f"lists no job by their names: not submitting them again", scheduler=scheduler.name)
-
-    def _ask_by_name(self, ssh, scheduler: Scheduler, run: Run,
-                     names: list[str]) -> tuple[dict[str, str], list[str]]:
-        commands = []
-        for name in names:
-            argv = scheduler.recover_argv(jobscripts.submission_name(run.execution, name))
-            if argv is None:
-                raise SchedulerError(f"job {name!r} may have been submitted by an earlier attempt, and "
-                                     f"{scheduler.name} cannot be asked by name: not submitting it again",
-                                     scheduler=scheduler.name)
-            commands.append((name, argv))
-        out = ssh.run_script(jobscripts.commands_script(commands))
-        answers = {r.fields[0]: _output(r, 1) for r in jobscripts.parse_records(out.stdout)
-                   if r.tag == "cmd" and len(r.fields) == 4}
-        adopted, not_known = {}, []
-        for name in names:
-            if name not in answers:
-                raise SchedulerError(f"no answer from {scheduler.name} about job {name!r}: {out.tail()}",
-                                     scheduler=scheduler.name)
-            sched_name = jobscripts.submission_name(run.execution, name)
-            ids = scheduler.parse_recover(answers[name], sched_name)
-            if len(ids) > 1:
-                raise SchedulerError(f"{scheduler.name} has several jobs named {sched_name!r} ({', '.join(ids)}): "
-                                     "not choosing one", scheduler=scheduler.name, output=answers[name],
-                                     job_ids=ids)
-            if ids:
-                if scheduler.parse_submit(CommandOutput(ids[0] + "\n")) != ids[0]:
-                    raise SchedulerError(f"{scheduler.name} id {ids[0]!r} of job {name!r} would not read back",
-                                         scheduler=scheduler.name, output=answers[name], job_ids=ids)
-                adopted[name] = ids[0]
-                log.warning("job %s was submitted by an earlier attempt as %s (%s): adopted",
-                            name, ids[0], sched_name)
-            else:
-                not_known.append(name)
-                log.warning("job %s: an earlier attempt died submitting it and %s does not know %s",
-                            name, scheduler.name, sched_name)
-        return adopted, not_known
 
     def _fetch_on_head_node(self, ssh, batch, fetches) -> tuple[str, str] | None:
         """Run the download scripts; (job name, why) of the first job whose files did not come."""
@@ -261,7 +191,7 @@ class HeadNodeWork:
                 files[record.fields[0]] = (jobscripts.unb64(record.fields[1]).strip(),
                                            jobscripts.unb64(record.fields[2]).strip())
             elif record.tag == "status":
-                statuses = scheduler.parse_status(_output(record, 0), ids)
+                statuses = scheduler.parse_status(jobscripts.command_output(record, 0), ids)
         observations = {}
         for name in active:
             started, result_line = files.get(name, ("", ""))
@@ -285,7 +215,7 @@ class HeadNodeWork:
         for record in jobscripts.parse_records(out.stdout):
             if record.tag == "cmd":
                 job_id = record.fields[0]
-                status = scheduler.parse_accounting(_output(record, 1), job_id)
+                status = scheduler.parse_accounting(jobscripts.command_output(record, 1), job_id)
                 if status.category != Category.MISSING:
                     history[job_id] = status
         return history
@@ -326,8 +256,6 @@ class HeadNodeWork:
     def release_existing(self, execution: str) -> str | None:
         """After an abort on an existing head node: find the execution's folder, cancel its jobs,
         keep what they wrote, remove it. The folder's path, or None if there was none."""
-        from stepcluster.record import ClusterRecord
-
         node = self.wiring.backend.head_node({})
         run = Run(execution=execution,
                   cluster=ClusterRecord("READY", head_node={"scheduler": node.scheduler}))
@@ -357,7 +285,7 @@ class HeadNodeWork:
         if unsure:
             # submitted (maybe) by an attempt that died before recording the id: find it by name
             try:
-                leftovers.update(self._recover_submissions(ssh, scheduler, run, unsure)[0])
+                leftovers.update(adoption.recover_submissions(ssh, scheduler, run.execution, unsure)[0])
             except SchedulerError as exc:
                 log.warning("cannot find jobs %s by name to cancel them: %s", unsure, exc)
         if leftovers:

@@ -237,3 +237,12 @@ def parse_records(stdout: str) -> list[Record]:
 
 def unb64(text: str) -> str:
     return base64.b64decode(text or "").decode(errors="replace")
+
+
+def command_output(record: Record, first: int):
+    """The answer of a command a script ran, from its record: exit code at field `first`, then
+    stdout and stderr in base64 (the `@@cmd`, `@@submit` and `@@status` records)."""
+    from stepcluster.schedulers import CommandOutput
+
+    f = record.fields
+    return CommandOutput(unb64(f[first + 1]), unb64(f[first + 2]), int(f[first]))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from stepcluster import decisions, headnode
+from stepcluster import adoption, decisions, headnode
 from stepcluster import service as service_module
 from stepcluster.config import parse_jobs_config
 from stepcluster.errors import InputError, PlanError, SchedulerError
@@ -463,7 +463,7 @@ def test_a_job_whose_wrapper_ran_is_never_submitted_again_even_if_the_scheduler_
     """Grid Engine drops an ended job from qstat about a second before qacct has it: a job
     whose wrapper started was submitted, whatever one look at the scheduler says."""
     svc, scheduler, run = world()
-    monkeypatch.setattr(headnode, "RECOVER_WAIT_SECONDS", 0)
+    monkeypatch.setattr(adoption, "RECOVER_WAIT_SECONDS", 0)
     job_dir = Path(run["cluster"]["run_dir"], "jobs", "a")
     job_dir.mkdir(parents=True)
     (job_dir / "submit.intent").write_text("")
