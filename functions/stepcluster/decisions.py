@@ -88,8 +88,8 @@ def iso(epoch: int | None) -> str | None:
     return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def missing(job_id: str | None) -> JobStatus:
-    return JobStatus(job_id or "", Category.MISSING, "")
+#: What a job the scheduler did not mention counts as.
+NOT_LISTED = JobStatus("", Category.MISSING, "")
 
 
 # -- one job ---------------------------------------------------------------------------------
@@ -97,7 +97,7 @@ def missing(job_id: str | None) -> JobStatus:
 def needs_history(observation: JobObservation) -> bool:
     """Gone from the live queue (or shown done there) without a result: ask the scheduler's
     history (sacct, qacct, qstat -x) for its exit before judging it."""
-    category = (observation.status or missing(None)).category
+    category = (observation.status or NOT_LISTED).category
     return not observation.result and category in (Category.MISSING, Category.SUCCEEDED)
 
 
@@ -109,7 +109,7 @@ def observe(job: JobRecord, name: str, observation: JobObservation, *, scheduler
         job = job.but(started=iso(int(observation.started)))
     if observation.result:
         return _ended_by_wrapper(job, observation.result)
-    status = observation.status or missing(job.job_id)
+    status = observation.status or NOT_LISTED
     category = status.category
     if category == Category.UNKNOWN:
         raise SchedulerError(

@@ -247,6 +247,50 @@ def deployment_problems(backend: str, settings: dict[str, Setting], samconfig: P
     return problems
 
 
+def _checked_inputs(config_path, samconfig: Path, given: dict, *, backend: str, cluster_config,
+                    packages_bucket: str | None):
+    """(jobs config, deployment settings, warnings), or ConfigError with every problem found in
+    the jobs config, the deployment's settings, the cluster configuration and the bucket name."""
+    problems, warnings = [], []
+    try:
+        config = load_jobs_config(config_path)
+        warnings += config.warnings
+    except ConfigError as exc:
+        problems += exc.problems
+        config = None
+    settings = deployment_settings(samconfig, given)
+    problems += deployment_problems(backend, settings, samconfig)
+    iam_mode = settings["ParallelClusterIamMode"].value
+    cluster = check_cluster_config(backend, cluster_config, iam_mode if iam_mode == "privileged" else "base")
+    problems += [p for p in cluster if p.severity == "error"]
+    warnings += [p for p in cluster if p.severity != "error"]
+    if packages_bucket and packages_bucket != "auto" and _bucket_problem(packages_bucket):
+        problems.append(Problem("--packages-bucket", None, None, None,
+                                f"invalid bucket name {packages_bucket!r}: {_bucket_problem(packages_bucket)}"))
+    if problems:
+        raise ConfigError(problems)
+    return config, settings, warnings
+
+
+def _parameter_overrides(plan, config_path, backend: str, settings: dict, given: dict) -> dict[str, str]:
+    """The template parameters this plan sets in samconfig.toml; ConfigError for one over
+    CloudFormation's parameter size limit."""
+    buckets, objects = source_arns(plan)
+    overrides = {"ClusterBackend": backend, "JobsPlanDigest": plan.digest,
+                 "JobSourceBucketArns": ",".join(buckets), "JobSourceObjectArns": ",".join(objects),
+                 "ParallelClusterIamMode": settings["ParallelClusterIamMode"].value,
+                 **{name: value for name, value in given.items()
+                    if value is not None and name != "ParallelClusterIamMode"}}
+    too_long = [Problem(str(config_path), None, None, None,
+                        f"the S3 sources need a {key} parameter of {len(value.encode())} bytes, over "
+                        f"CloudFormation's {MAX_PARAMETER_BYTES}: put the jobs' files under fewer "
+                        "S3 prefixes") for key, value in overrides.items()
+                if len(value.encode()) > MAX_PARAMETER_BYTES]
+    if too_long:
+        raise ConfigError(too_long)
+    return overrides
+
+
 def preprocess(config_path, *, plan_dir=None, samconfig=None, backend: str = "existing",
                cluster_config=None, packages_bucket: str | None = None,
                parallelcluster_iam: str | None = None, use_public_address: str | None = None,
@@ -263,27 +307,11 @@ def preprocess(config_path, *, plan_dir=None, samconfig=None, backend: str = "ex
     subnets and `check_network`, their routes are checked with EC2 when credentials allow
     (warnings only).
     """
-    problems, warnings = [], []
-    try:
-        config = load_jobs_config(config_path)
-        warnings += config.warnings
-    except ConfigError as exc:
-        problems += exc.problems
-        config = None
     samconfig = Path(samconfig or CHECKOUT / "samconfig.toml")
     given = {"ParallelClusterIamMode": parallelcluster_iam, "UsePublicAddress": use_public_address,
              "VpcSubnetIds": _id_list(vpc_subnet_ids), "VpcSecurityGroupIds": _id_list(vpc_security_group_ids)}
-    settings = deployment_settings(samconfig, given)
-    problems += deployment_problems(backend, settings, samconfig)
-    iam_mode = settings["ParallelClusterIamMode"].value
-    cluster = check_cluster_config(backend, cluster_config, iam_mode if iam_mode == "privileged" else "base")
-    problems += [p for p in cluster if p.severity == "error"]
-    warnings += [p for p in cluster if p.severity != "error"]
-    if packages_bucket and packages_bucket != "auto" and _bucket_problem(packages_bucket):
-        problems.append(Problem("--packages-bucket", None, None, None,
-                                f"invalid bucket name {packages_bucket!r}: {_bucket_problem(packages_bucket)}"))
-    if problems:
-        raise ConfigError(problems)
+    config, settings, warnings = _checked_inputs(config_path, samconfig, given, backend=backend,
+                                                 cluster_config=cluster_config, packages_bucket=packages_bucket)
     subnets = settings["VpcSubnetIds"]
     if check_network and subnets.value:
         from stepcluster.network import subnet_warnings
@@ -311,19 +339,7 @@ def preprocess(config_path, *, plan_dir=None, samconfig=None, backend: str = "ex
     try:
         plan = write_plan(config, staging, backend=backend,
                           cluster_config=Path(cluster_config) if cluster_config else None, upload=uploader)
-        buckets, objects = source_arns(plan)
-        overrides = {"ClusterBackend": backend, "JobsPlanDigest": plan.digest,
-                     "JobSourceBucketArns": ",".join(buckets), "JobSourceObjectArns": ",".join(objects),
-                     "ParallelClusterIamMode": settings["ParallelClusterIamMode"].value,
-                     **{name: value for name, value in given.items()
-                        if value is not None and name != "ParallelClusterIamMode"}}
-        too_long = [Problem(str(config_path), None, None, None,
-                            f"the S3 sources need a {key} parameter of {len(value.encode())} bytes, over "
-                            f"CloudFormation's {MAX_PARAMETER_BYTES}: put the jobs' files under fewer "
-                            "S3 prefixes") for key, value in overrides.items()
-                    if len(value.encode()) > MAX_PARAMETER_BYTES]
-        if too_long:
-            raise ConfigError(too_long)
+        overrides = _parameter_overrides(plan, config_path, backend, settings, given)
         new_samconfig = _write_beside(samconfig, samconfig_with_overrides(samconfig, overrides))
         old_plan = swap_plan_folder(staging, plan_dir)   # the last checks passed: commit
         try:

@@ -270,3 +270,45 @@ def test_the_failure_cause_names_job_id_state_code_reason_and_stderr(job, tail, 
 
 def test_times_are_utc_iso_8601():
     assert d.iso(None) is None and d.iso(0) == "1970-01-01T00:00:00Z"
+
+
+def test_times_are_utc_whatever_the_machines_zone(monkeypatch):
+    import time
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        assert d.iso(0) == "1970-01-01T00:00:00Z"
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def test_an_unknown_state_of_a_job_without_an_id_names_no_id():
+    with pytest.raises(SchedulerError) as err:
+        observe(JobRecord(state=JobState.RUNNING), st=status(Category.UNKNOWN, "Zz"))
+    assert err.value.job_ids == ()
+
+
+def test_a_bad_result_line_clears_what_the_scheduler_said_and_is_quoted_to_80_characters():
+    job = JobRecord(state=JobState.RUNNING, job_id="7", scheduler_state="R", exit_code=5, signal=9,
+                    missing_since=NOW, missing_polls=2)
+    line = "y" * 79 + "z" + "tail"
+    failed = observe(job, result=line)
+    assert failed == JobRecord(state=JobState.FAILED, job_id="7", reason=(
+        "its result file is not the wrapper's 'EXIT SIGNAL ENDED' line: " + repr("y" * 79 + "z")))
+
+
+def test_a_round_names_the_job_and_scheduler_in_what_it_reports():
+    run = run_of("parallel", b="RUNNING")
+    with pytest.raises(SchedulerError, match=r"job 'b' \(sge job id-b\).*the sge adapter"):
+        d.apply_round(run, {"b": JobObservation(status=JobStatus("id-b", Category.UNKNOWN, "Zz"))},
+                      scheduler="sge", now=NOW, limits=LIMITS)
+    lost, _ = d.apply_round(run, {}, scheduler="sge", now=NOW, limits=Limits(600, 0, 1))
+    assert lost.jobs["b"].reason.startswith("sge no longer knows the job")
+
+
+def test_a_failed_job_without_a_stderr_tail_gets_no_stderr_section():
+    run = run_of("parallel", a="FAILED", b="FAILED")
+    decision = d.decide(run, ["a"], wait_times=WAITS, scheduler="slurm", stderr_tails={"b": "other"})
+    assert decision.failure["Cause"] == "Job 'a' (slurm job id-a) ended FAILED"

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from stepcluster.definition import read_definition
 from stepcluster.errors import InputError
 from stepcluster.record import ClusterRecord, ClusterStatus, JobRecord, JobState, Phase, Run
 
@@ -79,7 +80,7 @@ def test_job_states_and_phases_are_the_words_the_definition_branches_on():
     assert [s.name for s in JobState if s.active] == ["PENDING", "RUNNING"]
     assert [s.name for s in JobState if s.ended] == ["SUCCEEDED", "FAILED", "CANCELLED"]
     assert [p.value for p in Phase] == ["READY", "RUNNING", "NEXT", "SUCCEEDED", "FAILED"]
-    definition = json.load(open("statemachine/definition.asl.json"))
+    definition = json.loads(read_definition())
     read = {c["StringEquals"] for s in definition["States"].values() for c in s.get("Choices", [])
             if c.get("Variable") == "$.run.phase"}
     assert read <= {p.value for p in Phase}
