@@ -116,9 +116,9 @@ class JobRecord:
         if not isinstance(data, dict):
             raise InputError(f"job {name!r} of the run record is not an object: {data!r}")
         _unknown_keys(f"job {name!r}", data, _JOB_FIELDS)
-        job = cls(**{k: v for k, v in data.items() if k != "state"})
-        job.state = _enum(JobState, data.get("state", "NOT_STARTED"), f"job {name!r}'s state")
-        return job
+        values = dict(data)
+        state = _enum(JobState, values.pop("state", "NOT_STARTED"), f"job {name!r}'s state")
+        return cls(state, **values)
 
     def to_dict(self) -> dict:
         return _compact({f: getattr(self, f) for f in _JOB_ORDER})

@@ -95,3 +95,27 @@ def test_active_jobs_in_record_order():
     assert run.active_jobs() == ["b", "c"]
     assert ClusterRecord("READY").ready and not ClusterRecord("CREATING").ready
     assert ClusterRecord("READY").scheduler is None and ClusterRecord("READY").secret_arn is None
+
+
+def test_what_to_dict_gives_is_plain_json_types():
+    out = Run.from_dict(CREATED).to_dict()
+    assert type(out["phase"]) is str and type(out["jobs"]["a"]["state"]) is str
+
+
+def test_a_job_without_a_state_has_not_started():
+    assert Run.from_dict({**CREATED, "jobs": {"a": {}}}).jobs["a"].state is JobState.NOT_STARTED
+
+
+def test_a_removed_run_folder_is_remembered():
+    data = {**CREATED, "cluster": {**CREATED["cluster"], "run_dir_removed": True}}
+    assert Run.from_dict(data).to_dict() == data
+
+
+def test_refusals_say_where_and_show_what_came():
+    with pytest.raises(InputError) as err:
+        Run.from_dict({**CREATED, "zeta": 1, "alpha": 2})
+    assert str(err.value) == ("the run record's top level has fields this version does not know: "
+                              "alpha, zeta (was it made by another deployment?)")
+    with pytest.raises(InputError) as err:
+        Run.from_dict(["x" * 300])
+    assert str(err.value) == "not a run record (no execution name): " + str(["x" * 300])[:200]
