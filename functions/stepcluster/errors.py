@@ -66,6 +66,24 @@ class RemoteCommandError(StepclusterError):
         )
 
 
+class HeadNodeError(StepclusterError):
+    """A script on the head node ended well but printed what the run cannot read (no run
+    folder, a cut record). `result` is its CommandResult."""
+
+    def __init__(self, message: str, *, result=None):
+        self.result = result
+        super().__init__(message if result is None else f"{message}\n{result.tail()}")
+
+
+class InternalError(StepclusterError):
+    """A Python error no code here expected (a bug): named with its type, its traceback and
+    chain in the function's log. `error` is the original exception."""
+
+    def __init__(self, message: str, *, error: BaseException):
+        self.error = error
+        super().__init__(message)
+
+
 class TransientSSHError(StepclusterError):
     """The head node could not be reached or the connection dropped: worth retrying."""
 

@@ -14,7 +14,7 @@ import time
 
 from stepcluster import adoption, decisions, jobscripts, logs, results, staging
 from stepcluster.decisions import JobObservation, Limits
-from stepcluster.errors import SchedulerError, StagingError
+from stepcluster.errors import HeadNodeError, SchedulerError, StagingError
 from stepcluster.record import ClusterRecord, Run
 from stepcluster.schedulers import Category, CommandOutput, JobStatus, Scheduler, get_scheduler
 from stepcluster.wiring import Wiring
@@ -54,9 +54,13 @@ class HeadNodeWork:
                                                self.wiring.settings.remote_root, run.execution)
         with self.connect(run) as ssh:
             result = ssh.run_script(script)
+        run_dir = next((" ".join(r.fields) for r in jobscripts.parse_records(result.stdout)
+                        if r.tag == "run_dir"), None)
+        if not run_dir:
+            raise HeadNodeError(f"preparing the run's folder under {self.wiring.settings.remote_root!r} "
+                                "printed no folder", result=result)
         run = run.copy()
-        run.cluster.run_dir = next(" ".join(r.fields) for r in jobscripts.parse_records(result.stdout)
-                                   if r.tag == "run_dir")
+        run.cluster.run_dir = run_dir
         return run
 
     # -- Submit Jobs -----------------------------------------------------------------------

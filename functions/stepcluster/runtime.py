@@ -13,9 +13,13 @@ import logging
 import os
 
 from stepcluster import logs
+from stepcluster.errors import InternalError
 
 log = logs.logger(__name__)
 _service = None
+#: Python's own errors: no code here raises them on purpose, so one reaching a handler is a bug.
+#: Step Functions sees InternalError (naming the original) instead of a bare ValueError.
+UNEXPECTED = (ValueError, LookupError, TypeError, AttributeError, StopIteration)
 
 
 def service():
@@ -48,6 +52,9 @@ def run_task(task: str, event, run_service=None) -> dict:
     except Exception as exc:
         with logs.run_context(getattr(run, "execution", None), getattr(run, "cluster_name", None)):
             log.error("%s failed: %s: %s", task, type(exc).__name__, exc, exc_info=True)
+        if isinstance(exc, UNEXPECTED):
+            raise InternalError(f"{task} failed on an unexpected {type(exc).__name__}: {exc} (a bug: "
+                                "the function's log has its traceback)", error=exc) from exc
         raise
 
 

@@ -89,3 +89,15 @@ def test_outside_a_run_lines_have_no_prefix_and_contexts_nest(caplog):
             log.info("inner")
         log.info("outer")
     assert caplog.messages == ["plain", "[e2] inner", "[e1 cluster=c1] outer"]
+
+
+def test_a_python_error_reaches_step_functions_as_an_internal_error_naming_it(monkeypatch, caplog):
+    from stepcluster.errors import InternalError
+
+    monkeypatch.setattr(runtime, "_service", Service(fail=ValueError("bad literal")))
+    with pytest.raises(InternalError) as err:
+        poll_jobs.handler(RECORD, None)
+    assert str(err.value) == ("poll_jobs failed on an unexpected ValueError: bad literal (a bug: the "
+                              "function's log has its traceback)")
+    assert isinstance(err.value.error, ValueError) and err.value.__cause__ is err.value.error
+    assert "ValueError: bad literal" in caplog.text
