@@ -13,7 +13,6 @@ import base64
 import contextlib
 import hashlib
 import io
-import logging
 import select
 import shlex
 import socket
@@ -24,11 +23,12 @@ from typing import Sequence
 
 import paramiko
 
+from stepcluster import logs
 from stepcluster.errors import (
     HostKeyError, RemoteCommandError, SSHAuthenticationError, TransientSSHError,
 )
 
-log = logging.getLogger(__name__)
+log = logs.logger(__name__)
 
 _counter_lock = threading.Lock()
 #: Connections opened by this process: run-local and the benchmark report it.
@@ -102,12 +102,11 @@ class _PinnedHostKeyPolicy(paramiko.MissingHostKeyPolicy):
 
 def load_private_key(text: str) -> paramiko.PKey:
     """A paramiko key from PEM/OpenSSH text (Ed25519, ECDSA or RSA)."""
-    errors = []
     for key_class in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
         try:
             return key_class.from_private_key(io.StringIO(text))
-        except (paramiko.SSHException, ValueError) as exc:
-            errors.append(f"{key_class.__name__}: {exc}")
+        except (paramiko.SSHException, ValueError):
+            pass
     raise SSHAuthenticationError("the SSH private key could not be read as Ed25519, ECDSA or RSA "
                                  "(passphrase-protected keys are not supported)")
 
@@ -141,8 +140,12 @@ class HeadNodeConnection:
         if pin.key_type:
             # A full key: paramiko then negotiates that key type and compares it exactly.
             host_id = self.host if self.port == 22 else f"[{self.host}]:{self.port}"
-            client.get_host_keys().add(host_id, pin.key_type,
-                                       paramiko.PKey.from_type_string(pin.key_type, base64.b64decode(pin.key_base64)))
+            try:
+                pinned = paramiko.PKey.from_type_string(pin.key_type, base64.b64decode(pin.key_base64))
+            except Exception as exc:  # paramiko raises SSHException, UnknownKeyType, ValueError...
+                raise HostKeyError(f"head node host key is not a usable {pin.key_type} public key: "
+                                   f"{exc!r}") from None
+            client.get_host_keys().add(host_id, pin.key_type, pinned)
         client.set_missing_host_key_policy(_PinnedHostKeyPolicy(pin))
         try:
             client.connect(self.host, port=self.port, username=self.user,
@@ -154,8 +157,16 @@ class HeadNodeConnection:
             raise HostKeyError(
                 f"host key of {self.where} is {fingerprint_of(exc.key.asbytes())}, not the pinned "
                 f"{pin.fingerprint}: refusing to connect") from None
+        except HostKeyError:
+            client.close()  # refused by the pin: hang up, do not leave the transport running
+            raise
         except paramiko.AuthenticationException as exc:
+            transport = client.get_transport()
+            dropped = transport is None or not transport.is_active()
             client.close()
+            if dropped or "timeout" in str(exc):
+                # no answer to the key (slow or vanished server) is not a refusal: worth retrying
+                raise TransientSSHError(f"cannot reach head node {self.where}: {exc}") from None
             raise SSHAuthenticationError(f"{self.where} refused the SSH key: {exc}") from None
         except (OSError, socket.timeout, paramiko.SSHException, EOFError) as exc:
             client.close()
@@ -200,7 +211,7 @@ class HeadNodeConnection:
             channel.sendall(script.encode())
             channel.shutdown_write()
             yield channel.makefile("rb")
-            exit_code = channel.recv_exit_status()
+            exit_code = _exit_status(channel)
             stderr = channel.recv_stderr(65536) if channel.recv_stderr_ready() else b""
             channel.close()
         except (OSError, socket.timeout, paramiko.SSHException, EOFError) as exc:
@@ -219,7 +230,7 @@ class HeadNodeConnection:
                 channel.sendall(stdin.encode() if isinstance(stdin, str) else stdin)
             channel.shutdown_write()
             stdout, stderr = _drain(channel, timeout)
-            exit_code = channel.recv_exit_status()
+            exit_code = _exit_status(channel)
             channel.close()
         except (OSError, socket.timeout, paramiko.SSHException, EOFError) as exc:
             self.close()
@@ -229,6 +240,21 @@ class HeadNodeConnection:
         if check and not result.ok:
             raise RemoteCommandError(result)
         return result
+
+
+def _exit_status(channel: paramiko.Channel) -> int:
+    """The command's exit status; EOFError if the connection dropped before it came.
+
+    paramiko reports a channel closed without a status as -1. That is also what a command
+    killed by a signal gets (sshd sends exit-signal, which paramiko ignores), but then the
+    connection is still up; a dead transport (its reader saw EOF or an error) means the
+    output may be cut short and the command may still be running: a transient failure.
+    """
+    code = channel.recv_exit_status()
+    transport = channel.get_transport()
+    if code == -1 and (transport.saved_exception is not None or not transport.is_active()):
+        raise EOFError("the connection closed before the command's exit status")
+    return code
 
 
 def _drain(channel: paramiko.Channel, timeout: float) -> tuple[bytes, bytes]:
