@@ -21,7 +21,7 @@ declare -A TESTS=(
   [stepcluster/results.py]="tests/functional/test_results.py"
   [stepcluster/config.py]="tests/unit/test_config.py"
   [stepcluster/inifile.py]="tests/unit/test_config.py tests/unit/test_inifile.py"
-  [stepcluster/jobscripts.py]="tests/unit/test_jobscripts.py tests/functional/test_job_wrapper.py tests/functional/test_service.py"
+  [stepcluster/jobscripts.py]="tests/unit/test_jobscripts.py"
   [stepcluster/decisions.py]="tests/unit/test_decisions.py"
   [stepcluster/record.py]="tests/unit/test_record.py tests/unit/test_decisions.py"
 )
@@ -47,7 +47,7 @@ for module in "${MODULES[@]}"; do
 timeout = 120
 [tool.mutmut]
 source_paths = ["src/$module"]
-also_copy = ["src/"]
+also_copy = ["src/", "statemachine/", "events/", "examples/"]
 pytest_add_cli_args_test_selection = [$(printf '"%s",' $tests)]
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]
 EOF

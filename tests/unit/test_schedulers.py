@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 
 from stepcluster.errors import SchedulerError
 from stepcluster.schedulers import get_scheduler
-from stepcluster.schedulers.base import ACTIVE, TERMINAL, Category, CommandOutput, Scheduler
+from stepcluster.schedulers.base import ACTIVE, TERMINAL, Category, CommandOutput, JobStatus, Scheduler
 from stepcluster.schedulers import sge as sge_module
 from stepcluster.schedulers import slurm as slurm_module
 from stepcluster.schedulers.sge import SGE
@@ -125,18 +126,48 @@ def test_tables_are_data_and_never_map_to_unknown(scheduler):
         ["COMPLETED"] if scheduler == "slurm" else [])
 
 
+VALID_IDS = {"slurm": ["1", "22", "333_4"], "sge": ["1", "22"], "torque": ["1", "22.head", "3[]", "4[5].head.example.com"]}
+
+
 @pytest.mark.parametrize("scheduler", ADAPTERS)
 def test_ids_are_validated_and_lists_must_not_be_empty(scheduler):
     adapter = ADAPTERS[scheduler]
-    with pytest.raises(ValueError):
-        adapter.status_argv([])
-    with pytest.raises(ValueError):
-        adapter.cancel_argv([])
-    for bad in ("1; rm -rf /", "$(id)", "12 13"):
-        with pytest.raises(SchedulerError):
-            adapter.status_argv([bad])
-        with pytest.raises(SchedulerError):
-            adapter.cancel_argv([bad])
+    for build in (adapter.status_argv, adapter.cancel_argv):
+        with pytest.raises(SchedulerError, match="no .* job ids given") as caught:
+            build([])
+        assert caught.value.scheduler == scheduler
+    for bad in ("1; rm -rf /", "$(id)", "12 13", "-1", "", "12,13"):
+        for build in (adapter.status_argv, adapter.cancel_argv):
+            with pytest.raises(SchedulerError, match="job ids") as caught:
+                build(["7", bad])
+            assert (caught.value.scheduler, caught.value.job_ids) == (scheduler, (bad,))
+    # every id of the adapter's own shapes goes through, as strings, in order
+    assert adapter.cancel_argv(VALID_IDS[scheduler])[-len(VALID_IDS[scheduler]):] == VALID_IDS[scheduler]
+    assert adapter.cancel_argv([5])[-1] == "5"
+
+
+@pytest.mark.parametrize("scheduler", ADAPTERS)
+@pytest.mark.parametrize("bad", ["123\n", "123\n456", " 123", "123 ", "123\t", "\n123"])
+def test_an_id_with_whitespace_or_a_newline_is_refused_everywhere(scheduler, bad):
+    # regression: the id patterns end in "$", which re.match lets through before a final newline
+    adapter = ADAPTERS[scheduler]
+    builders = [adapter.status_argv, adapter.cancel_argv]
+    if adapter.accounting_argv("1" if scheduler != "torque" else "1.head") is not None:
+        builders.append(lambda ids: adapter.accounting_argv(ids[0]))
+    for build in builders:
+        with pytest.raises(SchedulerError) as caught:
+            build([bad])
+        assert caught.value.scheduler == scheduler and caught.value.job_ids == (bad,)
+
+
+def test_unknown_scheduler_names_are_a_scheduler_error():
+    for name in ("pbs", "SLURM", "", "slurm "):
+        with pytest.raises(SchedulerError, match="expected one of sge, slurm, torque") as caught:
+            get_scheduler(name)
+        assert caught.value.scheduler == name
+        assert repr(name) in str(caught.value)
+    assert [type(get_scheduler(n)) for n in ("slurm", "sge", "torque")] == [Slurm, SGE, Torque]
+    assert get_scheduler("slurm") is not get_scheduler("slurm")     # a fresh adapter each time
 
 
 @pytest.mark.parametrize("scheduler", ADAPTERS)
@@ -173,8 +204,11 @@ def test_slurm_submit():
     _, out = load("slurm", "submit_mem_too_big")      # --mem above RealMemory: refused at submit
     with pytest.raises(SchedulerError, match="Memory specification can not be satisfied"):
         s.parse_submit(out)
-    with pytest.raises(ValueError):
-        s.submit_argv("/r/run.sh", job_name="x", workdir="/r", stdout="/r/%j.out", stderr="/r/err")
+    for bad in ("/r/%j.out", "/r/a\\b", "/r/a\nb"):
+        for streams in ({"stdout": bad, "stderr": "/r/err"}, {"stdout": "/r/out", "stderr": bad}):
+            with pytest.raises(SchedulerError, match="Slurm would rewrite this output path") as caught:
+                s.submit_argv("/r/run.sh", job_name="x", workdir="/r", **streams)
+            assert caught.value.scheduler == "slurm" and repr(bad) in str(caught.value)
 
 
 def test_slurm_status_is_one_command_for_all_ids():
@@ -379,9 +413,11 @@ def test_sge_submit_and_job_names():
         g.parse_submit(load("sge", "submit_unknown_queue")[1])
     with pytest.raises(SchedulerError, match='parallel environment "nonexistent" does not exist'):
         g.parse_submit(load("sge", "submit_unknown_pe")[1])
-    for bad in ("/r/a:b", "/r/$JOB_ID.out", "/r/a,b"):
-        with pytest.raises(ValueError):
-            g.submit_argv("/s", job_name="x", workdir="/w", stdout=bad, stderr="/e")
+    for bad in ("/r/a:b", "/r/$JOB_ID.out", "/r/a,b", "/r/a\nb"):
+        for streams in ({"stdout": bad, "stderr": "/e"}, {"stdout": "/o", "stderr": bad}):
+            with pytest.raises(SchedulerError, match="Grid Engine would misread this output path") as caught:
+                g.submit_argv("/s", job_name="x", workdir="/w", **streams)
+            assert caught.value.scheduler == "sge" and repr(bad) in str(caught.value)
 
 
 def test_sge_right_after_submit():
@@ -621,8 +657,11 @@ def test_torque_submit():
     _, out = load("torque", "submit_error")
     with pytest.raises(SchedulerError, match="Unknown queue"):
         t.parse_submit(out)
-    with pytest.raises(ValueError):
-        t.submit_argv("/s", job_name="x", workdir="/w", stdout="host:/o", stderr="/e")
+    for bad in ("host:/o", "/o\n"):
+        for streams in ({"stdout": bad, "stderr": "/e"}, {"stdout": "/o", "stderr": bad}):
+            with pytest.raises(SchedulerError, match="Torque would misread this output path") as caught:
+                t.submit_argv("/s", job_name="x", workdir="/w", **streams)
+            assert caught.value.scheduler == "torque" and repr(bad) in str(caught.value)
 
 
 @pytest.mark.parametrize("role,category,code,signal,reason", [
@@ -861,3 +900,414 @@ def test_torque_finds_a_job_by_its_name_in_qstat_f():
 def test_a_scheduler_that_cannot_tell_is_an_error_never_an_empty_answer(scheduler, out):
     with pytest.raises(SchedulerError):
         ADAPTERS[scheduler].parse_recover(out, "a-0123456789ab")
+
+
+# ------------------------------------------------- the recorded commands are the adapters' own
+def _fixture_argv(scheduler: str, name: str, doc: dict):
+    """The argv the adapter builds for what a fixture recorded, or None for hand-made commands."""
+    adapter = ADAPTERS[scheduler]
+    tokens = shlex.split(doc["command"])
+    if name == "probe":
+        return adapter.probe_argv()
+    if name.startswith("status_"):
+        return adapter.status_argv(doc["job_ids"])
+    if name.startswith("accounting_") and "-f" not in tokens:
+        return adapter.accounting_argv(doc["job_ids"][0])
+    if name.startswith("cancel"):
+        return adapter.cancel_argv([t for t in tokens[-4:] if t.isdigit()])
+    if name.startswith("recover_") and "job_name" in doc:
+        return adapter.recover_argv(doc["job_name"])
+    if name == "submit" and scheduler in ("slurm", "sge"):
+        opt = dict(zip(tokens, tokens[1:]))
+        return adapter.submit_argv(tokens[-1], job_name=opt.get("-J", "1st-job"),
+                                   workdir=opt.get("-D") or opt["-wd"], stdout=opt["-o"], stderr=opt["-e"])
+    return None
+
+
+RECORDED = sorted((p.parent.name, p.stem) for p in FIXTURES.glob("*/*.json"))
+
+
+@pytest.mark.parametrize("scheduler,name", RECORDED, ids=[f"{s}-{n}" for s, n in RECORDED])
+def test_every_recorded_command_is_what_the_adapter_sends(scheduler, name):
+    doc = json.loads((FIXTURES / scheduler / f"{name}.json").read_text())
+    argv = _fixture_argv(scheduler, name, doc)
+    if argv is None:
+        pytest.skip("a hand-made command (refusals at submit, Torque from its documentation)")
+    # some recordings put the cluster out of reach first ("env SLURM_CONF=... ", "qdel 151 && ")
+    assert doc["command"].endswith(shlex.join(argv)), (doc["command"], shlex.join(argv))
+
+
+def test_probe_commands_are_cheap_and_exact():
+    assert Slurm().probe_argv() == ["sinfo", "--noheader", "--summarize"]
+    assert SGE().probe_argv() == ["qconf", "-sql"]
+    assert Torque().probe_argv() == ["qstat", "-B"]
+
+
+def test_status_and_accounting_argv_are_exact():
+    assert Slurm().status_argv(["1", "22_3"]) == [
+        "squeue", "--noheader", "--states=all", "--jobs=1,22_3", "--format=%i|%T|%Q|%r"]
+    assert SGE().accounting_argv("148") == ["qacct", "-j", "148"]
+    argv = SGE().status_argv(["1", "2"])
+    assert argv[:2] == ["sh", "-c"] and argv[3:] == ["sh", "1,2"]
+    argv = Slurm().accounting_argv("77")
+    assert argv[:2] == ["sh", "-c"] and argv[3:] == ["sh", "77"]
+    assert Slurm().recover_argv("a-1")[3:] == ["sh", "a-1"]
+    assert SGE().recover_argv("1a")[3:] == ["sh", "j1a"]
+    for build in (Slurm().accounting_argv, SGE().accounting_argv):
+        with pytest.raises(SchedulerError):
+            build("1;id")
+
+
+def test_shell_helpers_name_themselves_sh_in_their_complaints(fake_bin):
+    # a PATH with a shell and its tools but no scheduler: the complaint comes from sh, as $0 says
+    import shutil
+    folder = Path(fake_bin.env["PATH"].split(":")[0])
+    for tool in ("sh", "grep", "awk", "cat"):
+        (folder / tool).symlink_to(shutil.which(tool))
+    env = {**fake_bin.env, "PATH": str(folder)}
+    for argv in (SGE().cancel_argv(["5"]), Torque().cancel_argv(["5.head"]), SGE().status_argv(["5"]),
+                 Slurm().accounting_argv("5")):
+        out = run(argv, env)
+        assert out.exit_code == 127
+        assert (out.stdout + out.stderr).strip().startswith("sh:"), out
+
+
+# ------------------------------------------------- every error says which scheduler, and what it printed
+def expect_error(call, scheduler: str, out: CommandOutput, job_ids=None, match: str | None = None):
+    with pytest.raises(SchedulerError, match=match) as caught:
+        call()
+    exc = caught.value
+    assert exc.scheduler == scheduler and exc.output is out
+    text = str(exc)
+    assert f"(exit {out.exit_code})" in text and f"stdout:\n{out.stdout}" in text and f"stderr:\n{out.stderr}" in text
+    if job_ids is not None:
+        assert exc.job_ids == tuple(job_ids)
+    return exc
+
+
+SLURM_ERRORS = [
+    ("parse_submit", CommandOutput("", "sbatch: error: refused", 1), None, "sbatch did not print one job id"),
+    ("parse_submit", CommandOutput("1\n2\n", "", 0), None, "sbatch did not print one job id"),
+    ("parse_submit", CommandOutput("12\n", "", 1), None, "sbatch did not print one job id"),
+    ("parse_status", CommandOutput("", "squeue: error: Unable to contact slurm controller", 1), ["1"], "squeue failed"),
+    ("parse_status", CommandOutput("1|RUNNING|1|None\n", "slurm_load_jobs error: Invalid job id specified", 1),
+     ["1"], "squeue failed"),
+    ("parse_status", CommandOutput("1|RUNNING|1|None\nnot a row\n"), ["1"], "unexpected squeue line 'not a row'"),
+    ("parse_status", CommandOutput("1|RUNNING|x|None\n"), ["1"], "unexpected squeue line"),
+    ("parse_accounting", CommandOutput("JobId=7 JobName=x JobState=RUNNING Reason=None\n"), ["7"],
+     "scontrol record without JobState/ExitCode"),
+    ("parse_accounting", CommandOutput("JobId=7 JobName=x Reason=None ExitCode=0:0\n"), ["7"],
+     "scontrol record without JobState/ExitCode"),
+    ("parse_accounting", CommandOutput("what is this\n"), ["7"], "unexpected accounting output for job 7"),
+    ("parse_accounting", CommandOutput("", "sacct: error: Problem talking to the database", 1), ["7"],
+     "cannot read Slurm's history of job 7"),
+    ("parse_recover", CommandOutput("", "squeue: error: down", 1), None, "squeue cannot say whether job 'a-1' exists"),
+    ("parse_recover", CommandOutput("5\n", "", 0), None, "squeue cannot say whether job 'a-1' exists"),
+    ("parse_recover", CommandOutput("5\n@@stepcluster-sacct\n", "", 3), None, "squeue cannot say"),
+    ("parse_recover", CommandOutput("5\n6 x\n@@stepcluster-sacct\n", "", 0), None, "unexpected squeue line '6 x'"),
+]
+SGE_XML = one_job_output("sge", "r")[0].stdout
+SGE_ERRORS = [
+    ("parse_submit", CommandOutput("Your job 5 has been submitted\n", "", 0), None, "qsub -terse did not print one job id"),
+    ("parse_status", CommandOutput(SGE_XML, "error: commlib error", 1), ["42"], "qstat failed"),
+    ("parse_status", CommandOutput("<job_info>"), ["42"], "qstat -xml printed no valid XML"),
+    ("parse_status", CommandOutput("<other/>"), ["42"], "unexpected qstat -xml document <other>"),
+    ("parse_status", CommandOutput("<job_info><job_list><JB_job_number>4</JB_job_number></job_list></job_info>"),
+     ["42"], "qstat -xml job entry without number or state"),
+    ("parse_accounting", CommandOutput("", "qacct: permission denied", 1), ["5"], "qacct failed for job 5"),
+    ("parse_accounting", CommandOutput("==========\njobnumber 6\nfailed 0\nexit_status 0\n"), ["5"],
+     "qacct printed no record of job 5"),
+    ("parse_accounting", CommandOutput("==========\njobnumber 5\nexit_status 0\n"), ["5"],
+     "qacct record of job 5 lacks failed/exit_status"),
+    ("parse_accounting", CommandOutput("==========\njobnumber 5\nfailed 0\n"), ["5"],
+     "qacct record of job 5 lacks failed/exit_status"),
+    ("parse_accounting", CommandOutput("==========\njobnumber 5\nfailed x\nexit_status 0\n"), ["5"],
+     "lacks failed/exit_status"),
+    ("parse_recover", CommandOutput(SGE_XML, "error", 1), None, "qstat cannot say whether job 'a-1' exists"),
+    ("parse_recover", CommandOutput(SGE_XML + "@@stepcluster-qacct\n", "", 1), None, "qstat cannot say"),
+    ("parse_recover", CommandOutput(SGE_XML), None, "qstat cannot say"),
+    ("parse_recover", CommandOutput("<job_info>\n@@stepcluster-qacct\n"), None, "qstat -xml printed no valid XML"),
+]
+TORQUE_ERRORS = [
+    ("parse_submit", CommandOutput("", "qsub: Unknown queue MSG=cannot locate queue", 1), None,
+     "qsub did not print one job id"),
+    ("parse_status", CommandOutput("", "", 1), ["1.head"], "qstat -f failed"),
+    ("parse_status", CommandOutput("", "qstat: Unknown Job Id 1.head\nqstat: cannot connect to server", 153),
+     ["1.head"], "qstat -f failed"),
+    ("parse_status", CommandOutput("    job_state = R\n"), ["1.head"], "does not start with 'Job Id:': '    job_state = R'"),
+    ("parse_status", CommandOutput("Job Id: 1.head\n    Job_Name = x\n"), ["1.head"],
+     "qstat -f record of 1.head has no job_state"),
+    ("parse_recover", CommandOutput("", "qstat: cannot connect", 1), None, "qstat -f cannot say whether job 'a-1' exists"),
+    ("parse_recover", CommandOutput("", "", 1), None, "qstat -f cannot say"),
+    ("parse_recover", CommandOutput("", "qstat: warning\n", 0), None, "qstat -f cannot say"),
+    ("parse_recover", CommandOutput("Job Id: 1.head\ngarbage\n"), None, "unexpected qstat -f line 'garbage'"),
+]
+ERROR_CASES = [("slurm", *c) for c in SLURM_ERRORS] + [("sge", *c) for c in SGE_ERRORS] + [
+    ("torque", *c) for c in TORQUE_ERRORS]
+
+
+@pytest.mark.parametrize("scheduler,method,out,job_ids,match", ERROR_CASES,
+                         ids=[f"{c[0]}-{c[1]}-{i}" for i, c in enumerate(ERROR_CASES)])
+def test_every_unreadable_answer_is_a_scheduler_error_with_its_data(scheduler, method, out, job_ids, match):
+    adapter = ADAPTERS[scheduler]
+    if method == "parse_submit":
+        call = lambda: adapter.parse_submit(out)          # noqa: E731
+    elif method == "parse_status":
+        call = lambda: adapter.parse_status(out, job_ids)  # noqa: E731
+    elif method == "parse_accounting":
+        call = lambda: adapter.parse_accounting(out, job_ids[0])  # noqa: E731
+    else:
+        call = lambda: adapter.parse_recover(out, "a-1")  # noqa: E731
+    expect_error(call, scheduler, out, job_ids, re.escape(match))
+
+
+def test_ids_errors_name_the_scheduler_as_people_know_it():
+    for adapter, label in ((Slurm(), "Slurm"), (SGE(), "Grid Engine"), (Torque(), "Torque")):
+        with pytest.raises(SchedulerError) as caught:
+            adapter.cancel_argv([])
+        assert str(caught.value) == f"no {label} job ids given"
+        with pytest.raises(SchedulerError) as caught:
+            adapter.status_argv(["1", "x y"])
+        assert str(caught.value) == f"not {label} job ids: ['x y']"
+
+
+def test_unknown_scheduler_message():
+    with pytest.raises(SchedulerError) as caught:
+        get_scheduler("pbs")
+    assert str(caught.value) == "unknown scheduler 'pbs': expected one of sge, slurm, torque"
+
+
+class _Minimal(Scheduler):
+    name = "minimal"
+    STATES = {"R": Category.RUNNING}
+    probe_argv = submit_argv = parse_submit = status_argv = parse_status = cancel_argv = lambda *a, **k: None
+
+
+def test_the_defaults_of_a_scheduler_without_history_or_names():
+    adapter = _Minimal()
+    assert adapter.accounting_argv("1") is None and adapter.recover_argv("a") is None
+    assert adapter.parse_accounting(CommandOutput("anything"), "1") == JobStatus("1", Category.MISSING, "")
+    out = CommandOutput("x")
+    with pytest.raises(SchedulerError) as caught:
+        adapter.parse_recover(out, "a")
+    assert str(caught.value) == "minimal: no way to find a job by its name"
+    assert caught.value.scheduler == "minimal" and caught.value.output is out
+    assert adapter.categorize("R") == Category.RUNNING and adapter.categorize("r") == Category.UNKNOWN
+    # Torque keeps no history: the defaults
+    assert Torque().parse_accounting(CommandOutput(""), "1.head") == JobStatus("1.head", Category.MISSING, "")
+
+
+# ------------------------------------------------- whole statuses, not just their category
+@pytest.mark.parametrize("scheduler,name", [(s, n) for s, n in RECORDED if n.startswith("status_")
+                                            and "down" not in n])
+def test_every_status_is_about_the_id_asked_and_missing_ones_are_bare(scheduler, name):
+    _, st = status_of(scheduler, name)
+    for job_id, status in st.items():
+        assert status.job_id == job_id
+        if status.category == Category.MISSING:
+            assert status == JobStatus(job_id, Category.MISSING, "")
+        else:
+            assert status.raw_state
+
+
+def test_slurm_rows_blank_lines_repeats_and_empty_fields():
+    out = CommandOutput("\n7|RUNNING|1|None\n\n8|PENDING|1|\n7|FAILED|1|None\n9|PENDING|1|(null)\n"
+                        "10||1|None\n11|PENDING|1|  Priority  \n")
+    st = Slurm().parse_status(out, ["7", "8", "9", "10", "11", "12"])
+    assert st["7"] == JobStatus("7", Category.RUNNING, "RUNNING")          # the first row of an id counts
+    assert st["8"] == JobStatus("8", Category.QUEUED, "PENDING")           # empty reason: none
+    assert st["9"] == JobStatus("9", Category.QUEUED, "PENDING")           # "(null)": none
+    assert st["10"] == JobStatus("10", Category.UNKNOWN, "")
+    assert st["11"].reason == "Priority"
+    assert st["12"] == JobStatus("12", Category.MISSING, "")
+
+
+def test_slurm_accounting_statuses_are_whole():
+    s = Slurm()
+    err = "slurm_load_jobs error: Invalid job id specified\n"
+    assert s.parse_accounting(CommandOutput("JobId=77 JobName=x JobState=FAILED Reason=NonZeroExitCode "
+                                            "Priority=5 ExitCode=3:0\n"), "77") == JobStatus(
+        "77", Category.FAILED, "FAILED", exit_code=3, reason="NonZeroExitCode")
+    # another job's record is not this one's: scontrol's or sacct's
+    assert s.parse_accounting(CommandOutput("JobId=78 JobState=FAILED ExitCode=1:0\n"), "77") == JobStatus(
+        "77", Category.MISSING, "")
+    assert s.parse_accounting(CommandOutput("78|FAILED|1:0\n", err, 1), "77") == JobStatus("77", Category.MISSING, "")
+    assert s.parse_accounting(CommandOutput("77|COMPLETED|0:0\n78|FAILED|1:0\n", err, 1), "77") == JobStatus(
+        "77", Category.SUCCEEDED, "COMPLETED", exit_code=0)
+    assert s.parse_accounting(CommandOutput("77|CANCELLED by 0|0:15\n", err, 1), "77") == JobStatus(
+        "77", Category.CANCELLED, "CANCELLED by 0", exit_code=0, signal=15)
+    assert s.parse_accounting(CommandOutput("", err, 1), "77") == JobStatus("77", Category.MISSING, "")
+
+
+def test_slurm_recover_reads_both_sources_in_order_without_repeats():
+    # in the order the scheduler printed them (not sorted: "7" before "30"), each once
+    out = CommandOutput("\n7\n\n30\n@@stepcluster-sacct\n30|a-1\n5|a-1\n6|other\n8|a-1|extra\nx8|a-1\n"
+                        "9.batch|a-1\nsacct: error: Slurm accounting storage is disabled\n7|a-1\n")
+    assert Slurm().parse_recover(out, "a-1") == ["7", "30", "5"]
+    assert Slurm().parse_recover(CommandOutput("@@stepcluster-sacct\n"), "a-1") == []
+
+
+def test_sge_statuses_are_whole():
+    xml = ("<job_info><job_info>"
+           "<job_list><JB_job_number>5</JB_job_number><state>r</state></job_list>"
+           "<job_list><JB_job_number>5</JB_job_number><state>qw</state></job_list>"
+           "<job_list><JB_job_number>6</JB_job_number><state>Eqw</state></job_list>"
+           "<job_list><JB_job_number>8</JB_job_number><state>qw</state></job_list>"
+           "</job_info></job_info>")
+    st = SGE().parse_status(CommandOutput(xml), ["5", "6", "7"])
+    assert st["5"] == JobStatus("5", Category.RUNNING, "r")               # array: the first entry counts
+    assert st["6"] == JobStatus("6", Category.FAILED, "Eqw", reason="job in error state (see qstat -j)")
+    assert st["7"] == JobStatus("7", Category.MISSING, "")
+
+
+def test_sge_qstat_j_lines_are_read_by_job_and_by_block():
+    details = "\n".join([
+        "job_number:                 5",
+        "    stray indented line",
+        "error reason          1:      01/01/2030 00:00:00 [1:2]: first",
+        "    indented after the error",
+        "error reason          2:      second",
+        "scheduling info:            one",
+        "\tby a tab",
+        "                            by spaces",
+        "sge_o_home:                 /x",
+        "    after another key",
+        "job_number:                 6",
+        "scheduling info:            (Collecting of scheduler job information is turned off)",
+        "error reason          1:      plain text reason",
+    ])
+    xml = ("<job_info><job_info>"
+           "<job_list><JB_job_number>5</JB_job_number><state>qw</state></job_list>"
+           "<job_list><JB_job_number>6</JB_job_number><state>Eqw</state></job_list>"
+           "</job_info></job_info>\n")
+    st = SGE().parse_status(CommandOutput(xml + "@@stepcluster-qstat-j\n" + details + "\n"), ["5", "6"])
+    assert st["5"].reason == "one; by a tab; by spaces"
+    assert st["6"].reason == "plain text reason"
+    assert sge_module._job_details(details)[0] == {"5": "first", "6": "plain text reason"}
+
+
+@pytest.mark.parametrize("failed,exit_status,category,code,signal,reason", [
+    ("0", "0", Category.SUCCEEDED, 0, None, None),
+    ("0", "137", Category.FAILED, 137, None, None),        # a script may `exit 137`
+    ("1", "137", Category.FAILED, 137, 9, "failed 1: see sge_status(5)"),
+    ("100 : assumedly after job", "128", Category.FAILED, 128, None, "failed 100: assumedly after job"),
+    ("100", "129", Category.FAILED, 129, 1, "failed 100: see sge_status(5)"),
+    ("0", "3 (exit)", Category.FAILED, 3, None, None),
+])
+def test_sge_accounting_records(failed, exit_status, category, code, signal, reason):
+    text = ("warning: before any record\n==============\njobnumber    5\n\nfailed       " + failed +
+            "\nexit_status  " + exit_status + "\n")
+    assert SGE().parse_accounting(CommandOutput(text), "5") == JobStatus(
+        "5", category, f"failed {failed.split()[0]}", exit_code=code, signal=signal, reason=reason)
+
+
+def test_sge_accounting_silence_is_missing():
+    assert SGE().parse_accounting(CommandOutput("", "", 0), "5") == JobStatus("5", Category.MISSING, "")
+    assert SGE().parse_accounting(CommandOutput("", "error: job id 5 not found\n", 1), "5") == JobStatus(
+        "5", Category.MISSING, "")
+
+
+def test_sge_recover_order_repeats_and_bad_records():
+    xml = ("<job_info><job_info>"
+           "<job_list><JB_job_number>7</JB_job_number><JB_name>a-1</JB_name></job_list>"
+           "<job_list><JB_job_number>30</JB_job_number><JB_name>a-1</JB_name></job_list>"
+           "<job_list><JB_job_number>9</JB_job_number><JB_name>other</JB_name></job_list>"
+           "</job_info></job_info>\n")
+    history = "==========\njobname  a-1\njobnumber 30\n==========\njobname a-1\njobnumber 5\n"
+    assert SGE().parse_recover(CommandOutput(xml + "@@stepcluster-qacct\n" + history), "a-1") == ["7", "30", "5"]
+    for bad, ids in (("==========\njobname a-1\n", ("",)), ("==========\njobname a-1\njobnumber 5x\n", ("5x",))):
+        out = CommandOutput(xml + "@@stepcluster-qacct\n" + bad)
+        exc = expect_error(lambda: SGE().parse_recover(out, "a-1"), "sge", out, match="not Grid Engine job ids")
+        assert exc.job_ids == ids
+    nameless = CommandOutput("<job_info><job_list><JB_name>a-1</JB_name></job_list></job_info>\n@@stepcluster-qacct\n")
+    assert expect_error(lambda: SGE().parse_recover(nameless, "a-1"), "sge", nameless).job_ids == ("",)
+
+
+def test_torque_records_are_matched_whole_and_in_order():
+    t = Torque()
+    text = ("Job Id: 4.other\n    job_state = Q\n\n"
+            "Job Id: 5.head\n    job_state = R\n    comment = Job started on n1\n\n"
+            "Job Id: 5.head\n    job_state = C\n    exit_status = 0\n\n"
+            "Job Id: 6.head\n    Job_Name = no state, not asked\n")
+    st = t.parse_status(CommandOutput(text), ["5.head", "5.other", "7.head"])
+    assert st["5.head"] == JobStatus("5.head", Category.RUNNING, "R", reason="Job started on n1")
+    assert st["5.other"] == JobStatus("5.other", Category.MISSING, "")
+    assert st["7.head"] == JobStatus("7.head", Category.MISSING, "")
+    # unknown ids beside known ones: exit 153 is fine when every complaint is about an id
+    out = CommandOutput("Job Id: 5.head\n    job_state = R\n", "qstat: Unknown Job Id Error 7.head\n", 153)
+    assert t.parse_status(out, ["5.head", "7.head"])["7.head"] == JobStatus("7.head", Category.MISSING, "")
+
+
+@pytest.mark.parametrize("attrs,expected", [
+    ({"exit_status": "0"}, JobStatus("5.head", Category.SUCCEEDED, "C", exit_code=0)),
+    ({"Exit_status": "0"}, JobStatus("5.head", Category.SUCCEEDED, "C", exit_code=0)),     # PBS Pro
+    ({"Exit_status": "2", "exit_status": "0"}, JobStatus("5.head", Category.SUCCEEDED, "C", exit_code=0)),
+    ({"exit_status": "256"}, JobStatus("5.head", Category.FAILED, "C", exit_code=256)),
+    ({"exit_status": "257"}, JobStatus("5.head", Category.FAILED, "C", exit_code=257, signal=1)),
+    ({"exit_status": "3", "comment": "done"}, JobStatus("5.head", Category.FAILED, "C", exit_code=3, reason="done")),
+    ({"exit_status": "-99"}, JobStatus("5.head", Category.FAILED, "C", exit_code=-99,
+                                       reason="exit_status -99: Torque could not run the job")),
+    ({"exit_status": "-1", "comment": "bad uid"}, JobStatus("5.head", Category.FAILED, "C", exit_code=-1,
+                                                            reason="exit_status -1: " + JOB_EXEC_CODES[-1] + "; bad uid")),
+    ({"exit_status": "x1"}, JobStatus("5.head", Category.FAILED, "C",
+                                      reason="completed without a readable exit_status ('x1')")),
+])
+def test_torque_completed_jobs(attrs, expected):
+    text = "Job Id: 5.head\n    job_state = C\n" + "".join(f"    {k} = {v}\n" for k, v in attrs.items())
+    assert Torque().parse_status(CommandOutput(text), ["5.head"])["5.head"] == expected
+
+
+@pytest.mark.parametrize("text,match", [
+    ("    job_state = R\n", "does not start with 'Job Id:'"),
+    ("Job Id: 1.head\n\tcontinued without a key\n", "unexpected qstat -f line"),
+    ("Job Id: 1.head\n    a = b\n\n\tcontinued after a blank line\n", "unexpected qstat -f line"),
+    ("Job Id: 1.head\n    a = b\nnot indented\n", "unexpected qstat -f line 'not indented'"),
+])
+def test_torque_qstat_f_that_is_not_qstat_f(text, match):
+    with pytest.raises(SchedulerError, match=match) as caught:
+        parse_full(text)
+    assert caught.value.scheduler == "torque"
+
+
+def test_torque_long_values_continue_with_spaces_or_tabs():
+    jobs = parse_full("Job Id: 1.head\n    Variable_List = A=1,\n        B=2,\n\tC=3\n    x = \n")
+    assert jobs == [("1.head", {"Variable_List": "A=1,B=2,C=3", "x": ""})]
+
+
+def test_torque_recover_keeps_the_servers_order():
+    text = "".join(f"Job Id: {i}.head\n    Job_Name = a-1\n\n" for i in ("7", "30", "7"))
+    assert Torque().parse_recover(CommandOutput(text), "a-1") == ["7.head", "30.head"]
+
+
+# ------------------------------------------------- the blocked words, written from the documentation
+_PER_JOB = ("BBMinutesPerJob BBPerJob BBPerNode BillingMinutesPerJob BillingPerJob BillingPerNode "
+            "CpuMinutesPerJobLimit CpuPerJobLimit CpuPerNode EnergyMinutesPerJob EnergyPerJob EnergyPerNode "
+            "GRESMinutesPerJob GRESPerJob GRESPerNode LicenseMinutesPerJob LicensePerJob {mem}MinutesPerJob "
+            "{mem}PerJob {mem}PerNode NodeMinutesPerJob NodePerJobLimit UnknownMinutesPerJob UnknownPerJob "
+            "UnknownPerNode WallDurationPerJobLimit").split()
+#: What blocks a queued job for good, per scheduler, from the pages cited in each adapter: Slurm's
+#: job_reason_codes.html and job_state_codes.html, qstat(1) -s of Grid Engine, qhold(1B) of Torque.
+DOCUMENTED_BLOCKED = {
+    "slurm reasons": {
+        "PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit", "BadConstraints", "MaxMemPerLimit",
+        "InvalidAccount", "InvalidQOS", "AccountNotAllowed", "QOSNotAllowed", "ReservationDeleted",
+        "JobHeldUser", "JobHeldAdmin", "JobHoldMaxRequeue", "DependencyNeverSatisfied",
+        *("AssocMax" + w.format(mem="Mem") for w in _PER_JOB),
+        *("QOSMax" + w.format(mem="Memory") for w in _PER_JOB),
+        *("QOSMin" + w for w in "BB Billing CpuNotSatisfied Energy GRES License Memory Node Unknown".split())},
+    "slurm states": {"REQUEUE_HOLD", "RESV_DEL_HOLD"},
+    "sge holds": {"hu": "user", "ho": "operator", "hs": "system"},
+    "torque hold types": {"u", "o", "s", "p"},
+}
+
+
+def test_every_blocked_word_is_the_documented_one():
+    assert set(slurm_module.BLOCKED_REASONS) == DOCUMENTED_BLOCKED["slurm reasons"]
+    assert set(slurm_module.BLOCKED_STATES) == DOCUMENTED_BLOCKED["slurm states"]
+    assert sge_module.BLOCKING_HOLDS == DOCUMENTED_BLOCKED["sge holds"]
+    assert set(BLOCKING_HOLD_TYPES) == DOCUMENTED_BLOCKED["torque hold types"]
+    # each blocked word is a state or reason the adapter reads as queued, never as ended
+    assert {Slurm.STATES[s] for s in slurm_module.BLOCKED_STATES} == {Category.QUEUED}
+    assert "H" in Torque.STATES and Torque.STATES["H"] == Category.QUEUED
+    assert {s: c for s, c in SGE.STATES.items() if s.startswith("h")} == {
+        "hqw": Category.QUEUED, "hRwq": Category.QUEUED, "hr": Category.RUNNING}   # held while running: runs on

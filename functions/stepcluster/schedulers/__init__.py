@@ -1,5 +1,6 @@
 """Scheduler adapters: argv builders, output parsers and state tables; no I/O."""
 
+from stepcluster.errors import SchedulerError
 from stepcluster.schedulers.base import (
     ACTIVE, TERMINAL, Category, CommandOutput, JobStatus, Scheduler,
 )
@@ -8,7 +9,8 @@ __all__ = ["ACTIVE", "TERMINAL", "Category", "CommandOutput", "JobStatus", "Sche
 
 
 def get_scheduler(name: str) -> Scheduler:
-    """The adapter for a scheduler name as written in configs ("slurm", "sge", "torque")."""
+    """The adapter for a scheduler name as written in configs ("slurm", "sge", "torque");
+    SchedulerError for any other name."""
     from stepcluster.schedulers.sge import SGE
     from stepcluster.schedulers.slurm import Slurm
     from stepcluster.schedulers.torque import Torque
@@ -17,6 +19,7 @@ def get_scheduler(name: str) -> Scheduler:
     try:
         return adapters[name]()
     except KeyError:
-        raise ValueError(
-            f"unknown scheduler {name!r}: expected one of {', '.join(sorted(adapters))}"
+        raise SchedulerError(
+            f"unknown scheduler {name!r}: expected one of {', '.join(sorted(adapters))}",
+            scheduler=name,
         ) from None

@@ -129,7 +129,8 @@ class Scheduler(abc.ABC):
     def parse_recover(self, out: CommandOutput, job_name: str) -> list[str]:
         """The ids of the jobs named `job_name` in `recover_argv`'s output; [] only when the
         scheduler answered and verifiably knows none. SchedulerError when it cannot tell."""
-        raise SchedulerError(f"{self.name}: no way to find a job by its name")
+        raise SchedulerError(f"{self.name}: no way to find a job by its name",
+                             scheduler=self.name, output=out)
 
     @abc.abstractmethod
     def cancel_argv(self, job_ids: Sequence[str]) -> list[str]:
@@ -142,14 +143,17 @@ class Scheduler(abc.ABC):
 
 # -- helpers the adapters share ---------------------------------------------------------------
 
-def check_job_ids(job_ids: Sequence[str], pattern: re.Pattern, scheduler: str) -> list[str]:
-    """The ids as strings; ValueError for none, SchedulerError for one that is not an id."""
+def check_job_ids(job_ids: Sequence[str], pattern: re.Pattern, scheduler: str, label: str) -> list[str]:
+    """The ids as strings; SchedulerError for none, or for one that is not wholly an id.
+
+    `scheduler` is the adapter's short name ("slurm"), `label` how messages name it ("Slurm").
+    """
     ids = [str(i) for i in job_ids]
     if not ids:
-        raise ValueError("no job ids given")
-    bad = [i for i in ids if not pattern.match(i)]
+        raise SchedulerError(f"no {label} job ids given", scheduler=scheduler)
+    bad = [i for i in ids if not pattern.fullmatch(i)]
     if bad:
-        raise SchedulerError(f"not {scheduler} job ids: {bad!r}")
+        raise SchedulerError(f"not {label} job ids: {bad!r}", scheduler=scheduler, job_ids=bad)
     return ids
 
 
@@ -158,12 +162,13 @@ def raw_output(out: CommandOutput) -> str:
     return f"(exit {out.exit_code})\nstdout:\n{out.stdout}\nstderr:\n{out.stderr}"
 
 
-def single_job_id(out: CommandOutput, pattern: re.Pattern, command: str) -> str:
+def single_job_id(out: CommandOutput, pattern: re.Pattern, command: str, scheduler: str) -> str:
     """The one job id a submit command printed (named group "id"); SchedulerError otherwise."""
     lines = [line.strip() for line in out.stdout.splitlines() if line.strip()]
-    matches = [m for m in map(pattern.match, lines) if m]
+    matches = [m for m in map(pattern.fullmatch, lines) if m]
     if out.exit_code != 0 or len(matches) != 1:
-        raise SchedulerError(f"{command} did not print one job id: {raw_output(out)}")
+        raise SchedulerError(f"{command} did not print one job id: {raw_output(out)}",
+                             scheduler=scheduler, output=out)
     return matches[0].group("id")
 
 

@@ -140,7 +140,7 @@ _CANCEL_OK = r"does not exist|has registered the job|has deleted job|already in 
 
 
 def _ids(job_ids: Sequence[str]) -> list[str]:
-    return check_job_ids(job_ids, _JOB_ID, "Grid Engine")
+    return check_job_ids(job_ids, _JOB_ID, "sge", "Grid Engine")
 
 
 class SGE(Scheduler):
@@ -155,12 +155,13 @@ class SGE(Scheduler):
                     stdout: str, stderr: str) -> list[str]:
         for path in (stdout, stderr):
             if _BAD_OUTPUT_PATH.search(path):
-                raise ValueError(f"Grid Engine would misread this output path (: , $ or newline): {path!r}")
+                raise SchedulerError(f"Grid Engine would misread this output path (: , $ or newline): {path!r}",
+                                     scheduler=self.name)
         return ["qsub", "-terse", "-N", letter_first(job_name), "-wd", workdir,
                 "-o", stdout, "-e", stderr, "-S", "/bin/bash", script]
 
     def parse_submit(self, out: CommandOutput) -> str:
-        return single_job_id(out, _SUBMIT, "qsub -terse")
+        return single_job_id(out, _SUBMIT, "qsub -terse", self.name)
 
     def status_argv(self, job_ids: Sequence[str]) -> list[str]:
         ids = ",".join(_ids(job_ids))
@@ -188,7 +189,8 @@ class SGE(Scheduler):
     def parse_status(self, out: CommandOutput, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         wanted = [str(i) for i in job_ids]
         if out.exit_code != 0:
-            raise SchedulerError(f"qstat failed: {raw_output(out)}")
+            raise SchedulerError(f"qstat failed: {raw_output(out)}", scheduler=self.name, output=out,
+                                 job_ids=wanted)
         xml_text, *sections = _SECTION.split(out.stdout)
         details, holds = "", {}
         for name, body in zip(sections[::2], sections[1::2]):
@@ -199,16 +201,19 @@ class SGE(Scheduler):
         try:
             root = ET.fromstring(xml_text.strip())
         except ET.ParseError as exc:
-            raise SchedulerError(f"qstat -xml printed no valid XML ({exc}): {raw_output(out)}") from None
+            raise SchedulerError(f"qstat -xml printed no valid XML ({exc}): {raw_output(out)}",
+                                 scheduler=self.name, output=out, job_ids=wanted) from None
         if root.tag != "job_info":
-            raise SchedulerError(f"unexpected qstat -xml document <{root.tag}>: {raw_output(out)}")
+            raise SchedulerError(f"unexpected qstat -xml document <{root.tag}>: {raw_output(out)}",
+                                 scheduler=self.name, output=out, job_ids=wanted)
         errors, scheduling = _job_details(details)
         found: dict[str, JobStatus] = {}
         for job in root.iter("job_list"):
             job_id = (job.findtext("JB_job_number") or "").strip()
             state = job.findtext("state")
             if not job_id or state is None:
-                raise SchedulerError(f"qstat -xml job entry without number or state: {raw_output(out)}")
+                raise SchedulerError(f"qstat -xml job entry without number or state: {raw_output(out)}",
+                                     scheduler=self.name, output=out, job_ids=wanted)
             # array jobs list one entry per task group: the first one is kept
             if job_id in wanted and job_id not in found:
                 state = state.strip()
@@ -230,24 +235,27 @@ class SGE(Scheduler):
         if out.exit_code != 0 or not out.stdout.strip():
             if _QACCT_NOT_YET.search(out.stderr + out.stdout) or (out.exit_code == 0 and not out.stdout.strip()):
                 return JobStatus(job_id, Category.MISSING, "")
-            raise SchedulerError(f"qacct failed for job {job_id}: {raw_output(out)}")
+            raise SchedulerError(f"qacct failed for job {job_id}: {raw_output(out)}",
+                                 scheduler=self.name, output=out, job_ids=[job_id])
         records, current = [], None
         for line in out.stdout.splitlines():
             if line.startswith("=========="):
                 current = {}
                 records.append(current)
                 continue
-            m = _QACCT_LINE.match(line)
+            m = _QACCT_LINE.fullmatch(line)
             if m and current is not None:
                 current.setdefault(m.group("key"), m.group("value"))
         mine = [r for r in records if r.get("jobnumber") == job_id]
         if not mine:
-            raise SchedulerError(f"qacct printed no record of job {job_id}: {raw_output(out)}")
+            raise SchedulerError(f"qacct printed no record of job {job_id}: {raw_output(out)}",
+                                 scheduler=self.name, output=out, job_ids=[job_id])
         record = mine[-1]   # several records: array tasks, or an id reused; the last is newest
-        failed = _QACCT_FAILED.match(record.get("failed", ""))
+        failed = _QACCT_FAILED.fullmatch(record.get("failed", ""))
         exit_status = _QACCT_EXIT.match(record.get("exit_status", ""))
         if not failed or not exit_status:
-            raise SchedulerError(f"qacct record of job {job_id} lacks failed/exit_status: {raw_output(out)}")
+            raise SchedulerError(f"qacct record of job {job_id} lacks failed/exit_status: {raw_output(out)}",
+                                 scheduler=self.name, output=out, job_ids=[job_id])
         failed_code, code = int(failed.group("code")), int(exit_status.group("code"))
         raw = f"failed {failed_code}"
         if failed_code == 0 and code == 0:
@@ -274,11 +282,13 @@ class SGE(Scheduler):
         name = letter_first(job_name)
         xml_text, mark, history = out.stdout.partition(_RECOVER_MARK)
         if out.exit_code != 0 or not mark:
-            raise SchedulerError(f"qstat cannot say whether job {name!r} exists: {raw_output(out)}")
+            raise SchedulerError(f"qstat cannot say whether job {name!r} exists: {raw_output(out)}",
+                                 scheduler=self.name, output=out)
         try:
             root = ET.fromstring(xml_text.strip())
         except ET.ParseError as exc:
-            raise SchedulerError(f"qstat -xml printed no valid XML ({exc}): {raw_output(out)}") from None
+            raise SchedulerError(f"qstat -xml printed no valid XML ({exc}): {raw_output(out)}",
+                                 scheduler=self.name, output=out) from None
         ids = [(job.findtext("JB_job_number") or "").strip() for job in root.iter("job_list")
                if (job.findtext("JB_name") or "").strip() == name]
         records, current = [], {}
@@ -287,13 +297,14 @@ class SGE(Scheduler):
                 current = {}
                 records.append(current)
                 continue
-            m = _QACCT_LINE.match(line)
+            m = _QACCT_LINE.fullmatch(line)
             if m:
                 current.setdefault(m.group("key"), m.group("value"))
         ids += [r.get("jobnumber", "") for r in records if r.get("jobname") == name]
-        bad = [i for i in ids if not _JOB_ID.match(i)]
+        bad = [i for i in ids if not _JOB_ID.fullmatch(i)]
         if bad:
-            raise SchedulerError(f"not Grid Engine job ids for job {name!r}: {bad!r}: {raw_output(out)}")
+            raise SchedulerError(f"not Grid Engine job ids for job {name!r}: {bad!r}: {raw_output(out)}",
+                                 scheduler=self.name, output=out, job_ids=bad)
         return sorted(set(ids), key=ids.index)
 
     def cancel_argv(self, job_ids: Sequence[str]) -> list[str]:
@@ -322,17 +333,17 @@ def _job_details(text: str) -> tuple[dict[str, str], dict[str, list[str]]]:
     scheduling: dict[str, list[str]] = {}
     current, in_info = None, False
     for line in text.splitlines():
-        m = _JOB_NUMBER.match(line)
+        m = _JOB_NUMBER.fullmatch(line)
         if m:
             current, in_info = m.group("id"), False
             continue
-        m = _ERROR_REASON.match(line)
+        m = _ERROR_REASON.fullmatch(line)
         if m:
             in_info = False
             if current and current not in errors:
                 errors[current] = m.group("msg")
             continue
-        m = _SCHED_INFO.match(line)
+        m = _SCHED_INFO.fullmatch(line)
         if m or (in_info and line[:1] in (" ", "\t")):
             in_info = True
             message = m.group("msg") if m else line.strip()

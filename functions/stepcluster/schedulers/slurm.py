@@ -217,7 +217,7 @@ def blocked_reason(raw_state: str, reason: str | None, priority: int | None) -> 
 
 
 def _ids(job_ids: Sequence[str]) -> list[str]:
-    return check_job_ids(job_ids, _JOB_ID, "Slurm")
+    return check_job_ids(job_ids, _JOB_ID, "slurm", "Slurm")
 
 
 class Slurm(Scheduler):
@@ -232,12 +232,13 @@ class Slurm(Scheduler):
                     stdout: str, stderr: str) -> list[str]:
         for path in (stdout, stderr):
             if _BAD_PATH.search(path):
-                raise ValueError(f"Slurm would rewrite this output path (%, \\ or newline): {path!r}")
+                raise SchedulerError(f"Slurm would rewrite this output path (%, \\ or newline): {path!r}",
+                                     scheduler=self.name)
         return ["sbatch", "--parsable", "-J", job_name, "-D", workdir,
                 "-o", stdout, "-e", stderr, script]
 
     def parse_submit(self, out: CommandOutput) -> str:
-        return single_job_id(out, _SUBMIT, "sbatch")
+        return single_job_id(out, _SUBMIT, "sbatch", self.name)
 
     def status_argv(self, job_ids: Sequence[str]) -> list[str]:
         return ["squeue", "--noheader", "--states=all", "--jobs=" + ",".join(_ids(job_ids)),
@@ -247,13 +248,15 @@ class Slurm(Scheduler):
         wanted = [str(i) for i in job_ids]
         found: dict[str, JobStatus] = {}
         if out.exit_code != 0 and not (_UNKNOWN_ID.search(out.stderr) and not out.stdout.strip()):
-            raise SchedulerError(f"squeue failed: {raw_output(out)}")
+            raise SchedulerError(f"squeue failed: {raw_output(out)}", scheduler=self.name, output=out,
+                                 job_ids=wanted)
         for line in out.stdout.splitlines():
             if not line.strip():
                 continue
-            m = _ROW.match(line.strip())
+            m = _ROW.fullmatch(line.strip())
             if not m:
-                raise SchedulerError(f"unexpected squeue line {line!r}: {raw_output(out)}")
+                raise SchedulerError(f"unexpected squeue line {line!r}: {raw_output(out)}",
+                                     scheduler=self.name, output=out, job_ids=wanted)
             job_id = m.group("id")
             if job_id in wanted and job_id not in found:
                 priority = m.group("priority")
@@ -289,22 +292,25 @@ class Slurm(Scheduler):
             if m and m.group("id") == job_id:
                 state, reason, code = _SC_STATE.search(line), _SC_REASON.search(line), _SC_EXIT.search(line)
                 if not state or not code:
-                    raise SchedulerError(f"scontrol record without JobState/ExitCode: {raw_output(out)}")
+                    raise SchedulerError(f"scontrol record without JobState/ExitCode: {raw_output(out)}",
+                                         scheduler=self.name, output=out, job_ids=[job_id])
                 priority = _SC_PRIORITY.search(line)
                 return self._status(job_id, state.group("state"), _reason(reason and reason.group("reason")),
                                     int(code.group("code")), int(code.group("signal")),
                                     priority=int(priority.group("priority")) if priority else None)
-        rows = [m for m in map(_SACCT_ROW.match, (r.strip() for r in records)) if m and m.group("id") == job_id]
+        rows = [m for m in map(_SACCT_ROW.fullmatch, (r.strip() for r in records)) if m and m.group("id") == job_id]
         if rows:   # a reused id (state wiped) gives several rows: the last is the newest
             row = rows[-1]
             return self._status(job_id, row.group("state"), None,
                                 int(row.group("code")), int(row.group("signal")))
         if records and not any(_SC_ID.search(r) or "|" in r for r in records):
-            raise SchedulerError(f"unexpected accounting output for job {job_id}: {raw_output(out)}")
+            raise SchedulerError(f"unexpected accounting output for job {job_id}: {raw_output(out)}",
+                                 scheduler=self.name, output=out, job_ids=[job_id])
         unexplained = [line for line in out.stderr.splitlines()
                        if line.strip() and not _ACCOUNTING_NOT_KNOWN.search(line)]
         if out.exit_code != 0 and unexplained:
-            raise SchedulerError(f"cannot read Slurm's history of job {job_id}: {raw_output(out)}")
+            raise SchedulerError(f"cannot read Slurm's history of job {job_id}: {raw_output(out)}",
+                                 scheduler=self.name, output=out, job_ids=[job_id])
         return JobStatus(job_id, Category.MISSING, "")
 
     def recover_argv(self, job_name: str) -> list[str] | None:
@@ -321,17 +327,19 @@ class Slurm(Scheduler):
     def parse_recover(self, out: CommandOutput, job_name: str) -> list[str]:
         live, mark, history = out.stdout.partition(_RECOVER_MARK)
         if out.exit_code != 0 or not mark:
-            raise SchedulerError(f"squeue cannot say whether job {job_name!r} exists: {raw_output(out)}")
+            raise SchedulerError(f"squeue cannot say whether job {job_name!r} exists: {raw_output(out)}",
+                                 scheduler=self.name, output=out)
         ids = []
         for line in (line.strip() for line in live.splitlines()):
             if not line:
                 continue
-            if not _JOB_ID.match(line):
-                raise SchedulerError(f"unexpected squeue line {line!r}: {raw_output(out)}")
+            if not _JOB_ID.fullmatch(line):
+                raise SchedulerError(f"unexpected squeue line {line!r}: {raw_output(out)}",
+                                     scheduler=self.name, output=out)
             ids.append(line)
         for line in history.splitlines():
             row = line.strip().split("|")
-            if len(row) == 2 and row[1] == job_name and _JOB_ID.match(row[0]):
+            if len(row) == 2 and row[1] == job_name and _JOB_ID.fullmatch(row[0]):
                 ids.append(row[0])
         return sorted(set(ids), key=ids.index)
 

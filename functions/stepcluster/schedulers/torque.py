@@ -101,7 +101,7 @@ def parse_full(text: str) -> list[tuple[str, dict[str, str]]]:
     attrs: dict[str, str] | None = None
     key = None
     for line in text.splitlines():
-        header = _JOB_HEADER.match(line)
+        header = _JOB_HEADER.fullmatch(line)
         if header:
             attrs, key = {}, None
             jobs.append((header.group("id"), attrs))
@@ -110,20 +110,20 @@ def parse_full(text: str) -> list[tuple[str, dict[str, str]]]:
             key = None
             continue
         if attrs is None:
-            raise SchedulerError(f"qstat -f output does not start with 'Job Id:': {line!r}")
-        m = _ATTRIBUTE.match(line)
+            raise SchedulerError(f"qstat -f output does not start with 'Job Id:': {line!r}", scheduler="torque")
+        m = _ATTRIBUTE.fullmatch(line)
         if m:
             key = m.group("key")
             attrs[key] = m.group("value").strip()
         elif key is not None and line[:1] in ("\t", " "):
             attrs[key] += line.strip()          # continuation of a long value
         else:
-            raise SchedulerError(f"unexpected qstat -f line {line!r}")
+            raise SchedulerError(f"unexpected qstat -f line {line!r}", scheduler="torque")
     return jobs
 
 
 def _ids(job_ids: Sequence[str]) -> list[str]:
-    return check_job_ids(job_ids, _JOB_ID, "Torque")
+    return check_job_ids(job_ids, _JOB_ID, "torque", "Torque")
 
 
 def blocked_reason(state: str, attrs: dict[str, str]) -> str | None:
@@ -150,12 +150,13 @@ class Torque(Scheduler):
                     stdout: str, stderr: str) -> list[str]:
         for path in (stdout, stderr):
             if _BAD_OUTPUT_PATH.search(path):
-                raise ValueError(f"Torque would misread this output path (: or newline): {path!r}")
+                raise SchedulerError(f"Torque would misread this output path (: or newline): {path!r}",
+                                     scheduler=self.name)
         return ["qsub", "-N", letter_first(job_name), "-d", workdir,
                 "-o", stdout, "-e", stderr, script]
 
     def parse_submit(self, out: CommandOutput) -> str:
-        return single_job_id(out, _SUBMIT, "qsub")
+        return single_job_id(out, _SUBMIT, "qsub", self.name)
 
     def status_argv(self, job_ids: Sequence[str]) -> list[str]:
         return ["qstat", "-f", *_ids(job_ids)]
@@ -166,11 +167,13 @@ class Torque(Scheduler):
         other_errors = [line for line in out.stderr.splitlines()
                         if line.strip() and not _UNKNOWN.search(line)]
         if out.exit_code != 0 and (other_errors or not unknown_lines):
-            raise SchedulerError(f"qstat -f failed: {raw_output(out)}")
+            raise SchedulerError(f"qstat -f failed: {raw_output(out)}", scheduler=self.name, output=out,
+                                 job_ids=wanted)
         try:
             jobs = parse_full(out.stdout)
         except SchedulerError as exc:
-            raise SchedulerError(f"{exc}: {raw_output(out)}") from None
+            raise SchedulerError(f"{exc}: {raw_output(out)}", scheduler=self.name, output=out,
+                                 job_ids=wanted) from None
         by_seq = {_seq(i): i for i in wanted}
         found: dict[str, JobStatus] = {}
         for printed_id, attrs in jobs:
@@ -178,7 +181,8 @@ class Torque(Scheduler):
             if job_id is None or job_id in found:
                 continue
             if "job_state" not in attrs:
-                raise SchedulerError(f"qstat -f record of {printed_id} has no job_state: {raw_output(out)}")
+                raise SchedulerError(f"qstat -f record of {printed_id} has no job_state: {raw_output(out)}",
+                                     scheduler=self.name, output=out, job_ids=wanted)
             found[job_id] = self._status(job_id, attrs)
         return {i: found.get(i) or JobStatus(i, Category.MISSING, "") for i in wanted}
 
@@ -191,7 +195,7 @@ class Torque(Scheduler):
             return JobStatus(job_id, category, state, reason=comment, blocked=blocked)
         # Torque spells it exit_status; PBS Pro Exit_status
         text = attrs.get("exit_status", attrs.get("Exit_status"))
-        if text is None or not _INT.match(text.strip()):
+        if text is None or not _INT.fullmatch(text.strip()):
             return JobStatus(job_id, Category.FAILED, state,
                              reason=comment or f"completed without a readable exit_status ({text!r})")
         code = int(text)
@@ -214,11 +218,12 @@ class Torque(Scheduler):
     def parse_recover(self, out: CommandOutput, job_name: str) -> list[str]:
         name = letter_first(job_name)
         if out.exit_code != 0 or out.stderr.strip():
-            raise SchedulerError(f"qstat -f cannot say whether job {name!r} exists: {raw_output(out)}")
+            raise SchedulerError(f"qstat -f cannot say whether job {name!r} exists: {raw_output(out)}",
+                                 scheduler=self.name, output=out)
         try:
             jobs = parse_full(out.stdout)
         except SchedulerError as exc:
-            raise SchedulerError(f"{exc}: {raw_output(out)}") from None
+            raise SchedulerError(f"{exc}: {raw_output(out)}", scheduler=self.name, output=out) from None
         ids = [job_id for job_id, attrs in jobs if attrs.get("Job_Name") == name]
         return sorted(set(ids), key=ids.index)
 
