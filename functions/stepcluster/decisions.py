@@ -36,6 +36,9 @@ POLLS_PER_DOUBLING = 50
 MAX_WAIT_SECONDS = 3600
 #: The wrapper's result line: exit code (0..255), signal (0: none), epoch it ended.
 RESULT_LINE = re.compile(r"(\d{1,3}) (\d{1,3})(?: (\d{1,12}))?")
+#: A scheduler that does not answer (slurmctld down, sge_qmaster restarting) is an outage the
+#: run waits out, this long, before it fails: healthy jobs go on running meanwhile.
+SCHEDULER_OUTAGE_SECONDS = 900
 #: The scheduler's "no reason" words, shown as no reason at all.
 NO_REASON = ("None", "(null)", "")
 
@@ -69,6 +72,7 @@ class Limits:
     blocked_job_timeout_seconds: int
     missing_grace_seconds: int = MISSING_GRACE_SECONDS
     missing_min_polls: int = MISSING_MIN_POLLS
+    scheduler_outage_seconds: int = SCHEDULER_OUTAGE_SECONDS
 
 
 @dataclass(frozen=True)
@@ -172,15 +176,26 @@ def _missing_for(job: JobRecord, status: JobStatus, scheduler: str, now: int, li
 # -- the run ---------------------------------------------------------------------------------
 
 def apply_round(run: Run, observations: Mapping[str, JobObservation], *, scheduler: str,
-                now: int, limits: Limits) -> tuple[Run, list[str]]:
-    """The record after one round over its active jobs, and the jobs that changed state."""
+                now: int, limits: Limits, scheduler_failure: str | None = None) -> tuple[Run, list[str]]:
+    """The record after one round over its active jobs, and the jobs that changed state.
+
+    `scheduler_failure` is what the scheduler's status command printed when it failed (the
+    controller down): the round then judges only jobs whose wrapper recorded a result, leaves
+    the others as they were (not missing, not blocked: unknown), and notes the outage."""
     run = run.copy()
     run.polls = (run.polls or 0) + 1
+    if scheduler_failure is None:
+        run.scheduler_silent_since = run.scheduler_said = None
+    else:
+        run.scheduler_silent_since = run.scheduler_silent_since if run.scheduler_silent_since is not None else now
+        run.scheduler_said = " ".join(scheduler_failure.split())[:300] or "no output"
     changed = []
     for name in run.active_jobs():
         before = run.jobs[name]
-        after = observe(before, name, observations.get(name, JobObservation()),
-                        scheduler=scheduler, now=now, limits=limits)
+        observation = observations.get(name, JobObservation())
+        if scheduler_failure is not None and not observation.result:
+            continue
+        after = observe(before, name, observation, scheduler=scheduler, now=now, limits=limits)
         run.jobs[name] = after
         if after.state != before.state:
             changed.append(name)
@@ -193,19 +208,28 @@ def failed_jobs(run: Run, names: Sequence[str]) -> list[str]:
 
 
 def decide(run: Run, changed: Sequence[str], *, wait_times: Mapping[str, int], scheduler: str,
-           stderr_tails: Mapping[str, str] | None = None) -> Decision:
+           stderr_tails: Mapping[str, str] | None = None, now: int | None = None,
+           limits: Limits | None = None) -> Decision:
     """What comes next, given the record after a round (or a submission).
 
-    The first job (in the round's order) that ended badly fails the run; otherwise jobs in
-    flight mean waiting; otherwise, sequential with jobs left: the next one; otherwise done."""
+    The first job (in the round's order) that ended badly fails the run; otherwise a scheduler
+    silent for longer than the limit fails it; otherwise jobs in flight mean waiting;
+    otherwise, sequential with jobs left: the next one; otherwise done."""
     run = run.copy()
     failed = failed_jobs(run, changed)
+    silent = (now - run.scheduler_silent_since
+              if now is not None and limits is not None and run.scheduler_silent_since is not None else None)
     if failed:
         name = failed[0]
         run.phase = Phase.FAILED
         run.failure = {"Error": "JobFailed",
                        "Cause": describe_failure(name, run.jobs[name], scheduler,
                                                  (stderr_tails or {}).get(name, ""))}
+    elif silent is not None and silent >= limits.scheduler_outage_seconds:
+        run.phase = Phase.FAILED
+        run.failure = {"Error": "SchedulerUnavailable",
+                       "Cause": f"{scheduler} has not answered for {silent} s (the limit is "
+                                f"{limits.scheduler_outage_seconds} s): {run.scheduler_said}"}
     elif run.active_jobs():
         run.phase = Phase.RUNNING
     elif run.order == "sequential" and run.next < len(run.jobs):

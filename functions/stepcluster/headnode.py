@@ -167,14 +167,15 @@ class HeadNodeWork:
         """One round: one SSH connection, every job in flight."""
         scheduler = self.scheduler(run)
         with self.connect(run) as ssh:
-            observations = self._observe(ssh, scheduler, run)
+            observations, scheduler_failure = self._observe(ssh, scheduler, run)
             limits = Limits(self.wiring.settings.blocked_job_timeout_seconds)
-            run, changed = decisions.apply_round(run, observations, scheduler=scheduler.name,
-                                                 now=_now(), limits=limits)
+            now = _now()
+            run, changed = decisions.apply_round(run, observations, scheduler=scheduler.name, now=now,
+                                                 limits=limits, scheduler_failure=scheduler_failure)
             failed = decisions.failed_jobs(run, changed)
             tails = self._stderr_tails(ssh, run.run_dir, failed) if failed else {}
             decision = decisions.decide(run, changed, wait_times=self.wiring.plan.wait_times,
-                                        scheduler=scheduler.name, stderr_tails=tails)
+                                        scheduler=scheduler.name, stderr_tails=tails, now=now, limits=limits)
             run = decision.run
             if decision.action == decisions.Action.SUBMIT:
                 # Sequential: the next job goes out in this round, on this connection (saves a
@@ -182,9 +183,13 @@ class HeadNodeWork:
                 run = self._submit(run, ssh)
         return run
 
-    def _observe(self, ssh, scheduler: Scheduler, run: Run) -> dict[str, JobObservation]:
+    def _observe(self, ssh, scheduler: Scheduler, run: Run) -> tuple[dict[str, JobObservation], str | None]:
         """What the head node shows of each active job: its wrapper's files and the scheduler's
-        answer, with the scheduler's history asked about the jobs gone from its live queue."""
+        answer, with the scheduler's history asked about the jobs gone from its live queue.
+
+        Also what a failing scheduler printed (None when it answered): a status command that
+        exits non-zero where its adapter sees no answer it knows (slurmctld down, sge_qmaster
+        restarting) makes this round one of an outage, not a verdict on the jobs."""
         active = run.active_jobs()
         ids = [run.jobs[n].job_id for n in active]
         result = ssh.run_script(jobscripts.inspect_script(
@@ -195,7 +200,15 @@ class HeadNodeWork:
                 files[record.fields[0]] = (jobscripts.unb64(record.fields[1]).strip(),
                                            jobscripts.unb64(record.fields[2]).strip())
             elif record.tag == "status":
-                statuses = scheduler.parse_status(jobscripts.command_output(record, 0), ids)
+                answer = jobscripts.command_output(record, 0)
+                try:
+                    statuses = scheduler.parse_status(answer, ids)
+                except SchedulerError:
+                    if answer.exit_code == 0:
+                        raise                       # it answered, with something unreadable
+                    log.warning("%s did not answer (exit %s): %s", scheduler.name, answer.exit_code,
+                                (answer.stderr or answer.stdout).strip()[:300])
+                    return self._files_only(active, files), answer.stderr or answer.stdout
         observations = {}
         for name in active:
             started, result_line = files.get(name, ("", ""))
@@ -207,7 +220,11 @@ class HeadNodeWork:
             known = history.get(run.jobs[name].job_id)
             if known is not None:
                 observations[name] = JobObservation(observations[name].started, observations[name].result, known)
-        return observations
+        return observations, None
+
+    @staticmethod
+    def _files_only(active: list[str], files: dict) -> dict[str, JobObservation]:
+        return {name: JobObservation(*files.get(name, ("", ""))) for name in active}
 
     def _accounting(self, ssh, scheduler: Scheduler, ids: list[str]) -> dict[str, JobStatus]:
         commands = [(i, scheduler.accounting_argv(i)) for i in ids]

@@ -188,6 +188,8 @@ class Run:
     wait_seconds: int | None = None
     polls: int | None = None
     failure: dict | None = None          # {"Error", "Cause"}: why the run fails
+    scheduler_silent_since: int | None = None  # epoch: first round of an ongoing scheduler outage
+    scheduler_said: str | None = None    # what its failing status command printed, shortened
     results: dict | None = None          # where Release Head Node kept the results
 
     @classmethod

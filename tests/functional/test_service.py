@@ -62,6 +62,8 @@ class FakeScheduler(Scheduler):
         return ["cat", str(self.status_file)]
 
     def parse_status(self, out, job_ids):
+        if out.exit_code != 0:      # as the real adapters: a failing status command is an error
+            raise SchedulerError(f"fake status failed: {out.stderr}", scheduler=self.name, output=out)
         found = {}
         for line in out.stdout.splitlines():
             job_id, state, *rest = line.split()
@@ -471,3 +473,45 @@ def test_a_job_whose_wrapper_ran_is_never_submitted_again_even_if_the_scheduler_
     with pytest.raises(SchedulerError, match="wrappers started"):
         svc.submit_jobs(run)
     assert scheduler.submissions() == []
+
+
+def test_a_scheduler_outage_is_waited_out_and_never_fails_a_healthy_job(world, monkeypatch):
+    """slurmctld down, sge_qmaster restarting: the status command fails. The round leaves the
+    jobs as they were (not missing, not lost), says so in the record, and the run goes on."""
+    svc, scheduler, run = world("parallel")
+    run = svc.submit_jobs(run)
+    clock = [1_000_000]
+    monkeypatch.setattr(headnode, "_now", lambda: clock[0])
+    scheduler.status_file.write_text("id-a R\nid-b R\nid-c R\n")
+    run = svc.poll_jobs(run)
+    scheduler.status_file.unlink()                    # the controller stops answering
+    for _ in range(5):
+        clock[0] += 170
+        run = svc.poll_jobs(run)
+        assert run["phase"] == "RUNNING" and run["scheduler_silent_since"] == 1_000_170
+        assert {j["state"] for j in run["jobs"].values()} == {"RUNNING"}
+        assert not any("missing_polls" in j for j in run["jobs"].values())
+    assert "No such file" in run["scheduler_said"]
+    finish(run, "a", 0)                               # a job that ends meanwhile is seen
+    run = svc.poll_jobs(run)
+    assert run["jobs"]["a"]["state"] == "SUCCEEDED" and run["jobs"]["b"]["state"] == "RUNNING"
+    scheduler.status_file.write_text("id-b R\nid-c R\n")   # back
+    run = svc.poll_jobs(run)
+    assert "scheduler_silent_since" not in run and "scheduler_said" not in run
+    assert not Path(scheduler.cancelled).exists()     # nothing was cancelled
+
+
+def test_a_scheduler_silent_past_its_limit_fails_the_run_saying_so(world, monkeypatch):
+    svc, scheduler, run = world()
+    run = svc.submit_jobs(run)
+    clock = [1_000_000]
+    monkeypatch.setattr(headnode, "_now", lambda: clock[0])
+    scheduler.status_file.unlink()
+    run = svc.poll_jobs(run)
+    clock[0] += decisions.SCHEDULER_OUTAGE_SECONDS - 1
+    assert svc.poll_jobs(run)["phase"] == "RUNNING"
+    clock[0] += 1
+    run = svc.poll_jobs(run)
+    assert run["phase"] == "FAILED" and run["failure"]["Error"] == "SchedulerUnavailable"
+    assert run["failure"]["Cause"].startswith("fake has not answered for 900 s (the limit is 900 s): ")
+    assert "No such file" in run["failure"]["Cause"]

@@ -312,3 +312,38 @@ def test_a_failed_job_without_a_stderr_tail_gets_no_stderr_section():
     run = run_of("parallel", a="FAILED", b="FAILED")
     decision = d.decide(run, ["a"], wait_times=WAITS, scheduler="slurm", stderr_tails={"b": "other"})
     assert decision.failure["Cause"] == "Job 'a' (slurm job id-a) ended FAILED"
+
+
+# -- a scheduler that does not answer ---------------------------------------------------------
+
+def test_an_outage_round_judges_only_jobs_with_a_result_and_notes_since_when():
+    run = run_of("parallel", a="RUNNING", b="PENDING")
+    observations = {"a": JobObservation(str(NOW - 9), "0 0 1"), "b": JobObservation(str(NOW - 9))}
+    after, changed = d.apply_round(run, observations, scheduler="slurm", now=NOW, limits=LIMITS,
+                                   scheduler_failure="squeue: error: Unable to contact\n slurm controller ")
+    assert changed == ["a"] and after.jobs["a"].state == JobState.SUCCEEDED
+    assert after.jobs["b"] == run.jobs["b"]          # untouched: not missing, not started
+    assert (after.scheduler_silent_since, after.scheduler_said) == (
+        NOW, "squeue: error: Unable to contact slurm controller")
+    later, _ = d.apply_round(after, {}, scheduler="slurm", now=NOW + 50, limits=LIMITS, scheduler_failure="")
+    assert (later.scheduler_silent_since, later.scheduler_said) == (NOW, "no output")
+    back, _ = d.apply_round(later, {}, scheduler="slurm", now=NOW + 60, limits=LIMITS)
+    assert back.scheduler_silent_since is None and back.scheduler_said is None
+    assert len(d.apply_round(run, {}, scheduler="slurm", now=NOW, limits=LIMITS,
+                             scheduler_failure="x" * 400)[0].scheduler_said) == 300
+
+
+def test_a_scheduler_silent_for_its_limit_fails_the_run_not_a_second_before():
+    limits = Limits(600, scheduler_outage_seconds=300)
+    run = run_of("parallel", a="RUNNING")
+    run.scheduler_silent_since, run.scheduler_said = NOW, "qstat: unable to contact qmaster"
+    kw = dict(wait_times=WAITS, scheduler="sge", limits=limits)
+    assert d.decide(run, [], now=NOW + 299, **kw).action == Action.WAIT
+    failed = d.decide(run, [], now=NOW + 300, **kw)
+    assert failed.action == Action.FAIL and failed.failure == {
+        "Error": "SchedulerUnavailable",
+        "Cause": "sge has not answered for 300 s (the limit is 300 s): qstat: unable to contact qmaster"}
+    assert d.decide(run, [], **kw).action == Action.WAIT                 # no clock given: no verdict
+    assert d.decide(run, [], now=NOW + 300, wait_times=WAITS, scheduler="sge").action == Action.WAIT
+    run.jobs["a"] = run.jobs["a"].but(state=JobState.FAILED, exit_code=2)
+    assert d.decide(run, ["a"], now=NOW + 300, **kw).failure["Error"] == "JobFailed"   # the job first

@@ -265,6 +265,7 @@ class _HistoryFollower:
         self.events: list[dict] = []
         self.last_run: dict | None = None
         self._job_states: dict[str, str] = {}
+        self._silent_since: int | None = None
         self._t0 = time.monotonic()
 
     def update(self) -> None:
@@ -297,6 +298,12 @@ class _HistoryFollower:
             run = state.get("run") if isinstance(state, dict) else None
             if isinstance(run, dict) and "jobs" in run:
                 self.last_run = run
+                silent = run.get("scheduler_silent_since")
+                if silent != self._silent_since:
+                    self._silent_since = silent
+                    self._say(f"  the scheduler does not answer ({run.get('scheduler_said')}): "
+                              "waiting for it, the jobs go on" if silent is not None
+                              else "  the scheduler answers again")
                 for name, job in run["jobs"].items():
                     if self._job_states.get(name, "NOT_STARTED") != job["state"]:
                         self._job_states[name] = job["state"]
