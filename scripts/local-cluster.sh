@@ -3,11 +3,13 @@
 #   OpenSSH on 127.0.0.1:2222 (key-only user `hpc`), munge, Slurm (slurmctld + slurmd), and
 #   Son of Grid Engine (sge_qmaster + sge_execd, queue all.q).
 #
-# usage: scripts/local-cluster.sh up|down|status
+# usage: scripts/local-cluster.sh up|down|status|stop DAEMON|start DAEMON
 #   up      idempotent: returns at once when everything already runs and answers; otherwise
 #           installs missing packages (apt), stops any half-started leftovers and starts it all.
 #   down    stops what `up` started, by the pids in the daemons' pid files (never by name).
 #   status  exit 0 when every daemon answers.
+#   stop DAEMON / start DAEMON   one daemon of the DAEMONS table, by its pid file, for fault tests
+#           (a controller outage): start knows slurmctld and sge_qmaster, and waits until it answers.
 #
 # Rig folder: ${STEPCLUSTER_RIG:-/tmp/stepcluster-rig}
 #   ssh/host_ed25519[.pub]    the sshd host key (pin it: ssh/known_hosts is ready to use)
@@ -113,6 +115,36 @@ do_down() {
     sleep 0.1
   done
   die "still alive after 20 s: ${left[*]}"
+}
+
+# ---------------------------------------------------------------- one daemon
+pid_file_of() {
+  local entry comm file
+  for entry in "${DAEMONS[@]}"; do
+    read -r comm file <<<"$entry"
+    [[ $comm == "$1" ]] && { echo "$file"; return 0; }
+  done
+  die "no daemon $1 (one of: $(printf '%s ' "${DAEMONS[@]%% *}"))"
+}
+
+do_stop_one() {
+  local file pid
+  file=$(pid_file_of "$1")
+  pid=$(pid_of "$file")
+  alive "$pid" "$1" || { lap "$1 was not running"; return 0; }
+  kill -TERM "$pid"
+  for _ in $(seq 200); do alive "$pid" "$1" || { lap "$1 ($pid) stopped"; return 0; }; sleep 0.1; done
+  die "$1 ($pid) still alive after 20 s"
+}
+
+do_start_one() {
+  alive "$(pid_of "$(pid_file_of "$1")")" "$1" && { lap "$1 already runs"; return 0; }
+  case $1 in
+    slurmctld)   launch /usr/sbin/slurmctld -i; wait_for 200 check_slurm || die "slurm does not answer" ;;
+    sge_qmaster) launch /usr/sbin/sge_qmaster; wait_for 300 check_sge || die "sge does not answer" ;;
+    *)           die "start knows slurmctld and sge_qmaster, not $1 (use up)" ;;
+  esac
+  lap "$1 started"
 }
 
 # ---------------------------------------------------------------- up
@@ -298,5 +330,7 @@ case $cmd in
   up)     do_up ;;
   down)   do_down; lap "down" ;;
   status) do_status ;;
-  *)      echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  stop)   do_stop_one "${2:?stop which daemon?}" ;;
+  start)  do_start_one "${2:?start which daemon?}" ;;
+  *)      echo "usage: $0 up|down|status|stop DAEMON|start DAEMON" >&2; exit 2 ;;
 esac

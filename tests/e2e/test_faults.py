@@ -1,0 +1,50 @@
+"""Faults on the real local cluster, mid-run: a daemon stopped by its pid file and started
+again the rig's way (scripts/local-cluster.sh stop|start DAEMON)."""
+
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from stepcluster.local import runner
+
+pytestmark = pytest.mark.e2e
+RIG = Path(__file__).resolve().parents[2] / "scripts" / "local-cluster.sh"
+
+
+def rig(*args: str) -> None:
+    subprocess.run([str(RIG), *args], check=True, capture_output=True, timeout=120)
+
+
+@pytest.mark.parametrize("scheduler, daemon, outage", [("slurm", "slurmctld", 60), ("sge", "sge_qmaster", 30)])
+def test_a_controller_outage_mid_run_is_waited_out_and_the_jobs_succeed(
+        scheduler, daemon, outage, local_cluster, write_config):
+    """The controller stops when the first poll comes and starts again `outage` seconds later:
+    one job ends while it is down (its result file is seen anyway), one outlives the outage.
+    Before, the first failing squeue/qstat failed the run and cancelled both healthy jobs."""
+    lines, restarted = [], threading.Event()
+
+    def stop_at_first_poll(endpoint):
+        stopped = []
+
+        def fault(name, event):
+            if name == "PollJobsFunction" and not stopped:
+                stopped.append(True)
+                rig("stop", daemon)
+                threading.Timer(outage, lambda: (rig("start", daemon), restarted.set())).start()
+        endpoint.fault = fault
+
+    config = write_config("parallel", {"short": f"sleep {outage // 3}", "long": f"sleep {outage + 15}"},
+                          wait_time=2)
+    try:
+        report = runner.run_local(config, f"outage-{scheduler}", scheduler=scheduler, cluster=local_cluster,
+                                  on_start=stop_at_first_poll, progress=lines.append, timeout=outage + 240)
+    finally:
+        restarted.wait(outage + 30)
+        rig("start", daemon)                    # whatever happened: the rig is whole again
+    assert report.status == "SUCCEEDED", report.cause
+    assert {job["name"]: (job["state"], job["exit_code"]) for job in report.jobs} == {
+        "short": ("SUCCEEDED", 0), "long": ("SUCCEEDED", 0)}
+    said = [line for line in lines if "the scheduler does not answer" in line]
+    assert said and any("the scheduler answers again" in line for line in lines), lines
