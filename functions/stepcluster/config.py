@@ -10,9 +10,11 @@ Grammar (the contract is the user's docs, docs "Jobs Config")::
     s3_uri = s3://my-bucket/projects/prepare/   # exactly one of s3_uri / local_path
     wait_time = 30                              # optional, integer seconds 1..240, default 10
 
-The file is read by a small INI reader of our own (not configparser) so that every problem can
-be reported with its line, and so that nothing the user writes can end in a traceback. Every
-problem found in one pass is reported at once, as a `ConfigError` holding `Problem`s.
+The file is read by a small INI reader of our own (`stepcluster.inifile`, not configparser) so
+that every problem can be reported with its line, and so that nothing the user writes can end in
+a traceback; this module reads its sections as the grammar, one validator per key (the table at
+the bottom). Every problem found in one pass is reported at once, as a `ConfigError` holding
+`Problem`s.
 
 Decisions (documented here because they are part of the contract):
 
@@ -75,10 +77,13 @@ import ipaddress
 import os
 import re
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from stepcluster.errors import ConfigError
+from stepcluster import inifile
+from stepcluster.errors import ConfigError, Problem
+from stepcluster.errors import escape_unsafe as _escape_unsafe
+from stepcluster.inifile import short as _short
 
 __all__ = [
     "DEFAULT_WAIT_TIME",
@@ -100,8 +105,6 @@ MAX_JOB_NAME = 64
 MAX_S3_KEY_BYTES = 1024
 
 JOB_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-ORDER_KEYS = ("sequential", "parallel")
-JOB_KEYS = ("handler", "s3_uri", "local_path", "wait_time")
 SECTION_WORDS = ("order", "job")
 
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
@@ -113,77 +116,17 @@ _UNSAFE_CATEGORIES = frozenset(("Cc", "Cf", "Zl", "Zp", "Cs"))
 #: Longest digit string read as a number (after leading zeros): far above any limit, far below
 #: Python's int() digit limit, so a huge number is an ordinary "out of range" problem.
 _MAX_INT_DIGITS = 18
-
-
-def _has_unsafe_chars(value: str) -> bool:
-    """True if `value` holds a control, format or separator character (see above)."""
-    return bool(_CONTROL_RE.search(value)) or any(
-        unicodedata.category(ch) in _UNSAFE_CATEGORIES for ch in value if ord(ch) >= 0x7F
-    )
-
-
-def _escape_unsafe(text: str) -> str:
-    """`text` with every character that is not printable (save the space) written as
-    \\xNN, \\uNNNN or \\UNNNNNNNN, so that nothing printed can drive a terminal."""
-    if text.isprintable():
-        return text
-    out = []
-    for ch in text:
-        if ch == " " or ch.isprintable():
-            out.append(ch)
-            continue
-        code = ord(ch)
-        if code < 0x100:
-            out.append(f"\\x{code:02x}")
-        elif code < 0x10000:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(f"\\U{code:08x}")
-    return "".join(out)
-
-
-def _small_int(text: str, low: int, high: int) -> int | None:
-    """The ASCII-digit string `text` as an int if it lies in low..high; None otherwise (also for
-    a digit string too long to be one: never Python's int() digit-limit ValueError)."""
-    if not re.fullmatch(r"[0-9]+", text):
-        return None
-    digits = text.lstrip("0") or "0"
-    if len(digits) > _MAX_INT_DIGITS:
-        return None
-    number = int(digits)
-    return number if low <= number <= high else None
 _INLINE_COMMENT_RE = re.compile(r"\s[#;]")
-_NEWLINE_RE = re.compile(r"\r\n|\r|\n")
+#: How the reader names this grammar in its messages.
+_WORDING = inifile.Wording(
+    headers="[order] or [job NAME]",
+    sections="an [order] section and [job NAME] sections",
+    document="INI jobs config",
+)
 
 
 # --------------------------------------------------------------------------------------------
 # Public data types
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong (or suspicious) in a config file, with where it is."""
-
-    path: str
-    line: int | None
-    section: str | None
-    key: str | None
-    message: str
-    severity: str = "error"
-
-    def __str__(self) -> str:
-        location = self.path if self.line is None else f"{self.path}:{self.line}"
-        parts = [f"{location}:"]
-        if self.severity in ("warning", "note"):
-            parts.append(f"{self.severity}:")
-        if self.section is not None:
-            parts.append(f"[{self.section}]")
-        if self.key is not None:
-            parts.append(f"{self.key}:")
-        parts.append(self.message)
-        # Every field may hold what the user wrote (a path, a section, a key): escaped, so that no
-        # control, bidi or separator character reaches the terminal raw.
-        return _escape_unsafe(" ".join(parts))
 
 
 @dataclass(frozen=True)
@@ -287,39 +230,280 @@ def _raise(errors, warnings):
 
 
 # --------------------------------------------------------------------------------------------
-# The INI reader
+# The checker: the INI reader's sections, read as the grammar
 
 
-@dataclass
-class _Entry:
-    key: str  # as written (stripped)
-    line: int
-    indent: int
-    parts: list[str]
-    extra_lines: list[int] = field(default_factory=list)
+@dataclass(eq=False)
+class _Header:
+    """A section as the grammar reads its header: [order], [job NAME], or None (refused)."""
 
-    @property
-    def value(self) -> str:
-        return " ".join(p for p in self.parts if p).strip()
-
-    @property
-    def norm(self) -> str:
-        return self.key.lower()
-
-
-@dataclass
-class _Section:
-    raw: str  # text between the brackets, stripped
-    line: int
-    kind: str | None  # "order" | "job" | None (invalid header)
+    section: inifile.Section
+    kind: str | None  # "order" | "job" | None (invalid or duplicate header)
     name: str | None  # job name as written
-    entries: dict[str, _Entry] = field(default_factory=dict)
+
+    @property
+    def raw(self) -> str:
+        return self.section.raw
+
+    @property
+    def line(self) -> int:
+        return self.section.line
+
+    @property
+    def entries(self) -> dict[str, inifile.Entry]:
+        return self.section.entries
 
 
-def _short(value: str, limit: int = 80) -> str:
-    if len(value) > limit:
-        value = value[: limit - 3] + "..."
-    return repr(value)
+@dataclass
+class _Field:
+    """One key's value as its validator sees it: where it is, and what else is known."""
+
+    checker: _Checker
+    section: _Header
+    entry: inifile.Entry
+    checked: dict  # the section's keys validated before this one (local_path reads handler)
+
+    def error(self, message: str) -> None:
+        """Report `message` about this value. Returns None, so a validator can return it."""
+        self.checker.error(self.entry.line, self.section.raw, self.entry.key, message)
+
+    def warn(self, message: str) -> None:
+        self.checker.warn(self.entry.line, self.section.raw, self.entry.key, message)
+
+
+class _Checker:
+    """One pass over one config: the problems found, the sections as the grammar reads them."""
+
+    def __init__(self, path: str, base_dir: str):
+        self.path = path
+        self.base_dir = base_dir
+        self.problems: list[Problem] = []
+        self.sections: list[_Header] = []  # every well-formed header, in file order
+        self.seen: dict[tuple[str, str], _Header] = {}  # (kind, name) -> its first section
+
+    def error(self, line, section, key, message):
+        self.problems.append(Problem(self.path, line, section, key, message))
+
+    def warn(self, line, section, key, message):
+        self.problems.append(Problem(self.path, line, section, key, message, "warning"))
+
+    def has_errors(self) -> bool:
+        return any(p.severity == "error" for p in self.problems)
+
+    def run(self, text: str) -> JobsConfig:
+        if not isinstance(text, str):
+            _fail(self.path, "not a text config file")
+        if "\x00" in text:
+            _fail(self.path, "contains NUL bytes: a binary file, not an INI jobs config")
+        if len(text.removeprefix("\ufeff")) > MAX_CONFIG_BYTES:
+            _fail(
+                self.path, f"is larger than {MAX_CONFIG_BYTES // 1024} KiB: not a jobs config file"
+            )
+        headers = inifile.read(text, self.error, self.header, _WORDING)
+        result = None
+        if not self.has_errors():
+            result = self.check()
+        elif headers:
+            # Structural errors already: still check what can be checked, to report everything.
+            self.check()
+        errors = sorted((p for p in self.problems if p.severity == "error"), key=_problem_order)
+        warnings = tuple(
+            sorted((p for p in self.problems if p.severity == "warning"), key=_problem_order)
+        )
+        if result is None:  # there are errors: check() returns None after reporting one
+            _raise(errors, warnings)
+        return JobsConfig(self.path, result[0], tuple(result[1]), warnings)
+
+    def header(self, section: inifile.Section) -> bool:
+        """The reader's `on_header`: classify the section; True if its keys are to be read."""
+        kind, name, messages = _classify(section.raw)
+        header = _Header(section, kind, name)
+        self.sections.append(header)
+        for message in messages:
+            self.error(section.line, section.raw, None, message)
+        if kind is None:
+            return False
+        first = self.seen.setdefault((kind, name or ""), header)
+        if first is not header:
+            self.error(
+                section.line,
+                section.raw,
+                None,
+                f"duplicate section: [{first.raw}] is already on line {first.line}",
+            )
+            header.kind = None  # do not check its keys a second time
+            return False
+        return True
+
+    def check(self):
+        """(order kind, [JobSpec] in order) if the file is valid; None otherwise."""
+        orders = [s for s in self.sections if s.kind == "order"]
+        job_sections = [s for s in self.sections if s.kind == "job"]
+        self.check_case(job_sections)
+        values = {s.name: _SectionKeys(self, s).check_job() for s in job_sections}
+        if not orders:
+            self.error(
+                None,
+                "order",
+                None,
+                "section is missing: add [order] with 'sequential = a, b' or 'parallel = a, b'",
+            )
+            return None
+        order_kind, listed = _SectionKeys(self, orders[0]).check_order()
+        if order_kind is None:
+            # Still warn about sections nothing lists? Without a valid list we cannot say.
+            return None
+        for section in job_sections:
+            if section.name not in listed and _job_name_problem(section.name) is None:
+                self.warn(
+                    section.line,
+                    section.raw,
+                    None,
+                    f"job {section.name!r} is not listed in [order] {order_kind}, "
+                    "so it will not run",
+                )
+        if self.has_errors():
+            return None
+        return order_kind, [_job_spec(name, values[name]) for name in listed]
+
+    def check_case(self, job_sections: list[_Header]) -> None:
+        """Job names that differ only in case."""
+        by_fold: dict[str, _Header] = {}
+        for section in job_sections:
+            other = by_fold.setdefault(section.name.casefold(), section)
+            if other.name != section.name:
+                self.error(
+                    section.line,
+                    section.raw,
+                    None,
+                    f"job name {section.name!r} differs only in case from {other.name!r} "
+                    f"(line {other.line}): job names must be unique ignoring case",
+                )
+
+
+class _SectionKeys:
+    """The checks of one section's keys; problems go to the file's _Checker."""
+
+    def __init__(self, checker: _Checker, section: _Header):
+        self.checker = checker
+        self.section = section
+        self.entries = section.entries
+
+    def error(self, entry: inifile.Entry | None, key: str | None, message: str) -> None:
+        """Report `message` on the line of `entry` (None: of the section header)."""
+        line = entry.line if entry is not None else self.section.line
+        self.checker.error(line, self.section.raw, key, message)
+
+    def validate(self, validator, entry: inifile.Entry, checked: dict):
+        return validator(entry.value, _Field(self.checker, self.section, entry, checked))
+
+    def check_order(self):
+        """(kind, the job names listed) of the [order] section; (None, []) if it has none."""
+        for norm, entry in self.entries.items():
+            if norm not in ORDER_KEYS:
+                self.unknown_key(entry, ORDER_KEYS, JOB_KEYS, "[job NAME] sections")
+        present = [self.entries[k] for k in ORDER_KEYS if k in self.entries]
+        if not present:
+            self.error(
+                None,
+                None,
+                "needs exactly one of 'sequential' or 'parallel' "
+                "(a comma-separated list of job names)",
+            )
+            return None, []
+        if len(present) > 1:
+            first, second = sorted(present, key=lambda e: e.line)
+            self.error(
+                second,
+                second.key,
+                f"'sequential' and 'parallel' are both set (the other on line {first.line}): "
+                "set exactly one",
+            )
+            return None, []
+        (entry,) = present
+        names = self.validate(_ORDER_VALIDATORS[entry.norm], entry, {})
+        return (None, []) if names is None else (entry.norm, names)
+
+    def check_job(self) -> dict:
+        """The checked values of a [job NAME] section, by key (problems reported as found)."""
+        self.check_entries()
+        skip = self.check_presence()
+        values: dict = {}
+        for key, validator in _JOB_VALIDATORS.items():
+            entry = self.entries.get(key)
+            if entry is not None and not entry.extra_lines and key not in skip:
+                values[key] = self.validate(validator, entry, values)
+        return values
+
+    def check_entries(self) -> None:
+        """Unknown keys, values over several lines, values that look like inline comments."""
+        for norm, entry in self.entries.items():
+            if norm not in JOB_KEYS:
+                self.unknown_key(entry, JOB_KEYS, ORDER_KEYS, "the [order] section")
+            elif entry.extra_lines:
+                self.error(
+                    entry,
+                    entry.key,
+                    f"must be on one line (line {entry.extra_lines[0]} is indented deeper, so it "
+                    "is read as a continuation of this value)",
+                )
+        for norm, entry in self.entries.items():
+            if norm in JOB_KEYS and norm not in _OWN_COMMENT_HINT and not entry.extra_lines:
+                if _INLINE_COMMENT_RE.search(entry.value):
+                    self.checker.warn(
+                        entry.line,
+                        self.section.raw,
+                        entry.key,
+                        f"{_short(entry.value)} looks like it ends with an inline comment; "
+                        "inline comments are not supported, the whole text is used as the value",
+                    )
+
+    def check_presence(self) -> set[str]:
+        """Keys required, keys of which exactly one is set; returns the keys not to validate."""
+        for key, message in _REQUIRED_JOB_KEYS.items():
+            if key not in self.entries:
+                self.error(None, key, message)
+        skip: set[str] = set()
+        for group, message in _ONE_OF_JOB_KEYS.items():
+            present = sorted(
+                (self.entries[k] for k in group if k in self.entries), key=lambda e: e.line
+            )
+            if not present:
+                self.error(None, None, message)
+            elif len(present) > 1:
+                earlier, later = present
+                self.error(
+                    later,
+                    later.key,
+                    f"both {group[0]!r} and {group[1]!r} are set (the other on line "
+                    f"{earlier.line}): set exactly one",
+                )
+                skip.update(group)
+        return skip
+
+    def unknown_key(self, entry, allowed, elsewhere, where):
+        guess = _suggest(entry.key, allowed)
+        if guess:
+            hint = f"; did you mean {guess!r}?"
+        elif _suggest(entry.key, elsewhere) == entry.norm:
+            hint = f"; {entry.norm!r} belongs in {where}"
+        else:
+            hint = ""
+        self.error(entry, entry.key, f"unknown key (allowed: {', '.join(allowed)}){hint}")
+
+
+def _problem_order(problem: Problem):
+    return (problem.line is not None, problem.line or 0)
+
+
+def _job_spec(name: str, values: dict) -> JobSpec:
+    return JobSpec(
+        name=name,
+        handler=values["handler"],
+        s3_uri=values.get("s3_uri"),
+        local_path=values.get("local_path"),
+        wait_time=values.get("wait_time", DEFAULT_WAIT_TIME),
+    )
 
 
 def _suggest(word: str, candidates) -> str:
@@ -330,538 +514,28 @@ def _suggest(word: str, candidates) -> str:
     return matches[0] if matches else ""
 
 
-class _Checker:
-    def __init__(self, path: str, base_dir: str):
-        self.path = path
-        self.base_dir = base_dir
-        self.problems: list[Problem] = []
-        self.sections: list[_Section] = []
-
-    # -- reporting -----------------------------------------------------------------------
-
-    def error(self, line, section, key, message):
-        self.problems.append(Problem(self.path, line, section, key, message))
-
-    def warn(self, line, section, key, message):
-        self.problems.append(Problem(self.path, line, section, key, message, "warning"))
-
-    # -- main ----------------------------------------------------------------------------
-
-    def run(self, text: str) -> JobsConfig:
-        if not isinstance(text, str):
-            _fail(self.path, "not a text config file")
-        if text.startswith("\ufeff"):
-            text = text[1:]
-        if "\x00" in text:
-            _fail(self.path, "contains NUL bytes: a binary file, not an INI jobs config")
-        if len(text) > MAX_CONFIG_BYTES:
-            _fail(
-                self.path, f"is larger than {MAX_CONFIG_BYTES // 1024} KiB: not a jobs config file"
-            )
-
-        self.read(_NEWLINE_RE.split(text))
-        result = None
-        if not any(p.severity == "error" for p in self.problems):
-            result = self.check()
-        elif self.sections:
-            # Structural errors already: still check what can be checked, to report everything.
-            self.check()
-
-        errors = sorted((p for p in self.problems if p.severity == "error"), key=_problem_order)
-        warnings = tuple(
-            sorted((p for p in self.problems if p.severity == "warning"), key=_problem_order)
-        )
-        if errors or result is None:
-            _raise(errors, warnings)
-        order, jobs = result
-        return JobsConfig(self.path, order, tuple(jobs), warnings)
-
-    def read(self, lines: list[str]) -> None:
-        current: _Section | None = None
-        last: _Entry | None = None  # the value a deeper-indented line would continue
-        seen: dict[tuple[str, str], _Section] = {}
-        outside: list[int] = []
-        meaningful = 0
-
-        for number, raw in enumerate(lines, start=1):
-            stripped = raw.strip()
-            if not stripped:
-                last = None
-                continue
-            if stripped[0] in "#;":
-                continue
-            meaningful += 1
-            indent = len(raw) - len(raw.lstrip())
-
-            if stripped.startswith("["):
-                last = None
-                current = self.header(stripped, number, seen)
-                continue
-
-            if last is not None and indent > last.indent:
-                last.parts.append(stripped)
-                last.extra_lines.append(number)
-                continue
-
-            if current is None:
-                outside.append(number)
-                continue
-
-            last = None
-            if "=" not in stripped:
-                hint = " (use '=' rather than ':')" if ":" in stripped else ""
-                self.error(
-                    number,
-                    current.raw,
-                    None,
-                    f"expected 'key = value', got {_short(stripped)}{hint}",
-                )
-                continue
-            key, _, value = stripped.partition("=")
-            key = key.strip()
-            if not key:
-                self.error(number, current.raw, None, f"a value without a key: {_short(stripped)}")
-                continue
-            entry = _Entry(key, number, indent, [value.strip()])
-            last = entry
-            if current.kind is None:
-                continue  # the header was already reported; its keys mean nothing
-            previous = current.entries.get(entry.norm)
-            if previous is not None:
-                self.error(
-                    number,
-                    current.raw,
-                    key,
-                    f"duplicate key: already set on line {previous.line}",
-                )
-                continue
-            current.entries[entry.norm] = entry
-
-        if meaningful == 0:
-            self.error(
-                None,
-                None,
-                None,
-                "the file is empty: expected an [order] section and [job NAME] sections",
-            )
-        elif not self.sections:
-            self.error(
-                outside[0] if outside else None,
-                None,
-                None,
-                "no [section] headers found: not an INI jobs config "
-                "(expected an [order] section and [job NAME] sections)",
-            )
-        elif outside:
-            count = len(outside)
-            self.error(
-                outside[0],
-                None,
-                None,
-                f"text outside any section ({count} line{'s' if count > 1 else ''} before the "
-                f"first [section] header)",
-            )
-
-    def header(self, stripped: str, number: int, seen) -> _Section | None:
-        if not stripped.endswith("]"):
-            self.error(
-                number,
-                None,
-                None,
-                f"malformed section header {_short(stripped)}: expected [order] or [job NAME] "
-                "alone on its line (inline comments are not supported)",
-            )
-            section = _Section(stripped, number, None, None)
-            self.sections.append(section)
-            return section
-        raw = stripped[1:-1].strip()
-        section = _Section(raw, number, None, None)
-        self.sections.append(section)
-        words = raw.split()
-        if not words:
-            self.error(
-                number, None, None, "empty section header []: expected [order] or [job NAME]"
-            )
-            return section
-        word = words[0].lower()
-        rest = words[1:]
-        if word == "order":
-            if rest:
-                # Reported, but still read as the [order] section so it is not also "missing".
-                self.error(
-                    number, raw, None, "the [order] section takes no name: write just [order]"
-                )
-            section.kind = "order"
-        elif word == "job":
-            if not rest:
-                self.error(number, raw, None, "a job section needs a name: [job NAME]")
-                return section
-            name = " ".join(rest)
-            section.name = name
-            problem = _job_name_problem(name)
-            if problem:
-                self.error(number, raw, None, problem)
-            section.kind = "job"
-        else:
-            guess = _suggest(word, SECTION_WORDS)
-            if guess == "job":
-                hint = f"; did you mean [job {' '.join(rest) or 'NAME'}]?"
-            elif guess == "order":
-                hint = "; did you mean [order]?"
-            else:
-                hint = ""
-            self.error(
-                number,
-                raw,
-                None,
-                f"unknown section [{raw}]: only [order] and [job NAME] are allowed{hint}",
-            )
-            return section
-
-        ident = (section.kind, section.name or "")
-        first = seen.get(ident)
-        if first is not None:
-            self.error(
-                number,
-                raw,
-                None,
-                f"duplicate section: [{first.raw}] is already on line {first.line}",
-            )
-            section.kind = None  # do not check its keys a second time
-            return section
-        seen[ident] = section
-        return section
-
-    # -- semantic checks -------------------------------------------------------------------
-
-    def check(self):
-        orders = [s for s in self.sections if s.kind == "order"]
-        job_sections = [s for s in self.sections if s.kind == "job"]
-        all_job_headers = [s for s in self.sections if s.name is not None]
-
-        # Job names that differ only in case.
-        by_fold: dict[str, _Section] = {}
-        for section in job_sections:
-            folded = section.name.casefold()
-            other = by_fold.get(folded)
-            if other is not None and other.name != section.name:
-                self.error(
-                    section.line,
-                    section.raw,
-                    None,
-                    f"job name {section.name!r} differs only in case from {other.name!r} "
-                    f"(line {other.line}): job names must be unique ignoring case",
-                )
-            else:
-                by_fold.setdefault(folded, section)
-
-        specs: dict[str, JobSpec] = {}
-        for section in job_sections:
-            spec = self.check_job(section)
-            if spec is not None:
-                specs[section.name] = spec
-
-        if not orders:
-            self.error(
-                None,
-                "order",
-                None,
-                "section is missing: add [order] with 'sequential = a, b' or 'parallel = a, b'",
-            )
-            return None
-        order_kind, listed = self.check_order(orders[0], all_job_headers)
-        if order_kind is None:
-            # Still warn about sections nothing lists? Without a valid list we cannot say.
-            return None
-
-        listed_names = set(listed)
-        for section in job_sections:
-            if section.name not in listed_names and _job_name_problem(section.name) is None:
-                self.warn(
-                    section.line,
-                    section.raw,
-                    None,
-                    f"job {section.name!r} is not listed in [order] {order_kind}, "
-                    "so it will not run",
-                )
-
-        if any(p.severity == "error" for p in self.problems):
-            return None
-        return order_kind, [specs[name] for name in listed]
-
-    def check_order(self, section: _Section, job_headers: list[_Section]):
-        present = [section.entries[k] for k in ORDER_KEYS if k in section.entries]
-        for norm, entry in section.entries.items():
-            if norm in ORDER_KEYS:
-                continue
-            self.unknown_key(section, entry, ORDER_KEYS, JOB_KEYS, "[job NAME] sections")
-
-        if not present:
-            self.error(
-                section.line,
-                section.raw,
-                None,
-                "needs exactly one of 'sequential' or 'parallel' "
-                "(a comma-separated list of job names)",
-            )
-            return None, []
-        if len(present) > 1:
-            first, second = sorted(present, key=lambda e: e.line)
-            self.error(
-                second.line,
-                section.raw,
-                second.key,
-                f"'sequential' and 'parallel' are both set (the other on line {first.line}): "
-                "set exactly one",
-            )
-            return None, []
-
-        entry = present[0]
-        kind = entry.norm
-        value = entry.value
-        names: list[str] = []
-
-        def bad(message):
-            self.error(entry.line, section.raw, entry.key, message)
-
-        if not value:
-            bad("empty list: name at least one job, e.g. 'first, second'")
-            return None, []
-        items = [item.strip() for item in value.split(",")]
-        if not any(items):
-            bad("empty list: only commas, no job names")
-            return None, []
-        for index, item in enumerate(items):
-            if item:
-                continue
-            if index == len(items) - 1:
-                bad(
-                    f"trailing comma after {items[index - 1]!r}"
-                    if items[index - 1]
-                    else "trailing comma"
-                )
-            elif index == 0:
-                bad("leading comma: the list starts with an empty job name")
-            elif items[index - 1]:
-                bad(f"doubled comma after {items[index - 1]!r}: empty job name in the list")
-        seen: dict[str, str] = {}
-        listed_fold = {i.casefold() for i in items if i}
-        defined = {s.name: s for s in job_headers}
-        defined_fold = {s.name.casefold(): s for s in job_headers}
-        for item in (i for i in items if i):
-            if any(ch.isspace() for ch in item):
-                comment = _INLINE_COMMENT_RE.search(" " + item)
-                if comment:
-                    bad(
-                        f"{_short(item)} is not a job name: inline comments are not supported "
-                        "(put comments on their own line)"
-                    )
-                else:
-                    bad(f"{_short(item)} is not a job name: separate job names with commas")
-                continue
-            problem = _job_name_problem(item)
-            if problem:
-                bad(f"{_short(item)}: {problem}")
-                continue
-            folded = item.casefold()
-            if folded in seen:
-                same = (
-                    ""
-                    if seen[folded] == item
-                    else f" (as {seen[folded]!r}; names are compared ignoring case)"
-                )
-                bad(f"job {item!r} is listed more than once{same}")
-                continue
-            seen[folded] = item
-            names.append(item)
-            if item not in defined:
-                if folded in defined_fold:
-                    hint = (
-                        f"; did you mean [job {defined_fold[folded].name}]? "
-                        "(names are case-sensitive)"
-                    )
-                else:
-                    # Suggest only sections nothing else lists: those are the likely typos.
-                    spare = [n for n in defined if n.casefold() not in listed_fold]
-                    close = difflib.get_close_matches(item, spare, n=1, cutoff=0.7)
-                    hint = f"; did you mean {close[0]!r}?" if close else ""
-                bad(f"job {item!r} is listed but there is no [job {item}] section{hint}")
-        # Even with errors in the list, return the kind so the caller can still warn about
-        # unlisted sections in the same pass.
-        return kind, names
-
-    def check_job(self, section: _Section) -> JobSpec | None:
-        raw = section.raw
-        entries = section.entries
-        ok = True
-
-        def bad(entry_or_none, key, message):
-            nonlocal ok
-            ok = False
-            line = entry_or_none.line if entry_or_none is not None else section.line
-            self.error(line, raw, key, message)
-
-        for norm, entry in entries.items():
-            if norm not in JOB_KEYS:
-                ok = False
-                self.unknown_key(section, entry, JOB_KEYS, ORDER_KEYS, "the [order] section")
-            elif entry.extra_lines:
-                bad(
-                    entry,
-                    entry.key,
-                    f"must be on one line (line {entry.extra_lines[0]} is indented deeper, so it "
-                    "is read as a continuation of this value)",
-                )
-
-        for entry in entries.values():
-            if entry.norm in JOB_KEYS and not entry.extra_lines:
-                value = entry.value
-                if entry.norm != "wait_time" and _INLINE_COMMENT_RE.search(value):
-                    self.warn(
-                        entry.line,
-                        raw,
-                        entry.key,
-                        f"{_short(value)} looks like it ends with an inline comment; inline "
-                        "comments are not supported, the whole text is used as the value",
-                    )
-
-        def single(norm):
-            entry = entries.get(norm)
-            if entry is None or entry.extra_lines:
-                return entry, None
-            return entry, entry.value
-
-        handler_entry, handler = single("handler")
-        if handler_entry is None:
-            bad(None, "handler", "missing: name the script to run, e.g. 'handler = run.sh'")
-            handler = None
-        elif handler is not None:
-            handler, message = _check_handler(handler)
-            if message:
-                bad(handler_entry, handler_entry.key, message)
-                handler = None
-
-        s3_entry, s3_uri = single("s3_uri")
-        local_entry, local_value = single("local_path")
-        local_path = None
-        if s3_entry is not None and local_entry is not None:
-            later = max(s3_entry, local_entry, key=lambda e: e.line)
-            earlier = min(s3_entry, local_entry, key=lambda e: e.line)
-            bad(
-                later,
-                later.key,
-                f"both 's3_uri' and 'local_path' are set (the other on line {earlier.line}): "
-                "set exactly one",
-            )
-        elif s3_entry is None and local_entry is None:
-            bad(
-                None,
-                None,
-                "needs exactly one of 's3_uri' or 'local_path' (where the job's files are)",
-            )
-        elif s3_entry is not None and s3_uri is not None:
-            message, warning = _check_s3_uri(s3_uri)
-            if message:
-                bad(s3_entry, s3_entry.key, message)
-            elif warning:
-                self.warn(s3_entry.line, raw, s3_entry.key, warning)
-        elif local_entry is not None and local_value is not None:
-            local_path, message = self.check_local_path(local_value, handler)
-            if message:
-                bad(local_entry, local_entry.key, message)
-
-        wait_entry, wait_value = single("wait_time")
-        wait_time = DEFAULT_WAIT_TIME
-        if wait_entry is not None and wait_value is not None:
-            number = _small_int(wait_value, MIN_WAIT_TIME, MAX_WAIT_TIME)
-            if number is not None:
-                wait_time = number
-            else:
-                hint = ""
-                if _INLINE_COMMENT_RE.search(wait_value):
-                    hint = " (inline comments are not supported: put comments on their own line)"
-                bad(
-                    wait_entry,
-                    wait_entry.key,
-                    f"must be an integer from {MIN_WAIT_TIME} to {MAX_WAIT_TIME} (seconds), "
-                    f"got {_short(wait_value)}{hint}",
-                )
-
-        if not ok or section.name is None or _job_name_problem(section.name):
-            return None
-        if any(
-            p.severity == "error" and p.line == section.line and p.section == raw
-            for p in self.problems
-        ):
-            return None
-        return JobSpec(
-            name=section.name,
-            handler=handler,
-            s3_uri=s3_uri if s3_entry is not None else None,
-            local_path=local_path,
-            wait_time=wait_time,
-        )
-
-    def unknown_key(self, section, entry, allowed, elsewhere, where):
-        guess = _suggest(entry.key, allowed)
-        if guess:
-            hint = f"; did you mean {guess!r}?"
-        elif _suggest(entry.key, elsewhere) == entry.norm:
-            hint = f"; {entry.norm!r} belongs in {where}"
-        else:
-            hint = ""
-        self.error(
-            entry.line,
-            section.raw,
-            entry.key,
-            f"unknown key (allowed: {', '.join(allowed)}){hint}",
-        )
-
-    def check_local_path(self, value: str, handler: str | None):
-        if not value:
-            return None, "is empty: give a file or folder, relative to the config file or absolute"
-        if _has_unsafe_chars(value):
-            return None, f"contains control or invisible formatting characters: {_short(value)}"
-        try:
-            expanded = os.path.expanduser(value)
-            target = Path(self.base_dir, expanded).resolve()
-            exists = target.exists()
-            is_dir = target.is_dir()
-            is_file = target.is_file()
-        except (OSError, ValueError, RuntimeError) as exc:
-            return None, f"cannot use {_short(value)}: {exc}"
-        shown = (
-            _short(value)
-            if os.path.isabs(expanded)
-            else f"{_short(value)} (resolved to {str(target)!r})"
-        )
-        if not exists:
-            return None, f"does not exist: {shown}"
-        if not (is_dir or is_file):
-            return None, f"is neither a file nor a folder: {shown}"
-        if not os.access(target, os.R_OK) or (is_dir and not os.access(target, os.X_OK)):
-            return None, f"is not readable: {shown}"
-        if handler is not None:
-            if is_dir:
-                try:
-                    candidate = target / handler
-                    found = candidate.is_file()
-                    folder = candidate.is_dir()
-                except (OSError, ValueError):
-                    found = folder = False
-                if not found:
-                    what = "is a folder, not a file" if folder else "is not a file in it"
-                    return None, f"the handler {handler!r} {what}: {shown}"
-            elif handler != target.name:
-                return None, (
-                    f"is a single file {target.name!r}, so the handler must be {target.name!r} "
-                    f"(got {handler!r}); point local_path at a folder to run another file"
-                )
-        return str(target), None
-
-
-def _problem_order(problem: Problem):
-    return (problem.line is not None, problem.line or 0)
+def _classify(raw: str):
+    """(kind, job name, problems) of the section header [raw] (not empty: the reader's)."""
+    words = raw.split()
+    word, rest = words[0].lower(), words[1:]
+    if word == "order":
+        # Reported, but still read as the [order] section so it is not also "missing".
+        problems = ["the [order] section takes no name: write just [order]"] if rest else []
+        return "order", None, problems
+    if word == "job":
+        if not rest:
+            return None, None, ["a job section needs a name: [job NAME]"]
+        name = " ".join(rest)
+        problem = _job_name_problem(name)
+        return "job", name, [problem] if problem else []
+    guess = _suggest(word, SECTION_WORDS)
+    if guess == "job":
+        hint = f"; did you mean [job {' '.join(rest) or 'NAME'}]?"
+    elif guess == "order":
+        hint = "; did you mean [order]?"
+    else:
+        hint = ""
+    return None, None, [f"unknown section [{raw}]: only [order] and [job NAME] are allowed{hint}"]
 
 
 def _job_name_problem(name: str) -> str | None:
@@ -889,35 +563,154 @@ def _job_name_problem(name: str) -> str | None:
     return None
 
 
-def _check_handler(value: str):
-    """Return (normalised handler, None) or (None, message)."""
+def _has_unsafe_chars(value: str) -> bool:
+    """True if `value` holds a control, format or separator character (see above)."""
+    return bool(_CONTROL_RE.search(value)) or any(
+        unicodedata.category(ch) in _UNSAFE_CATEGORIES for ch in value if ord(ch) >= 0x7F
+    )
+
+
+def _small_int(text: str, low: int, high: int) -> int | None:
+    """The ASCII-digit string `text` as an int if it lies in low..high; None otherwise (also for
+    a digit string too long to be one: never Python's int() digit-limit ValueError)."""
+    if not re.fullmatch(r"[0-9]+", text):
+        return None
+    digits = text.lstrip("0") or "0"
+    if len(digits) > _MAX_INT_DIGITS:
+        return None
+    number = int(digits)
+    return number if low <= number <= high else None
+
+
+# --------------------------------------------------------------------------------------------
+# The validators: one per key. Each takes the value as written (one line, stripped) and its
+# _Field, reports what is wrong through field.error / field.warn, and returns the value to use
+# (None when it is invalid).
+
+
+def _job_list(value: str, field: _Field) -> list[str] | None:
+    """``sequential`` / ``parallel``: job names, comma-separated, each with a [job NAME]."""
+    items = _list_items(value, field)
+    if items is None:
+        return None
+    headers = [s for s in field.checker.sections if s.name is not None]
+    defined = dict.fromkeys(s.name for s in headers)  # in file order
+    defined_fold = {s.name.casefold(): s.name for s in headers}
+    listed_fold = {i.casefold() for i in items if i}
+    seen: dict[str, str] = {}
+    names: list[str] = []
+    for item in (i for i in items if i):
+        problem = _list_item_problem(item, seen)
+        if problem:
+            field.error(problem)
+            continue
+        seen[item.casefold()] = item
+        names.append(item)
+        if item not in defined:
+            if item.casefold() in defined_fold:
+                hint = (
+                    f"; did you mean [job {defined_fold[item.casefold()]}]? "
+                    "(names are case-sensitive)"
+                )
+            else:
+                # Suggest only sections nothing else lists: those are the likely typos.
+                spare = [n for n in defined if n.casefold() not in listed_fold]
+                close = difflib.get_close_matches(item, spare, n=1, cutoff=0.7)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+            field.error(f"job {item!r} is listed but there is no [job {item}] section{hint}")
+    # Even with errors in the list, return the names so the caller can still warn about
+    # unlisted sections in the same pass.
+    return names
+
+
+def _list_items(value: str, field: _Field) -> list[str] | None:
+    """The comma-separated items of a job list (reporting empty ones); None if it has none."""
     if not value:
-        return None, "is empty: name the script to run, relative to the job's files"
+        return field.error("empty list: name at least one job, e.g. 'first, second'")
+    items = [item.strip() for item in value.split(",")]
+    if not any(items):
+        return field.error("empty list: only commas, no job names")
+    for index, item in enumerate(items):
+        if item:
+            continue
+        if index == len(items) - 1:
+            field.error(
+                f"trailing comma after {items[index - 1]!r}"
+                if items[index - 1]
+                else "trailing comma"
+            )
+        elif index == 0:
+            field.error("leading comma: the list starts with an empty job name")
+        elif items[index - 1]:
+            field.error(f"doubled comma after {items[index - 1]!r}: empty job name in the list")
+    return items
+
+
+def _list_item_problem(item: str, seen: dict[str, str]) -> str | None:
+    """What is wrong with one (non-empty) job name of a list, given the names before it."""
+    if any(ch.isspace() for ch in item):
+        if _INLINE_COMMENT_RE.search(" " + item):
+            return (
+                f"{_short(item)} is not a job name: inline comments are not supported "
+                "(put comments on their own line)"
+            )
+        return f"{_short(item)} is not a job name: separate job names with commas"
+    problem = _job_name_problem(item)
+    if problem:
+        return f"{_short(item)}: {problem}"
+    folded = item.casefold()
+    if folded in seen:
+        same = (
+            ""
+            if seen[folded] == item
+            else f" (as {seen[folded]!r}; names are compared ignoring case)"
+        )
+        return f"job {item!r} is listed more than once{same}"
+    return None
+
+
+def _handler(value: str, field: _Field) -> str | None:
+    """``handler``: a relative POSIX path inside the job's files, normalised."""
+    if not value:
+        return field.error("is empty: name the script to run, relative to the job's files")
     if _has_unsafe_chars(value):
-        return None, f"contains control or invisible formatting characters: {_short(value)}"
+        return field.error(
+            f"contains control or invisible formatting characters: {_short(value)}"
+        )
     if value.startswith("/"):
-        return None, (
+        return field.error(
             f"must be a path relative to the job's files, not an absolute path: {_short(value)}"
         )
     if value.startswith("~"):
-        return (
-            None,
-            f"must be a path relative to the job's files ('~' is not expanded): {_short(value)}",
+        return field.error(
+            f"must be a path relative to the job's files ('~' is not expanded): {_short(value)}"
         )
     if "\\" in value:
-        return None, f"use '/' to separate folders, not '\\': {_short(value)}"
+        return field.error(f"use '/' to separate folders, not '\\': {_short(value)}")
     if value.endswith("/"):
-        return None, f"must name a file, not a folder: {_short(value)}"
+        return field.error(f"must name a file, not a folder: {_short(value)}")
     parts = value.split("/")
     if ".." in parts:
-        return None, f"must stay inside the job's files: '..' is not allowed: {_short(value)}"
+        return field.error(
+            f"must stay inside the job's files: '..' is not allowed: {_short(value)}"
+        )
     kept = [p for p in parts if p not in ("", ".")]
     if not kept:
-        return None, f"must name a file inside the job's files: {_short(value)}"
-    return "/".join(kept), None
+        return field.error(f"must name a file inside the job's files: {_short(value)}")
+    return "/".join(kept)
 
 
-def _check_s3_uri(value: str):
+def _s3_uri(value: str, field: _Field) -> str | None:
+    """``s3_uri``: s3://BUCKET or s3://BUCKET/KEY-OR-PREFIX, kept as written."""
+    message, warning = _s3_uri_problem(value)
+    if message:
+        return field.error(message)
+    if warning:
+        field.warn(warning)
+    return value
+
+
+def _s3_uri_problem(value: str):
     """Return (error message or None, warning or None)."""
     expected = "expected s3://BUCKET/KEY-OR-PREFIX"
     if not value:
@@ -931,8 +724,7 @@ def _check_s3_uri(value: str):
         if lowered.startswith("s3://"):
             return f"{expected} (lowercase 's3://'): {_short(value)}", None
         return f"{expected}, got {_short(value)}", None
-    rest = value[len("s3://") :]
-    bucket, slash, key = rest.partition("/")
+    bucket, _, key = value[len("s3://") :].partition("/")
     if not bucket:
         return f"the bucket name is missing: {expected}, got {_short(value)}", None
     problem = _bucket_problem(bucket)
@@ -943,20 +735,25 @@ def _check_s3_uri(value: str):
             f"{_short(value)} names the whole bucket: every object in it will be staged "
             "(add a key or prefix to stage less)"
         )
+    return _s3_key_problem(key, value), None
+
+
+def _s3_key_problem(key: str, value: str) -> str | None:
+    """What is wrong with the (non-empty) key of the s3_uri `value`; None if nothing."""
     if len(key.encode("utf-8", "surrogatepass")) > MAX_S3_KEY_BYTES:
-        return f"the key is longer than {MAX_S3_KEY_BYTES} bytes", None
+        return f"the key is longer than {MAX_S3_KEY_BYTES} bytes"
     segments = key.split("/")
     inner = segments[:-1] if segments[-1] == "" else segments
     if "" in inner:
-        return f"the key has an empty path segment ('//'): {_short(value)}", None
+        return f"the key has an empty path segment ('//'): {_short(value)}"
     if "." in inner or ".." in inner:
-        return f"the key has a '.' or '..' path segment: {_short(value)}", None
+        return f"the key has a '.' or '..' path segment: {_short(value)}"
     if "," in key:
         return (
             f"the key contains ',', which would split the staging functions' S3 read permission "
             f"(JobSourceObjectArns, a comma-separated CloudFormation list) into another ARN: "
             f"rename the objects (or the prefix) without ',': {_short(value)}"
-        ), None
+        )
     quoted = [name for char, name in (('"', 'a double quote (")'), ("\\", "a backslash (\\)"))
               if char in key]
     if quoted:
@@ -964,8 +761,8 @@ def _check_s3_uri(value: str):
             f"the key contains {' and '.join(quoted)}, which samconfig.toml's "
             f"parameter_overrides cannot carry to `sam deploy` unchanged (the SAM CLI unescapes "
             f"them): rename the objects (or the prefix) without them: {_short(value)}"
-        ), None
-    return None, None
+        )
+    return None
 
 
 def _bucket_problem(bucket: str) -> str | None:
@@ -984,3 +781,106 @@ def _bucket_problem(bucket: str) -> str | None:
     except ValueError:
         return None
     return "must not be formatted as an IP address"
+
+
+def _local_path(value: str, field: _Field) -> str | None:
+    """``local_path``: an existing, readable file or folder that holds the handler."""
+    if not value:
+        return field.error(
+            "is empty: give a file or folder, relative to the config file or absolute"
+        )
+    if _has_unsafe_chars(value):
+        return field.error(
+            f"contains control or invisible formatting characters: {_short(value)}"
+        )
+    try:
+        expanded = os.path.expanduser(value)
+        target = Path(field.checker.base_dir, expanded).resolve()
+        exists = target.exists()
+        is_dir = target.is_dir()
+        is_file = target.is_file()
+    except (OSError, ValueError, RuntimeError) as exc:
+        return field.error(f"cannot use {_short(value)}: {exc}")
+    shown = (
+        _short(value)
+        if os.path.isabs(expanded)
+        else f"{_short(value)} (resolved to {str(target)!r})"
+    )
+    if not exists:
+        return field.error(f"does not exist: {shown}")
+    if not (is_dir or is_file):
+        return field.error(f"is neither a file nor a folder: {shown}")
+    if not os.access(target, os.R_OK) or (is_dir and not os.access(target, os.X_OK)):
+        return field.error(f"is not readable: {shown}")
+    message = _handler_in(target, is_dir, field.checked.get("handler"), shown)
+    if message:
+        return field.error(message)
+    return str(target)
+
+
+def _handler_in(target: Path, is_dir: bool, handler: str | None, shown: str) -> str | None:
+    """What is wrong with running `handler` from the local_path `target`; None if nothing."""
+    if handler is None:
+        return None  # missing or invalid: reported with the handler
+    if is_dir:
+        try:
+            candidate = target / handler
+            found = candidate.is_file()
+            folder = candidate.is_dir()
+        except (OSError, ValueError):
+            found = folder = False
+        if not found:
+            what = "is a folder, not a file" if folder else "is not a file in it"
+            return f"the handler {handler!r} {what}: {shown}"
+    elif handler != target.name:
+        return (
+            f"is a single file {target.name!r}, so the handler must be {target.name!r} "
+            f"(got {handler!r}); point local_path at a folder to run another file"
+        )
+    return None
+
+
+def _wait_time(value: str, field: _Field) -> int | None:
+    """``wait_time``: whole seconds, MIN_WAIT_TIME..MAX_WAIT_TIME."""
+    number = _small_int(value, MIN_WAIT_TIME, MAX_WAIT_TIME)
+    if number is not None:
+        return number
+    hint = ""
+    if _INLINE_COMMENT_RE.search(value):
+        hint = " (inline comments are not supported: put comments on their own line)"
+    return field.error(
+        f"must be an integer from {MIN_WAIT_TIME} to {MAX_WAIT_TIME} (seconds), "
+        f"got {_short(value)}{hint}"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The grammar's keys: adding one is a validator above and an entry here.
+
+#: [order]: the key names the order, its value lists the jobs.
+_ORDER_VALIDATORS = {
+    "sequential": _job_list,
+    "parallel": _job_list,
+}
+#: [job NAME], in the order they are checked (local_path reads the checked handler).
+_JOB_VALIDATORS = {
+    "handler": _handler,
+    "s3_uri": _s3_uri,
+    "local_path": _local_path,
+    "wait_time": _wait_time,
+}
+ORDER_KEYS = tuple(_ORDER_VALIDATORS)
+JOB_KEYS = tuple(_JOB_VALIDATORS)
+#: Job keys whose validator points out an inline comment itself: the others get a warning when
+#: their value looks like it ends with one.
+_OWN_COMMENT_HINT = frozenset(("wait_time",))
+#: Job keys that must be set, with the message when one is not.
+_REQUIRED_JOB_KEYS = {
+    "handler": "missing: name the script to run, e.g. 'handler = run.sh'",
+}
+#: Pairs of job keys of which exactly one must be set, with the message when neither is.
+_ONE_OF_JOB_KEYS = {
+    ("s3_uri", "local_path"): (
+        "needs exactly one of 's3_uri' or 'local_path' (where the job's files are)"
+    ),
+}

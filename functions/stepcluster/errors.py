@@ -7,6 +7,8 @@ are part of the contract with `statemachine/definition.asl.json`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 class StepclusterError(Exception):
     """Base of every error this package raises on purpose.
@@ -98,3 +100,53 @@ class ClusterError(StepclusterError):
 
 class SSHAuthenticationError(StepclusterError):
     """The head node refused the key. Retrying will not help."""
+
+
+# --------------------------------------------------------------------------------------------
+# The problems a ConfigError holds
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong (or suspicious) in a config file, with where it is."""
+
+    path: str
+    line: int | None
+    section: str | None
+    key: str | None
+    message: str
+    severity: str = "error"
+
+    def __str__(self) -> str:
+        location = self.path if self.line is None else f"{self.path}:{self.line}"
+        parts = [f"{location}:"]
+        if self.severity in ("warning", "note"):
+            parts.append(f"{self.severity}:")
+        if self.section is not None:
+            parts.append(f"[{self.section}]")
+        if self.key is not None:
+            parts.append(f"{self.key}:")
+        parts.append(self.message)
+        # Every field may hold what the user wrote (a path, a section, a key): escaped, so that no
+        # control, bidi or separator character reaches the terminal raw.
+        return escape_unsafe(" ".join(parts))
+
+
+def escape_unsafe(text: str) -> str:
+    """`text` with every character that is not printable (save the space) written as
+    \\xNN, \\uNNNN or \\UNNNNNNNN, so that nothing printed can drive a terminal."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch == " " or ch.isprintable():
+            out.append(ch)
+            continue
+        code = ord(ch)
+        if code < 0x100:
+            out.append(f"\\x{code:02x}")
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return "".join(out)

@@ -7,12 +7,14 @@ traceback (the original feature's main defect).
 
 from __future__ import annotations
 
+import os
 import random
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from stepcluster import config as config_module
 from stepcluster.config import (
     DEFAULT_WAIT_TIME,
     JobsConfig,
@@ -247,6 +249,11 @@ def test_summary_abbreviates_long_lists():
     assert par.startswith("x.ini: 20 jobs in parallel: j0, j1") and "\n" not in par
     one = JobsConfig("x.ini", "sequential", jobs[:1], ()).summary()
     assert one == "x.ini: 1 job, sequential: j0"
+    # Up to eight names are all shown; from nine on, the first four and the last two.
+    eight = JobsConfig("x.ini", "parallel", jobs[:8], ()).summary()
+    assert eight == "x.ini: 8 jobs in parallel: " + ", ".join(f"j{i}" for i in range(8))
+    nine = JobsConfig("x.ini", "parallel", jobs[:9], ()).summary()
+    assert nine == "x.ini: 9 jobs in parallel: j0, j1, j2, j3, ... (3 more), j7, j8"
 
 
 def test_problem_str_format():
@@ -878,3 +885,616 @@ def test_an_unknown_key_with_escapes_is_printed_escaped(tmp_path):
     problem = only_error(GOOD_ORDER + GOOD_JOB_A + "wait\x1b[2J\u202etime = 5\n", tmp_path)
     assert problem.line == 7 and "unknown key" in problem.message
     assert str(problem).isprintable() and "\\x1b[2J\\u202e" in str(problem)
+
+
+# ---------------------------------------------------------------------------------------------
+# Exactly what a user sees: one config per message, every problem rendered in full (errors by
+# line, then warnings). Written down from the parser before it was split into inifile.py and
+# config.py, so they also pin that the split changed no message, line or order.
+
+ORDER_A = "[order]\nsequential = a\n"
+JOB_A = "[job a]\nhandler = run.sh\ns3_uri = s3://my-bucket/a/\n"
+
+
+def job_a(*lines):
+    """ORDER_A and a [job a] section of `lines`: [job a] is on line 3, its keys from line 4."""
+    return ORDER_A + "[job a]\n" + "".join(line + "\n" for line in lines)
+
+
+def other_job(name):
+    return f"[job {name}]\nhandler = r.sh\ns3_uri = s3://my-bucket/x\n"
+
+
+EXACT_CASES = {
+    "order missing, problems without a line first": JOB_A + "bogus = 1\n",
+    "unlisted job": ORDER_A + JOB_A + "[job b]\nhandler = run.sh\ns3_uri = s3://my-bucket/b/\n",
+    "neither order key": "[order]\n" + JOB_A,
+    "both order keys": "[order]\nparallel = a\nsequential = a\n" + JOB_A,
+    "job value over two lines": ORDER_A + JOB_A + "wait_time = 1\n  0\n",
+    "inline comment warnings": job_a("handler = run.sh # x", "local_path = proj ; y"),
+    "inline comment warning s3": job_a("handler = run.sh", "s3_uri = s3://my-bucket/a #b"),
+    "no warning for unknown or multi-line keys": job_a(
+        "handler = run.sh", "bogus = x #c", "local_path = p", "  q #x"
+    ),
+    "unknown key without hint": ORDER_A + JOB_A + "zzz = 1\n",
+    "unknown key in order without hint": "[order]\nsequential = a\nzzz = 1\n" + JOB_A,
+    "order with a name": "[order x]\n sequential = a\n" + JOB_A,
+    "job without a name": ORDER_A + JOB_A + "[job]\n",
+    "job name of two words": ORDER_A + JOB_A + "[job  b  c ]\n",
+    "jobs with a name": ORDER_A + JOB_A + "[jobs b c]\n",
+    "jobs without a name": ORDER_A + JOB_A + "[Jobs]\n",
+    "ordre": ORDER_A + JOB_A + "[ordre]\n",
+    "unknown section without hint": ORDER_A + JOB_A + "[task]\n",
+    "keys of an unknown section are not read": ORDER_A + JOB_A + "[task a]\nk = 1\nk = 2\n",
+    "keys of a duplicate section are not read": ORDER_A + JOB_A + "[job a]\nk = 1\nk = 2\n",
+    "bad characters listed": "[order]\nsequential = Ab;c\n" + other_job("Ab;c"),
+    "name starting with dash": "[order]\nsequential = a\n" + JOB_A + "[job -x]\n",
+    "long name": ORDER_A + JOB_A + "[job " + "x" * 65 + "]\n",
+    "list: bad then more": "[order]\nsequential = a b, zz\n" + JOB_A,
+    "list: listed twice": "[order]\nsequential = a, a, A\n" + JOB_A,
+    "list: case hint": "[order]\nsequential = A\n" + JOB_A,
+    "list: no close match": "[order]\nsequential = a, abc\n" + JOB_A + other_job("abcxyz"),
+    "list: close match": "[order]\nsequential = a, banan\n" + JOB_A + other_job("banana"),
+    "list: empty": "[order]\nsequential =\n" + JOB_A,
+    "list: only commas": "[order]\nsequential = ,,\n" + JOB_A,
+    "list: trailing commas": "[order]\nsequential = a,,\n" + JOB_A,
+    "list: trailing comma": "[order]\nsequential = a,\n" + JOB_A,
+    "list: leading comma": "[order]\nsequential = ,a,,b\n" + JOB_A + other_job("b"),
+    "list: three commas": "[order]\nsequential = a,,,b\n" + JOB_A + other_job("b"),
+    "list: inline comment": "[order]\nsequential = a, #b c\n" + JOB_A,
+    "list: bad name": "[order]\nsequential = a, a;rm\n" + JOB_A,
+    "handler empty": job_a("handler =", "s3_uri = s3://my-bucket/a/"),
+    "handler absolute": job_a("handler = /a.sh", "s3_uri = s3://my-bucket/a/"),
+    "handler home": job_a("handler = ~/a.sh", "s3_uri = s3://my-bucket/a/"),
+    "handler backslash": job_a("handler = a\\b.sh", "s3_uri = s3://my-bucket/a/"),
+    "handler folder": job_a("handler = src/", "s3_uri = s3://my-bucket/a/"),
+    "handler dotdot": job_a("handler = a/../b.sh", "s3_uri = s3://my-bucket/a/"),
+    "handler dot": job_a("handler = ./.", "s3_uri = s3://my-bucket/a/"),
+    "handler missing, no source": "[order]\nsequential = a\n[job a]\nwait_time = 5\n",
+    "both sources": job_a("handler = run.sh", "local_path = proj", "s3_uri = s3://my-bucket/a/"),
+    "s3 empty": job_a("handler = run.sh", "s3_uri ="),
+    "s3 http": job_a("handler = run.sh", "s3_uri = http://my-bucket/a"),
+    "s3 https": job_a("handler = run.sh", "s3_uri = HTTPS://my-bucket/a"),
+    "s3 uppercase scheme": job_a("handler = run.sh", "s3_uri = S3://my-bucket/a"),
+    "s3 other": job_a("handler = run.sh", "s3_uri = my-bucket/a"),
+    "s3 no bucket": job_a("handler = run.sh", "s3_uri = s3:///a"),
+    "s3 whole bucket": job_a("handler = run.sh", "s3_uri = s3://my-bucket/"),
+    "bucket short": job_a("handler = run.sh", "s3_uri = s3://ab/k"),
+    "bucket 63": job_a("handler = run.sh", "s3_uri = s3://" + "b" * 63 + "/k"),
+    "bucket 64": job_a("handler = run.sh", "s3_uri = s3://" + "b" * 64 + "/k"),
+    "bucket chars": job_a("handler = run.sh", "s3_uri = s3://my_bucket/k"),
+    "bucket dot dash": job_a("handler = run.sh", "s3_uri = s3://ab.-cd/k"),
+    "bucket dash dot": job_a("handler = run.sh", "s3_uri = s3://ab-.cd/k"),
+    "bucket ip": job_a("handler = run.sh", "s3_uri = s3://10.0.0.1/k"),
+    "key 1024": job_a("handler = run.sh", "s3_uri = s3://my-bucket/" + "k" * 1024),
+    "key 1025": job_a("handler = run.sh", "s3_uri = s3://my-bucket/" + "k" * 1025),
+    "key dotdot last": job_a("handler = run.sh", "s3_uri = s3://my-bucket/a/.."),
+    "key dotdot before slash": job_a("handler = run.sh", "s3_uri = s3://my-bucket/a/../"),
+    "key dot": job_a("handler = run.sh", "s3_uri = s3://my-bucket/a/./b"),
+    "key empty segment": job_a("handler = run.sh", "s3_uri = s3://my-bucket/a//b"),
+    "key comma": job_a("handler = run.sh", "s3_uri = s3://my-bucket/a,b"),
+    "key quote and backslash": job_a("handler = run.sh", 's3_uri = s3://my-bucket/a"b\\c'),
+    "key backslash": job_a("handler = run.sh", "s3_uri = s3://my-bucket/a\\c"),
+    "local empty": job_a("handler = run.sh", "local_path ="),
+    "local absolute missing": job_a("handler = run.sh", "local_path = /no/such/dir"),
+    "local relative missing": job_a("handler = run.sh", "local_path = nowhere"),
+    "local handler is a folder": job_a("handler = sub", "local_path = proj"),
+    "local handler not in folder": job_a("handler = other.sh", "local_path = proj"),
+    "local single file": job_a("handler = run.sh", "local_path = single.sh"),
+    "local fifo": job_a("handler = run.sh", "local_path = fifo"),
+    "local symlink loop": job_a("handler = run.sh", "local_path = loop"),
+    "local handler name too long": job_a("handler = " + "x" * 300, "local_path = proj"),
+    "wait not a number": job_a("handler = run.sh", "s3_uri = s3://my-bucket/a/", "wait_time = x"),
+    "wait inline comment": job_a(
+        "handler = run.sh", "s3_uri = s3://my-bucket/a/", "wait_time = 10 # s"
+    ),
+}
+
+EXACT_EXPECTED = {
+    'order missing, problems without a line first': [
+        "jobs.ini: [order] section is missing: add [order] with 'sequential = a, "
+        "b' or 'parallel = a, b'",
+        'jobs.ini:4: [job a] bogus: unknown key (allowed: handler, s3_uri, local_'
+        'path, wait_time)',
+    ],
+    'unlisted job': [
+        "jobs.ini:6: warning: [job b] job 'b' is not listed in [order] sequential"
+        ', so it will not run',
+    ],
+    'neither order key': [
+        "jobs.ini:1: [order] needs exactly one of 'sequential' or 'parallel' (a c"
+        'omma-separated list of job names)',
+    ],
+    'both order keys': [
+        "jobs.ini:3: [order] sequential: 'sequential' and 'parallel' are both set"
+        ' (the other on line 2): set exactly one',
+    ],
+    'job value over two lines': [
+        'jobs.ini:6: [job a] wait_time: must be on one line (line 7 is indented d'
+        'eeper, so it is read as a continuation of this value)',
+    ],
+    'inline comment warnings': [
+        "jobs.ini:5: [job a] local_path: does not exist: 'proj ; y' (resolved to "
+        "'<tmp>/proj ; y')",
+        "jobs.ini:4: warning: [job a] handler: 'run.sh # x' looks like it ends wi"
+        'th an inline comment; inline comments are not supported, the whole text '
+        'is used as the value',
+        "jobs.ini:5: warning: [job a] local_path: 'proj ; y' looks like it ends w"
+        'ith an inline comment; inline comments are not supported, the whole text'
+        ' is used as the value',
+    ],
+    'inline comment warning s3': [
+        "jobs.ini:5: warning: [job a] s3_uri: 's3://my-bucket/a #b' looks like it"
+        ' ends with an inline comment; inline comments are not supported, the who'
+        'le text is used as the value',
+    ],
+    'no warning for unknown or multi-line keys': [
+        'jobs.ini:5: [job a] bogus: unknown key (allowed: handler, s3_uri, local_'
+        'path, wait_time)',
+        'jobs.ini:6: [job a] local_path: must be on one line (line 7 is indented '
+        'deeper, so it is read as a continuation of this value)',
+    ],
+    'unknown key without hint': [
+        'jobs.ini:6: [job a] zzz: unknown key (allowed: handler, s3_uri, local_pa'
+        'th, wait_time)',
+    ],
+    'unknown key in order without hint': [
+        'jobs.ini:3: [order] zzz: unknown key (allowed: sequential, parallel)',
+    ],
+    'order with a name': [
+        'jobs.ini:1: [order x] the [order] section takes no name: write just [ord'
+        'er]',
+    ],
+    'job without a name': [
+        'jobs.ini:6: [job] a job section needs a name: [job NAME]',
+    ],
+    'job name of two words': [
+        "jobs.ini:6: [job  b  c] job name 'b c' contains spaces: use letters, dig"
+        "its, '_' and '-' (1 to 64 characters)",
+        "jobs.ini:6: [job  b  c] handler: missing: name the script to run, e.g. '"
+        "handler = run.sh'",
+        "jobs.ini:6: [job  b  c] needs exactly one of 's3_uri' or 'local_path' (w"
+        "here the job's files are)",
+    ],
+    'jobs with a name': [
+        'jobs.ini:6: [jobs b c] unknown section [jobs b c]: only [order] and [job'
+        ' NAME] are allowed; did you mean [job b c]?',
+    ],
+    'jobs without a name': [
+        'jobs.ini:6: [Jobs] unknown section [Jobs]: only [order] and [job NAME] a'
+        're allowed; did you mean [job NAME]?',
+    ],
+    'ordre': [
+        'jobs.ini:6: [ordre] unknown section [ordre]: only [order] and [job NAME]'
+        ' are allowed; did you mean [order]?',
+    ],
+    'unknown section without hint': [
+        'jobs.ini:6: [task] unknown section [task]: only [order] and [job NAME] a'
+        're allowed',
+    ],
+    'keys of an unknown section are not read': [
+        'jobs.ini:6: [task a] unknown section [task a]: only [order] and [job NAM'
+        'E] are allowed',
+    ],
+    'keys of a duplicate section are not read': [
+        'jobs.ini:6: [job a] duplicate section: [job a] is already on line 3',
+    ],
+    'bad characters listed': [
+        "jobs.ini:2: [order] sequential: 'Ab;c': job name 'Ab;c' contains ';': on"
+        "ly letters, digits, '_' and '-' are allowed (names end up in state names"
+        ', file names and shell commands)',
+        "jobs.ini:3: [job Ab;c] job name 'Ab;c' contains ';': only letters, digit"
+        "s, '_' and '-' are allowed (names end up in state names, file names and "
+        'shell commands)',
+    ],
+    'name starting with dash': [
+        "jobs.ini:6: [job -x] job name '-x' starts with '-': it would read as a c"
+        "ommand-line option; start it with a letter, digit or '_'",
+        "jobs.ini:6: [job -x] handler: missing: name the script to run, e.g. 'han"
+        "dler = run.sh'",
+        "jobs.ini:6: [job -x] needs exactly one of 's3_uri' or 'local_path' (wher"
+        "e the job's files are)",
+    ],
+    'long name': [
+        'jobs.ini:6: [job xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'
+        'xxxxxxxxxx] job name is 65 characters long: at most 64 allowed',
+        'jobs.ini:6: [job xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'
+        "xxxxxxxxxx] handler: missing: name the script to run, e.g. 'handler = ru"
+        "n.sh'",
+        'jobs.ini:6: [job xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'
+        "xxxxxxxxxx] needs exactly one of 's3_uri' or 'local_path' (where the job"
+        "'s files are)",
+    ],
+    'list: bad then more': [
+        "jobs.ini:2: [order] sequential: 'a b' is not a job name: separate job na"
+        'mes with commas',
+        "jobs.ini:2: [order] sequential: job 'zz' is listed but there is no [job "
+        'zz] section',
+        "jobs.ini:3: warning: [job a] job 'a' is not listed in [order] sequential"
+        ', so it will not run',
+    ],
+    'list: listed twice': [
+        "jobs.ini:2: [order] sequential: job 'a' is listed more than once",
+        "jobs.ini:2: [order] sequential: job 'A' is listed more than once (as 'a'"
+        '; names are compared ignoring case)',
+    ],
+    'list: case hint': [
+        "jobs.ini:2: [order] sequential: job 'A' is listed but there is no [job A"
+        '] section; did you mean [job a]? (names are case-sensitive)',
+        "jobs.ini:3: warning: [job a] job 'a' is not listed in [order] sequential"
+        ', so it will not run',
+    ],
+    'list: no close match': [
+        "jobs.ini:2: [order] sequential: job 'abc' is listed but there is no [job"
+        ' abc] section',
+        "jobs.ini:6: warning: [job abcxyz] job 'abcxyz' is not listed in [order] "
+        'sequential, so it will not run',
+    ],
+    'list: close match': [
+        "jobs.ini:2: [order] sequential: job 'banan' is listed but there is no [j"
+        "ob banan] section; did you mean 'banana'?",
+        "jobs.ini:6: warning: [job banana] job 'banana' is not listed in [order] "
+        'sequential, so it will not run',
+    ],
+    'list: empty': [
+        'jobs.ini:2: [order] sequential: empty list: name at least one job, e.g. '
+        "'first, second'",
+    ],
+    'list: only commas': [
+        'jobs.ini:2: [order] sequential: empty list: only commas, no job names',
+    ],
+    'list: trailing commas': [
+        "jobs.ini:2: [order] sequential: doubled comma after 'a': empty job name "
+        'in the list',
+        'jobs.ini:2: [order] sequential: trailing comma',
+    ],
+    'list: trailing comma': [
+        "jobs.ini:2: [order] sequential: trailing comma after 'a'",
+    ],
+    'list: leading comma': [
+        'jobs.ini:2: [order] sequential: leading comma: the list starts with an e'
+        'mpty job name',
+        "jobs.ini:2: [order] sequential: doubled comma after 'a': empty job name "
+        'in the list',
+    ],
+    'list: three commas': [
+        "jobs.ini:2: [order] sequential: doubled comma after 'a': empty job name "
+        'in the list',
+    ],
+    'list: inline comment': [
+        "jobs.ini:2: [order] sequential: '#b c' is not a job name: inline comment"
+        's are not supported (put comments on their own line)',
+    ],
+    'list: bad name': [
+        "jobs.ini:2: [order] sequential: 'a;rm': job name 'a;rm' contains ';': on"
+        "ly letters, digits, '_' and '-' are allowed (names end up in state names"
+        ', file names and shell commands)',
+    ],
+    'handler empty': [
+        'jobs.ini:4: [job a] handler: is empty: name the script to run, relative '
+        "to the job's files",
+    ],
+    'handler absolute': [
+        "jobs.ini:4: [job a] handler: must be a path relative to the job's files,"
+        " not an absolute path: '/a.sh'",
+    ],
+    'handler home': [
+        "jobs.ini:4: [job a] handler: must be a path relative to the job's files "
+        "('~' is not expanded): '~/a.sh'",
+    ],
+    'handler backslash': [
+        "jobs.ini:4: [job a] handler: use '/' to separate folders, not '\\': 'a\\\\b"
+        ".sh'",
+    ],
+    'handler folder': [
+        "jobs.ini:4: [job a] handler: must name a file, not a folder: 'src/'",
+    ],
+    'handler dotdot': [
+        "jobs.ini:4: [job a] handler: must stay inside the job's files: '..' is n"
+        "ot allowed: 'a/../b.sh'",
+    ],
+    'handler dot': [
+        "jobs.ini:4: [job a] handler: must name a file inside the job's files: '."
+        "/.'",
+    ],
+    'handler missing, no source': [
+        "jobs.ini:3: [job a] handler: missing: name the script to run, e.g. 'hand"
+        "ler = run.sh'",
+        "jobs.ini:3: [job a] needs exactly one of 's3_uri' or 'local_path' (where"
+        " the job's files are)",
+    ],
+    'both sources': [
+        "jobs.ini:6: [job a] s3_uri: both 's3_uri' and 'local_path' are set (the "
+        'other on line 5): set exactly one',
+    ],
+    's3 empty': [
+        'jobs.ini:5: [job a] s3_uri: is empty: expected s3://BUCKET/KEY-OR-PREFIX',
+    ],
+    's3 http': [
+        'jobs.ini:5: [job a] s3_uri: expected s3://BUCKET/KEY-OR-PREFIX, not an H'
+        "TTP(S) URL: 'http://my-bucket/a'",
+    ],
+    's3 https': [
+        'jobs.ini:5: [job a] s3_uri: expected s3://BUCKET/KEY-OR-PREFIX, not an H'
+        "TTP(S) URL: 'HTTPS://my-bucket/a'",
+    ],
+    's3 uppercase scheme': [
+        'jobs.ini:5: [job a] s3_uri: expected s3://BUCKET/KEY-OR-PREFIX (lowercas'
+        "e 's3://'): 'S3://my-bucket/a'",
+    ],
+    's3 other': [
+        "jobs.ini:5: [job a] s3_uri: expected s3://BUCKET/KEY-OR-PREFIX, got 'my-"
+        "bucket/a'",
+    ],
+    's3 no bucket': [
+        'jobs.ini:5: [job a] s3_uri: the bucket name is missing: expected s3://BU'
+        "CKET/KEY-OR-PREFIX, got 's3:///a'",
+    ],
+    's3 whole bucket': [
+        "jobs.ini:5: warning: [job a] s3_uri: 's3://my-bucket/' names the whole b"
+        'ucket: every object in it will be staged (add a key or prefix to stage l'
+        'ess)',
+    ],
+    'bucket short': [
+        "jobs.ini:5: [job a] s3_uri: invalid bucket name 'ab': must be 3 to 63 ch"
+        "aracters: lowercase letters, digits, '.' and '-', starting and ending wi"
+        'th a letter or digit (it has 2)',
+    ],
+    'bucket 63': [
+    ],
+    'bucket 64': [
+        "jobs.ini:5: [job a] s3_uri: invalid bucket name 'bbbbbbbbbbbbbbbbbbbbbbb"
+        "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb': must be 3 to 63 characters: "
+        "lowercase letters, digits, '.' and '-', starting and ending with a lette"
+        'r or digit (it has 64)',
+    ],
+    'bucket chars': [
+        "jobs.ini:5: [job a] s3_uri: invalid bucket name 'my_bucket': must be 3 t"
+        "o 63 characters: lowercase letters, digits, '.' and '-', starting and en"
+        'ding with a letter or digit',
+    ],
+    'bucket dot dash': [
+        "jobs.ini:5: [job a] s3_uri: invalid bucket name 'ab.-cd': must not conta"
+        "in '..', '.-' or '-.'",
+    ],
+    'bucket dash dot': [
+        "jobs.ini:5: [job a] s3_uri: invalid bucket name 'ab-.cd': must not conta"
+        "in '..', '.-' or '-.'",
+    ],
+    'bucket ip': [
+        "jobs.ini:5: [job a] s3_uri: invalid bucket name '10.0.0.1': must not be "
+        'formatted as an IP address',
+    ],
+    'key 1024': [
+    ],
+    'key 1025': [
+        'jobs.ini:5: [job a] s3_uri: the key is longer than 1024 bytes',
+    ],
+    'key dotdot last': [
+        "jobs.ini:5: [job a] s3_uri: the key has a '.' or '..' path segment: 's3:"
+        "//my-bucket/a/..'",
+    ],
+    'key dotdot before slash': [
+        "jobs.ini:5: [job a] s3_uri: the key has a '.' or '..' path segment: 's3:"
+        "//my-bucket/a/../'",
+    ],
+    'key dot': [
+        "jobs.ini:5: [job a] s3_uri: the key has a '.' or '..' path segment: 's3:"
+        "//my-bucket/a/./b'",
+    ],
+    'key empty segment': [
+        "jobs.ini:5: [job a] s3_uri: the key has an empty path segment ('//'): 's"
+        "3://my-bucket/a//b'",
+    ],
+    'key comma': [
+        "jobs.ini:5: [job a] s3_uri: the key contains ',', which would split the "
+        "staging functions' S3 read permission (JobSourceObjectArns, a comma-sepa"
+        'rated CloudFormation list) into another ARN: rename the objects (or the '
+        "prefix) without ',': 's3://my-bucket/a,b'",
+    ],
+    'key quote and backslash': [
+        'jobs.ini:5: [job a] s3_uri: the key contains a double quote (") and a ba'
+        "ckslash (\\), which samconfig.toml's parameter_overrides cannot carry to "
+        '`sam deploy` unchanged (the SAM CLI unescapes them): rename the objects '
+        '(or the prefix) without them: \'s3://my-bucket/a"b\\\\c\'',
+    ],
+    'key backslash': [
+        'jobs.ini:5: [job a] s3_uri: the key contains a backslash (\\), which samc'
+        "onfig.toml's parameter_overrides cannot carry to `sam deploy` unchanged "
+        '(the SAM CLI unescapes them): rename the objects (or the prefix) without'
+        " them: 's3://my-bucket/a\\\\c'",
+    ],
+    'local empty': [
+        'jobs.ini:5: [job a] local_path: is empty: give a file or folder, relativ'
+        'e to the config file or absolute',
+    ],
+    'local absolute missing': [
+        "jobs.ini:5: [job a] local_path: does not exist: '/no/such/dir'",
+    ],
+    'local relative missing': [
+        "jobs.ini:5: [job a] local_path: does not exist: 'nowhere' (resolved to '"
+        "<tmp>/nowhere')",
+    ],
+    'local handler is a folder': [
+        "jobs.ini:5: [job a] local_path: the handler 'sub' is a folder, not a fil"
+        "e: 'proj' (resolved to '<tmp>/proj')",
+    ],
+    'local handler not in folder': [
+        "jobs.ini:5: [job a] local_path: the handler 'other.sh' is not a file in "
+        "it: 'proj' (resolved to '<tmp>/proj')",
+    ],
+    'local single file': [
+        "jobs.ini:5: [job a] local_path: is a single file 'single.sh', so the han"
+        "dler must be 'single.sh' (got 'run.sh'); point local_path at a folder to"
+        ' run another file',
+    ],
+    'local fifo': [
+        "jobs.ini:5: [job a] local_path: is neither a file nor a folder: 'fifo' ("
+        "resolved to '<tmp>/fifo')",
+    ],
+    'local symlink loop': [
+        "jobs.ini:5: [job a] local_path: cannot use 'loop': Symlink loop from '<t"
+        "mp>/loop'",
+    ],
+    'local handler name too long': [
+        "jobs.ini:5: [job a] local_path: the handler 'xxxxxxxxxxxxxxxxxxxxxxxxxxx"
+        'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'
+        'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'
+        'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'
+        "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx' is not a file"
+        " in it: 'proj' (resolved to '<tmp>/proj')",
+    ],
+    'wait not a number': [
+        'jobs.ini:6: [job a] wait_time: must be an integer from 1 to 240 (seconds'
+        "), got 'x'",
+    ],
+    'wait inline comment': [
+        'jobs.ini:6: [job a] wait_time: must be an integer from 1 to 240 (seconds'
+        "), got '10 # s' (inline comments are not supported: put comments on thei"
+        'r own line)',
+    ],
+}
+
+
+def make_job_files(root: Path) -> None:
+    """The files the local_path cases point at."""
+    (root / "proj" / "sub").mkdir(parents=True)
+    (root / "proj" / "run.sh").write_text("true\n")
+    (root / "single.sh").write_text("true\n")
+    os.mkfifo(root / "fifo")
+    os.symlink(root / "loop2", root / "loop")
+    os.symlink(root / "loop", root / "loop2")
+
+
+@pytest.mark.parametrize("name", list(EXACT_CASES))
+def test_exactly_what_a_user_sees(tmp_path, name):
+    make_job_files(tmp_path)
+    try:
+        config = parse_jobs_config(EXACT_CASES[name], PATH, tmp_path)
+        shown = [str(w) for w in config.warnings]
+    except ConfigError as exc:
+        shown = [str(p) for p in exc.problems] + [str(w) for w in exc.warnings]
+    assert [s.replace(str(tmp_path), "<tmp>") for s in shown] == EXACT_EXPECTED[name]
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole-file problems, word for word
+
+
+def only_file_problem(path) -> Problem:
+    with pytest.raises(ConfigError) as info:
+        load_jobs_config(path)
+    (problem,) = info.value.problems
+    assert (problem.path, problem.line, problem.section, problem.key) == (
+        os.fsdecode(path), None, None, None
+    )
+    return problem
+
+
+def test_what_cannot_be_read_is_said_plainly(tmp_path):
+    assert only_file_problem(tmp_path / "nope.ini").message == "no such file"
+    assert only_file_problem(tmp_path).message == "is a folder, not a jobs config file"
+    os.mkfifo(tmp_path / "fifo.ini")
+    assert only_file_problem(tmp_path / "fifo.ini").message == "is not a regular file"
+    # An OSError says its strerror, not "[Errno 36] ..."; a ValueError says itself.
+    long_name = str(tmp_path / ("x" * 300))
+    assert only_file_problem(long_name).message == "cannot read the file: File name too long"
+    assert only_file_problem("jobs\x00.ini").message == "cannot read the file: embedded null byte"
+
+
+@pytest.mark.parametrize(
+    "error, message",
+    [
+        (PermissionError(13, "Permission denied"), "permission denied: cannot read the file"),
+        # a folder that appears between the check and the open
+        (IsADirectoryError(21, "Is a directory"), "is a folder, not a jobs config file"),
+        (OSError(5, "Input/output error"), "cannot read the file: Input/output error"),
+    ],
+)
+def test_errors_opening_the_file(tmp_path, monkeypatch, error, message):
+    path = tmp_path / "jobs.ini"
+    path.write_text(GOOD_ORDER + GOOD_JOB_A)
+
+    def refuse(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(config_module, "open", refuse, raising=False)
+    assert only_file_problem(path).message == message
+
+
+def test_the_size_limit_is_one_mib(tmp_path):
+    path = tmp_path / "jobs.ini"
+    text = GOOD_ORDER + GOOD_JOB_A
+    limit = 1024 * 1024
+    path.write_text(text + "#" * (limit - len(text)))  # exactly 1 MiB: fine
+    assert [j.name for j in load_jobs_config(path).jobs] == ["a"]
+    path.write_text(text + "#" * (limit - len(text) + 1))
+    assert only_file_problem(path).message == "is larger than 1024 KiB: not a jobs config file"
+    # The same limit for text given directly (a BOM aside).
+    padded = text + "#" * (limit - len(text))
+    assert parse_jobs_config("\ufeff" + padded, PATH, tmp_path).jobs[0].name == "a"
+    with pytest.raises(ConfigError) as info:
+        parse_jobs_config(padded + "#", PATH, tmp_path)
+    assert info.value.problems == (
+        Problem(PATH, None, None, None, "is larger than 1024 KiB: not a jobs config file"),
+    )
+
+
+def test_not_utf8_says_which_byte_on_which_line(tmp_path):
+    path = tmp_path / "jobs.ini"
+    path.write_bytes(b"\n[order]\nsequential = \xe9\n")
+    with pytest.raises(ConfigError) as info:
+        load_jobs_config(path)
+    assert info.value.problems == (
+        Problem(
+            str(path),
+            3,
+            None,
+            None,
+            "not a UTF-8 text file (undecodable byte 0xe9): the jobs config must be an INI "
+            "text file",
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (b"[order]\n", "not a text config file"),
+        (None, "not a text config file"),
+        ("[order]\nsequential = a\x00\n", "contains NUL bytes: a binary file, not an INI jobs "
+         "config"),
+    ],
+)
+def test_text_that_is_no_config_text(tmp_path, text, message):
+    with pytest.raises(ConfigError) as info:
+        parse_jobs_config(text, PATH, tmp_path)
+    assert info.value.problems == (Problem(PATH, None, None, None, message),)
+    assert info.value.warnings == ()
+
+
+def test_local_paths_are_relative_to_the_config_file_by_default(tmp_path):
+    make_job_files(tmp_path)
+    text = "[order]\nsequential = a\n[job a]\nhandler = run.sh\nlocal_path = proj\n"
+    config = parse_jobs_config(text, str(tmp_path / "jobs.ini"))
+    assert config.jobs[0].local_path == str(tmp_path / "proj")
+
+
+def test_a_failing_config_still_carries_its_warnings(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        parse(GOOD_ORDER + GOOD_JOB_A + "wait_time = x\n[job b]\nhandler = r.sh\n"
+              "s3_uri = s3://my-bucket\n", tmp_path)
+    assert [p.line for p in info.value.problems] == [7]
+    assert [(w.line, w.key) for w in info.value.warnings] == [(8, None), (10, "s3_uri")]
+
+
+def test_a_folder_that_cannot_be_entered_is_not_readable(tmp_path, monkeypatch):
+    make_job_files(tmp_path)
+    real_access = os.access
+    monkeypatch.setattr(
+        config_module.os, "access", lambda path, mode: mode != os.X_OK and real_access(path, mode)
+    )
+    problem = only_error(GOOD_ORDER + "[job a]\nhandler = run.sh\nlocal_path = proj\n", tmp_path)
+    assert str(problem).replace(str(tmp_path), "<tmp>") == (
+        "jobs.ini:6: [job a] local_path: is not readable: 'proj' (resolved to '<tmp>/proj')"
+    )
