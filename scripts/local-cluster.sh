@@ -9,7 +9,8 @@
 #   down    stops what `up` started, by the pids in the daemons' pid files (never by name).
 #   status  exit 0 when every daemon answers.
 #   stop DAEMON / start DAEMON   one daemon of the DAEMONS table, by its pid file, for fault tests
-#           (a controller outage): start knows slurmctld and sge_qmaster, and waits until it answers.
+#           (a controller outage, a lost node): start knows slurmctld, slurmd and sge_qmaster, and
+#           waits until it answers.
 #
 # Rig folder: ${STEPCLUSTER_RIG:-/tmp/stepcluster-rig}
 #   ssh/host_ed25519[.pub]    the sshd host key (pin it: ssh/known_hosts is ready to use)
@@ -141,8 +142,11 @@ do_start_one() {
   alive "$(pid_of "$(pid_file_of "$1")")" "$1" && { lap "$1 already runs"; return 0; }
   case $1 in
     slurmctld)   launch /usr/sbin/slurmctld -i; wait_for 200 check_slurm || die "slurm does not answer" ;;
+    slurmd)      launch /usr/sbin/slurmd -N localhost
+                 # ReturnToService=2 brings a node DOWN for not responding back when it registers
+                 wait_for 300 check_slurm || die "slurm node not back: $(sinfo -h -N -o '%N %T %E' 2>&1)" ;;
     sge_qmaster) launch /usr/sbin/sge_qmaster; wait_for 300 check_sge || die "sge does not answer" ;;
-    *)           die "start knows slurmctld and sge_qmaster, not $1 (use up)" ;;
+    *)           die "start knows slurmctld, slurmd and sge_qmaster, not $1 (use up)" ;;
   esac
   lap "$1 started"
 }
@@ -247,6 +251,8 @@ ReturnToService=2
 SchedulerParameters=sched_interval=1
 MpiDefault=none
 KillWait=5
+# a lost node (slurmd stopped: the fault tests) is DOWN after 30 s, not the default 300
+SlurmdTimeout=30
 # trust this file over the hardware, so the node runs $WIDTH one-CPU jobs at once
 SlurmdParameters=config_overrides
 NodeName=localhost NodeAddr=127.0.0.1 CPUs=$WIDTH RealMemory=1000 State=UNKNOWN

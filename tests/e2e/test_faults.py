@@ -48,3 +48,44 @@ def test_a_controller_outage_mid_run_is_waited_out_and_the_jobs_succeed(
         "short": ("SUCCEEDED", 0), "long": ("SUCCEEDED", 0)}
     said = [line for line in lines if "the scheduler does not answer" in line]
     assert said and any("the scheduler answers again" in line for line in lines), lines
+
+
+def test_a_job_whose_node_is_lost_fails_the_run_within_the_blocked_timeout(local_cluster, write_config, head_node):
+    """slurmd stopped (in the cloud: a spot interruption, a failed instance) and the node DOWN
+    ("Not responding") when the job is submitted: Slurm keeps it PENDING "Nodes required for job
+    are DOWN, DRAINED or reserved for jobs in higher priority partitions". Before, that was
+    polled for ever (248 polls in 330 s, the cluster billing); now it counts as blocked: the run
+    fails after BlockedJobTimeoutSeconds with Slurm's reason and leaves nothing in the queue.
+    (A job already running when its node is lost is requeued by Slurm, eligible again 2 minutes
+    later, and then blocked the same way: slower, so not played here.)"""
+    import time
+
+    from stepcluster.schedulers import Category
+
+    from .test_workflows import scheduler_view
+
+    def node_down(connection):
+        return "down" in connection.run(["sinfo", "-h", "-n", "localhost", "-o", "%T"]).stdout
+
+    def lose_the_node_before_submitting(endpoint):
+        def fault(name, event):
+            if name == "SubmitJobsFunction" and not node_down(head_node):
+                rig("stop", "slurmd")
+                deadline = time.monotonic() + 90
+                while not node_down(head_node):
+                    assert time.monotonic() < deadline, "the node did not go DOWN"
+                    time.sleep(1)
+        endpoint.fault = fault
+
+    config = write_config("sequential", {"stranded": "true"}, wait_time=2)
+    try:
+        report = runner.run_local(config, "node-lost", scheduler="slurm", cluster=local_cluster,
+                                  on_start=lose_the_node_before_submitting, timeout=240,
+                                  settings_overrides={"blocked_job_timeout_seconds": 5})
+    finally:
+        rig("start", "slurmd")
+    assert report.status == "FAILED", report.cause
+    assert "'stranded'" in report.cause and "Nodes required for job are DOWN" in report.cause
+    assert "did not within 5 s" in report.cause
+    job_id = report.jobs[0]["job_id"]
+    assert scheduler_view(head_node, "slurm", [job_id])[job_id].category not in (Category.QUEUED, Category.RUNNING)

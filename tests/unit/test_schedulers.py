@@ -320,6 +320,17 @@ def test_slurm_every_blocked_reason_blocks(code):
     assert slurm_module.BLOCKED_REASONS[code]          # each entry says where it comes from
 
 
+def test_a_job_whose_nodes_are_down_is_blocked_with_slurms_words():
+    """Recorded on the rig: slurmd stopped, the node 'down* Not responding' after SlurmdTimeout,
+    the job requeued PENDING with this free-text reason (squeue %r)."""
+    text = "Nodes required for job are DOWN, DRAINED or reserved for jobs in higher priority partitions"
+    out = CommandOutput(f"76|PENDING|4294901686|{text}\n")
+    [status] = Slurm().parse_status(out, ["76"]).values()
+    assert (status.category, status.blocked) == (Category.QUEUED, text)
+    assert slurm_pending("NodeDown").blocked == "NodeDown"
+    assert slurm_pending("Nodes busy").blocked is None
+
+
 @pytest.mark.parametrize("code", sorted(slurm_module.WAITING_REASONS))
 def test_slurm_waiting_reasons_do_not_block(code):
     status = slurm_pending(code)
@@ -1292,10 +1303,13 @@ DOCUMENTED_BLOCKED = {
         "PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit", "BadConstraints", "MaxMemPerLimit",
         "InvalidAccount", "InvalidQOS", "AccountNotAllowed", "QOSNotAllowed", "ReservationDeleted",
         "JobHeldUser", "JobHeldAdmin", "JobHoldMaxRequeue", "DependencyNeverSatisfied",
+        "NodeDown",     # issue 9: nodes that are down bill and never run it; bounded, then failed
         *("AssocMax" + w.format(mem="Mem") for w in _PER_JOB),
         *("QOSMax" + w.format(mem="Memory") for w in _PER_JOB),
         *("QOSMin" + w for w in "BB Billing CpuNotSatisfied Energy GRES License Memory Node Unknown".split())},
     "slurm states": {"REQUEUE_HOLD", "RESV_DEL_HOLD"},
+    "slurm reason texts": {
+        "Nodes required for job are DOWN, DRAINED or reserved for jobs in higher priority partitions"},
     "sge holds": {"hu": "user", "ho": "operator", "hs": "system"},
     "torque hold types": {"u", "o", "s", "p"},
 }
@@ -1304,6 +1318,7 @@ DOCUMENTED_BLOCKED = {
 def test_every_blocked_word_is_the_documented_one():
     assert set(slurm_module.BLOCKED_REASONS) == DOCUMENTED_BLOCKED["slurm reasons"]
     assert set(slurm_module.BLOCKED_STATES) == DOCUMENTED_BLOCKED["slurm states"]
+    assert set(slurm_module.BLOCKED_REASON_TEXTS) == DOCUMENTED_BLOCKED["slurm reason texts"]
     assert sge_module.BLOCKING_HOLDS == DOCUMENTED_BLOCKED["sge holds"]
     assert set(BLOCKING_HOLD_TYPES) == DOCUMENTED_BLOCKED["torque hold types"]
     # each blocked word is a state or reason the adapter reads as queued, never as ended

@@ -87,6 +87,9 @@ BLOCKED_REASONS: dict[str, str] = {
     "JobHeldAdmin": "'The job is held by a privileged user'",
     "JobHoldMaxRequeue": "'Job has been requeued enough times to reach the MAX_BATCH_REQUEUE limit' (held)",
     "DependencyNeverSatisfied": "'dependency on another job that will never be satisfied' (rig: afterok on a failed job)",
+    # the nodes it needs are down: in the cloud a lost or never-launched instance, which bills
+    # until someone acts; a run that waits for them is bounded by BlockedJobTimeoutSeconds
+    "NodeDown": "'A node required by the job is down'",
     **{code: _PER_ASSOC for code in (
         "AssocMaxBBMinutesPerJob", "AssocMaxBBPerJob", "AssocMaxBBPerNode", "AssocMaxBillingMinutesPerJob",
         "AssocMaxBillingPerJob", "AssocMaxBillingPerNode", "AssocMaxCpuMinutesPerJobLimit",
@@ -130,11 +133,10 @@ WAITING_REASONS: dict[str, str] = {
     "PowerNotAvail": "power capping",
     "PowerReserved": "power capping",
     "AccountingPolicy": "fallback for limits reached",
-    # nodes / partitions down or drained: maintenance ends, nodes come back; an administrator
+    # partitions down or drained: maintenance ends, nodes come back; an administrator
     # acts for the whole cluster, not for this job. ReqNodeNotAvail "may currently be in use,
     # reserved for another job" too. The service's bound on queued time covers long outages.
     "ReqNodeNotAvail": "nodes in use, reserved, down or drained (maintenance)",
-    "NodeDown": "a required node is down",
     "PartitionDown": "partition DOWN (maintenance)",
     "PartitionInactive": "partition INACTIVE (maintenance)",
     "FrontEndDown": "no front end node available",
@@ -164,6 +166,12 @@ WAITING_REASONS: dict[str, str] = {
     "MaxCpuPerAccount": "per-account CPUs in use",
 }
 # Job states that are holds whatever the reason (job_state_codes.html): the category stays QUEUED.
+#: Free-text reasons (squeue's %r is then a sentence, not a code) that mean the same, by prefix.
+BLOCKED_REASON_TEXTS: dict[str, str] = {
+    "Nodes required for job are DOWN, DRAINED or reserved for jobs in higher priority partitions":
+        "the job's nodes are down or drained (rig: slurmd stopped, node 'down* Not responding' "
+        "after SlurmdTimeout; a running job is requeued PENDING with this reason)",
+}
 BLOCKED_STATES: dict[str, str] = {
     "REQUEUE_HOLD": "'Held job is being requeued' (released only by scontrol release)",
     "RESV_DEL_HOLD": "'Job is being held after requested reservation was deleted'",
@@ -210,6 +218,8 @@ def blocked_reason(raw_state: str, reason: str | None, priority: int | None) -> 
         return f"{state} ({reason})" if reason else state
     code = _REASON_CODE.match(reason or "")
     if code and code.group(0) in BLOCKED_REASONS:
+        return reason
+    if reason and any(reason.startswith(text) for text in BLOCKED_REASON_TEXTS):
         return reason
     if priority == _HELD_PRIORITY and state == "PENDING":
         return reason.replace("_", " ") if reason else "held (priority 0)"
