@@ -74,9 +74,20 @@ cd "$STEPCLUSTER_SOURCE" || {{ echo "stepcluster: cannot enter $STEPCLUSTER_SOUR
 handler={q(handler)}
 # "./": a handler named like an option ("--version", "-x.sh") stays a path for every command
 case $handler in /*) path=$handler ;; *) path=./$handler ;; esac
+# As the user means it: a program (ELF) or a script with #! is executed, anything else is run
+# by bash. A first line the kernel would misread is named, not run: a byte order mark before
+# "#!" (the file would run under bash), a carriage return (Windows line endings: the kernel looks
+# for an interpreter "bash\\r" and bash chokes on every line).
+IFS= read -r first 2>/dev/null < "$path"
 if [ ! -f "$path" ]; then
     echo "stepcluster: the handler $handler is not a file in $STEPCLUSTER_SOURCE" >&2; rc=127
-elif [ "$(head -c 2 -- "$path")" = '#!' ]; then
+elif [ "$(head -c 4 -- "$path")" = $'\\x7fELF' ]; then
+    chmod u+x -- "$path" && "$path"; rc=$?
+elif [ "${{first:0:3}}" = $'\\xef\\xbb\\xbf' ]; then
+    echo "stepcluster: the handler $handler starts with a UTF-8 byte order mark: save it without one" >&2; rc=126
+elif [ "${{first: -1}}" = $'\\r' ]; then
+    echo "stepcluster: the handler $handler has Windows line endings (CRLF): convert it, e.g. sed -i 's/\\\\r$//' $handler" >&2; rc=126
+elif [ "${{first:0:2}}" = '#!' ]; then
     chmod u+x -- "$path" && "$path"; rc=$?
 else
     bash -- "$path"; rc=$?

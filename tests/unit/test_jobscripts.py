@@ -571,3 +571,33 @@ def test_results_tar_complaints_go_beside_the_run(box):
     assert (p.returncode, p.stdout, p.stderr) == (2, b"", b"")       # stderr is not read while streaming
     assert (Path(box.run_dir) / "collect.err").read_text() == "tar: something broke\n"
     assert (box.home / "tar-argv").read_text() == "-czf|-|--|a/stdout|"
+
+
+# ------------------------------------------------------------------------------ how a handler runs
+def test_wrapper_executes_a_compiled_program(box):
+    """An ELF binary is executed (bash on it failed with 126 "cannot execute binary file")."""
+    import shutil
+
+    d, _ = wrapper(box, handler="prog", body=None)
+    shutil.copy(shutil.which("true"), d / "src" / "prog")
+    (d / "src" / "prog").chmod(0o644)                    # as staged: not executable
+    assert run_wrapper(box, d).returncode == 0
+    assert result_of(d)[:2] == (0, 0) and (d / "stderr").read_text() == ""
+
+
+@pytest.mark.parametrize("body, says", [
+    ("\ufeff#!/bin/bash\necho hi\n", "starts with a UTF-8 byte order mark: save it without one"),
+    ("#!/bin/bash\r\necho hi\r\n", "has Windows line endings (CRLF): convert it, e.g. sed -i 's/\\r$//' main.sh"),
+    ("echo hi\r\n", "has Windows line endings (CRLF)"),
+])
+def test_wrapper_names_a_first_line_the_kernel_would_misread(box, body, says):
+    d, _ = wrapper(box, body=None)
+    (d / "src" / "main.sh").write_bytes(body.encode())
+    assert run_wrapper(box, d).returncode == 126
+    assert result_of(d)[:2] == (126, 0)
+    assert says in (d / "stderr").read_text() and (d / "stdout").read_text() == ""
+
+
+def test_a_carriage_return_later_in_the_file_is_the_handlers_business(box):
+    d, _ = wrapper(box, body="#!/bin/bash\necho 'a\rb' | od -c | head -1 > /dev/null; echo fine\n")
+    assert run_wrapper(box, d).returncode == 0 and (d / "stdout").read_text() == "fine\n"
