@@ -297,6 +297,22 @@ def cancelled(run: Run, leftovers: Sequence[str], *, now: int) -> Run:
     return run
 
 
+def found_on_head_node(found: Mapping[str, tuple[str | None, str]], *, now: int) -> dict[str, JobRecord]:
+    """The jobs of a run whose record is gone (the cleanup of an aborted execution), from what
+    its folder shows: {name: (scheduler id or None, the wrapper's result line or "")}. A job
+    with a result ended with it; one without was still queued or running, and is being
+    cancelled by the cleanup."""
+    jobs = {}
+    for name, (job_id, result) in found.items():
+        job = JobRecord(state=JobState.RUNNING, job_id=job_id)
+        if result:
+            jobs[name] = _ended_by_wrapper(job, result)
+        else:
+            jobs[name] = job.but(state=JobState.CANCELLED, ended=iso(now),
+                                 reason="cancelled by the cleanup after the execution ended")
+    return jobs
+
+
 def describe_failure(name: str, job: JobRecord, scheduler: str, stderr_tail: str) -> str:
     """The failure cause: job, scheduler id, final state, exit code or signal, stderr tail."""
     parts = [f"Job {name!r} ({scheduler} job {job.job_id}) ended {job.state.value}"]

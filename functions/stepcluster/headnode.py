@@ -286,8 +286,31 @@ class HeadNodeWork:
                             if r.tag == "run_dir"), None)
         if run_dir is not None:
             run.cluster.run_dir = run_dir
+            with self.connect(run) as ssh:
+                run.jobs = decisions.found_on_head_node(self._jobs_in_folder(ssh, run), now=_now())
+            run.order = "parallel"
             self.release_head_node(run)
         return run_dir
+
+    def _jobs_in_folder(self, ssh, run: Run) -> dict[str, tuple[str | None, str]]:
+        """{name: (scheduler id or None, result line)} of every job the run's folder shows as
+        submitted, so that the cleanup keeps the results of jobs that ran (it has no record)."""
+        scheduler = self.scheduler(run)
+        out = ssh.run_script(jobscripts.run_jobs_script(run.run_dir))
+        found = {}
+        for record in jobscripts.parse_records(out.stdout):
+            if record.tag != "jobrec" or len(record.fields) < 2:
+                continue
+            name, rc = record.fields[0], record.fields[1]
+            fields = list(record.fields[2:]) + ["", ""]
+            job_id = None
+            if rc == "0":
+                try:
+                    job_id = scheduler.parse_submit(CommandOutput(jobscripts.unb64(fields[0])))
+                except SchedulerError:
+                    log.warning("cannot read the job id of job %s", name)
+            found[name] = (job_id, jobscripts.unb64(fields[1]).strip())
+        return found
 
     def _cancel_leftovers(self, ssh, run: Run) -> list[str]:
         """Cancel jobs the head node shows as submitted without a result; return their names."""

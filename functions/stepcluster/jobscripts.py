@@ -196,6 +196,17 @@ def tails_script(run_dir: str, names: Iterable[str], max_bytes: int) -> str:
         for n in names) + "\n"
 
 
+def run_jobs_script(run_dir: str) -> str:
+    """Every job the run's folder shows as submitted: `@@jobrec NAME RC B64(submit.out)
+    B64(result)` (RC: submit.rc, empty while unsure). For a cleanup that has no run record (an
+    aborted execution): what was submitted, with what id, and how it ended."""
+    return (f"cd {q(run_dir + '/jobs')} 2>/dev/null || exit 0\n"
+            "for d in */; do n=${d%/}; [ -e \"./$n/submit.rc\" ] || [ -e \"./$n/submit.intent\" ] || continue; "
+            "printf '@@jobrec %s %s %s %s\\n' \"$n\" \"$(cat -- \"./$n/submit.rc\" 2>/dev/null)\" "
+            "\"$(base64 -w0 -- \"./$n/submit.out\" 2>/dev/null)\" \"$(base64 -w0 -- \"./$n/result\" 2>/dev/null)\"; "
+            "done\n")
+
+
 def submitted_jobs_script(run_dir: str) -> str:
     """Every job of the run that was submitted and has no result: `@@left NAME B64(stdout)`.
 

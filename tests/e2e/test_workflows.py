@@ -263,24 +263,41 @@ def test_a_head_node_without_the_scheduler_fails_before_any_job(local_cluster, w
 
 def test_an_aborted_run_on_an_existing_head_node_is_released_by_the_cleanup(
         local_cluster, write_config, head_node):
-    """Abort skips the teardown states; the EventBridge cleanup cancels the run's jobs and
-    removes its folder (the head node itself stays)."""
+    """Abort skips the teardown states; the EventBridge cleanup cancels the run's jobs, keeps
+    the results of what ran (it has no run record: it reads the run's folder) and removes the
+    folder (the head node itself stays). Before, it kept nothing, not even a finished job's."""
+    import boto3
+
     from handlers import cluster
 
-    config = write_config("parallel", {"long": "sleep 120"})
+    config = write_config("parallel", {"long": "sleep 120", "quick": 'echo kept > "$STEPCLUSTER_OUTPUT/x"'},
+                          wait_time=1)
     seen = {}
 
-    def cleanup(report):
-        seen["job_id"] = report.jobs[0]["job_id"]
-        seen["result"] = cluster.handler(cleanup_event(report.execution_arn), None)
+    def abort_once_quick_has_ended(endpoint):
+        def fault(name, event):
+            if name == "PollJobsFunction" and event["jobs"].get("quick", {}).get("state") == "SUCCEEDED":
+                boto3.client("stepfunctions").stop_execution(executionArn=event["execution_arn"])
+        endpoint.fault = fault
 
-    report = run_local(config, "abort", cluster=local_cluster, on_start=abort_at_first_poll,
+    def cleanup(report):
+        seen["job_id"] = jobs_by_name(report)["long"]["job_id"]
+        seen["result"] = cluster.handler(cleanup_event(report.execution_arn), None)
+        s3, prefix = boto3.client("s3"), report.execution_arn.split(":")[-1]
+        seen["manifest"] = json.loads(s3.get_object(Bucket=runner.ARTIFACTS_BUCKET,
+                                                    Key=f"{prefix}/manifest.json")["Body"].read())
+        seen["x"] = s3.get_object(Bucket=runner.ARTIFACTS_BUCKET, Key=f"{prefix}/quick/output/x")["Body"].read()
+
+    report = run_local(config, "abort", cluster=local_cluster, on_start=abort_once_quick_has_ended,
                        on_finish=cleanup)
     assert report.status == "ABORTED"
     assert seen["result"]["released"] == run_dir_of(report)
     assert not remote_exists(head_node, run_dir_of(report))
     status = scheduler_view(head_node, "slurm", [seen["job_id"]])[seen["job_id"]]
     assert status.category not in (Category.QUEUED, Category.RUNNING)
+    jobs = seen["manifest"]["jobs"]
+    assert (jobs["quick"]["state"], jobs["quick"]["exit_code"]) == ("SUCCEEDED", 0) and seen["x"] == b"kept\n"
+    assert jobs["long"]["state"] == "CANCELLED" and jobs["long"]["job_id"] == seen["job_id"]
 
 
 @pytest.mark.parametrize("scheduler, adapter, hold_flag", [

@@ -347,3 +347,15 @@ def test_a_scheduler_silent_for_its_limit_fails_the_run_not_a_second_before():
     assert d.decide(run, [], now=NOW + 300, wait_times=WAITS, scheduler="sge").action == Action.WAIT
     run.jobs["a"] = run.jobs["a"].but(state=JobState.FAILED, exit_code=2)
     assert d.decide(run, ["a"], now=NOW + 300, **kw).failure["Error"] == "JobFailed"   # the job first
+
+
+def test_jobs_found_in_a_folder_whose_record_is_gone():
+    jobs = d.found_on_head_node({"done": ("41", "0 0 1"), "bad": ("43", "2 0 1"), "left": ("42", ""),
+                                 "unsure": (None, "")}, now=NOW)
+    assert jobs == {
+        "done": JobRecord(JobState.SUCCEEDED, "41", exit_code=0, ended="1970-01-01T00:00:01Z"),
+        "bad": JobRecord(JobState.FAILED, "43", exit_code=2, ended="1970-01-01T00:00:01Z"),
+        "left": JobRecord(JobState.CANCELLED, "42", ended=d.iso(NOW),
+                          reason="cancelled by the cleanup after the execution ended"),
+        "unsure": JobRecord(JobState.CANCELLED, None, ended=d.iso(NOW),
+                            reason="cancelled by the cleanup after the execution ended")}

@@ -601,3 +601,22 @@ def test_wrapper_names_a_first_line_the_kernel_would_misread(box, body, says):
 def test_a_carriage_return_later_in_the_file_is_the_handlers_business(box):
     d, _ = wrapper(box, body="#!/bin/bash\necho 'a\rb' | od -c | head -1 > /dev/null; echo fine\n")
     assert run_wrapper(box, d).returncode == 0 and (d / "stdout").read_text() == "fine\n"
+
+
+def test_run_jobs_lists_every_submitted_job_with_its_answer_and_result(box):
+    root = box.job("done").parent
+    (root / "done" / "submit.rc").write_text("0\n")
+    (root / "done" / "submit.out").write_text("41\n")
+    (root / "done" / "result").write_text("0 0 1700000000\n")
+    box.job("running")
+    (root / "running" / "submit.rc").write_text("0\n")
+    (root / "running" / "submit.out").write_text("42\n")
+    box.job("unsure")
+    (root / "unsure" / "submit.intent").write_text("")
+    box.job("never")                                     # staged, never submitted
+    p = box.bash(jobscripts.run_jobs_script(box.run_dir))
+    assert p.returncode == 0
+    found = {r.fields[0]: (r.fields[1], unb64(r.fields[2]), unb64(r.fields[3])) for r in records(p.stdout)}
+    assert found == {"done": ("0", "41\n", "0 0 1700000000\n"), "running": ("0", "42\n", ""),
+                     "unsure": ("", "", "")}
+    assert box.bash(jobscripts.run_jobs_script(box.run_dir + "/none")).stdout == ""
