@@ -11,7 +11,7 @@ import pytest
 from stepcluster.local import runner
 from stepcluster.schedulers import Category, CommandOutput, get_scheduler
 
-from .conftest import abort_at_first_poll, cleanup_event, crash_polling, remote_exists
+from .conftest import cleanup_event, crash_polling, remote_exists
 
 pytestmark = pytest.mark.e2e
 # A run that cannot finish (a scheduler down, say) is stopped instead of hanging the suite.

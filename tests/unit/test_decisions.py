@@ -359,3 +359,11 @@ def test_jobs_found_in_a_folder_whose_record_is_gone():
                           reason="cancelled by the cleanup after the execution ended"),
         "unsure": JobRecord(JobState.CANCELLED, None, ended=d.iso(NOW),
                             reason="cancelled by the cleanup after the execution ended")}
+
+
+def test_an_outage_round_sees_every_job_with_a_result_whatever_its_place():
+    run = run_of("parallel", a="RUNNING", b="RUNNING", c="RUNNING")
+    observations = {"b": JobObservation(result="0 0 1"), "c": JobObservation(result="3 0 1")}
+    after, changed = d.apply_round(run, observations, scheduler="slurm", now=NOW, limits=LIMITS,
+                                   scheduler_failure="down")
+    assert changed == ["b", "c"] and after.jobs["a"].state == JobState.RUNNING
