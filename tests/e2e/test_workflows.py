@@ -177,7 +177,7 @@ def test_a_lambda_error_mid_run_still_cancels_and_tears_down(local_cluster, writ
 
     assert report.status == "FAILED"
     assert report.error == "RuntimeError"
-    assert "simulated crash" in report.cause
+    assert report.cause == "simulated crash in the poll function"    # the message, no JSON, no trace
     assert jobs_by_name(report)["busy"]["state"] == "CANCELLED"
     assert report.invocations["ReleaseHeadNodeFunction"] == 1
     assert report.invocations["ClusterFunction"] == 2
@@ -398,3 +398,27 @@ def test_a_submit_that_dies_after_the_scheduler_accepted_the_job_is_retried_with
         listed = [line.split()[1] for line in head_node.run(["qacct", "-j", name]).stdout.splitlines()
                   if line.startswith("jobnumber")]
     assert listed == [job_id]
+
+
+@pytest.mark.parametrize("function, says", [
+    ("ReleaseHeadNodeFunction", "The jobs ran, but keeping their results or cleaning the head node failed: "
+                                "simulated: the artifacts bucket refused the upload"),
+    ("ClusterFunction", "The cluster may still exist: deleting it failed: "
+                        "simulated: the artifacts bucket refused the upload"),
+])
+def test_a_teardown_error_is_quoted_by_its_message_not_lambdas_json(function, says, local_cluster, write_config):
+    """Lambda hands a Catch its error as JSON with a stack trace; a cause quotes the message."""
+    from stepcluster.errors import ClusterError
+
+    config = write_config("sequential", {"job": "true"})
+
+    def teardown_fails(endpoint):
+        def fault(name, event):
+            if name == function and (name != "ClusterFunction" or event.get("action") == "delete"):
+                raise ClusterError("simulated: the artifacts bucket refused the upload")
+        endpoint.fault = fault
+
+    report = run_local(config, "teardown", cluster=local_cluster, on_start=teardown_fails)
+    assert report.status == "FAILED"
+    assert report.cause == says
+    assert "stackTrace" not in report.cause and "errorType" not in report.cause

@@ -79,6 +79,35 @@ def paths_to_the_end(states, start, *, catches=True):
 #: Tasks after which the run may have jobs on the scheduler (Submit Jobs may have submitted some
 #: before it failed), so a failure must cancel them and release the head node before deleting.
 JOBS_MAY_EXIST = ("Submit Jobs", "Poll Jobs")
+#: Where every way to "Run Failed" goes first: a function's error JSON becomes its message.
+READABLE_CAUSE = "Is The Cause A Function Error?"
+
+
+def test_every_failed_run_gets_a_readable_cause(states):
+    """Lambda hands a Catch the error as JSON with a stack trace; the run's cause is its message."""
+    def targets(state):
+        yield state.get("Next"), state.get("Default")
+        for branch in state.get("Choices", []) + state.get("Catch", []):
+            yield (branch["Next"],)
+
+    into = [n for n, s in states.items() if any("Run Failed" in t for t in targets(s))]
+    assert into == ["Is The Cause A Function Error?", "Keep Its Message"]
+    chain = states[READABLE_CAUSE]
+    assert chain["Choices"] == [{"Variable": "$.failure.Cause", "StringMatches": '{"errorMessage"*',
+                                 "Next": "Read The Function Error"}]
+    assert states["Read The Function Error"]["Parameters"] == {"error.$": "States.StringToJson($.failure.Cause)"}
+    assert states["Keep Its Message"]["Parameters"] == {"Error.$": "$.failure.Error",
+                                                        "Cause.$": "$.function_error.error.errorMessage"}
+    assert states["Keep Its Message"]["ResultPath"] == "$.failure"
+    # the errors of the teardown are read the same way before a cause quotes them
+    for path, label, target in (("release_error", "Release Error", "Was The Run Already Failing?"),
+                                ("delete_error", "Deletion Error", "Record Deletion Error")):
+        catches = [c for s in states.values() for c in s.get("Catch", []) if c["ResultPath"] == f"$.{path}"]
+        assert catches and {c["Next"] for c in catches} == {f"Is The {label} A Function Error?"}
+        assert states[f"Is The {label} A Function Error?"]["Default"] == target
+        keep = states[f"Keep The {label}'s Message"]
+        assert keep["Next"] == target and keep["ResultPath"] == f"$.{path}"
+        assert keep["Parameters"]["Cause.$"] == "$.function_error.error.errorMessage"
 
 
 def test_after_the_cluster_exists_every_failure_path_tears_down(states):
@@ -90,7 +119,8 @@ def test_after_the_cluster_exists_every_failure_path_tears_down(states):
         for catch in states[name]["Catch"]:
             if name == "Create Cluster" and catch["ErrorEquals"] != ["States.ALL"]:
                 # a bad input or a stale deployment: nothing was created
-                assert set(catch["ErrorEquals"]) == {"InputError", "PlanError"} and catch["Next"] == "Run Failed"
+                assert set(catch["ErrorEquals"]) == {"InputError", "PlanError"}
+                assert catch["Next"] == READABLE_CAUSE
                 continue
             paths = paths_to_the_end(states, catch["Next"])
             assert paths, name
@@ -111,7 +141,7 @@ def test_every_way_to_succeed_releases_the_head_node_and_deletes_the_cluster(sta
     for path in succeeding:
         assert "Cancel Jobs" not in path and path.index("Release Head Node") < path.index("Delete Cluster"), path
     for path in ends:   # and a failure after the cluster was asked for never skips the delete
-        if path[-1] != "Run Succeeded" and path[1:3] != ("Create Cluster", "Run Failed"):
+        if path[-1] != "Run Succeeded" and path[1:3] != ("Create Cluster", READABLE_CAUSE):
             assert "Delete Cluster" in path, " -> ".join(path)
 
 
@@ -121,7 +151,7 @@ def test_definition_size_does_not_depend_on_the_jobs():
     assert definition.placeholders(text) == {
         "ClusterFunctionArn", "PrepareHeadNodeFunctionArn", "SubmitJobsFunctionArn",
         "PollJobsFunctionArn", "CancelJobsFunctionArn", "ReleaseHeadNodeFunctionArn", "JobsPlanDigest"}
-    assert len(text.encode()) < 20_000
+    assert len(text.encode()) < 32_000      # (Step Functions takes up to 1 MiB; this is the same for any plan)
 
 
 def test_substitute_refuses_a_missing_value():

@@ -84,7 +84,8 @@ class LocalLambdaEndpoint:
                     result = endpoint.invoke(name, json.loads(body or b"null"))
                 except Exception as exc:  # reported to the state machine as Lambda does
                     log.info("%s raised %s: %s", name, type(exc).__name__, exc)
-                    return self._reply(200, {"errorType": type(exc).__name__, "errorMessage": str(exc),
+                    # in Lambda's order: errorMessage first (the definition reads it by that)
+                    return self._reply(200, {"errorMessage": str(exc), "errorType": type(exc).__name__,
                                              "stackTrace": traceback.format_tb(exc.__traceback__)},
                                        {"X-Amz-Function-Error": "Unhandled"})
                 self._reply(200, result)
