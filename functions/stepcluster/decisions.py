@@ -129,8 +129,18 @@ def observe(job: JobRecord, name: str, observation: JobObservation, *, scheduler
         # Ended without the wrapper recording it: killed, cancelled, node failure...
         return job.but(state=JobState.FAILED if category == Category.FAILED else JobState.CANCELLED,
                        scheduler_state=status.raw_state, exit_code=status.exit_code,
-                       signal=status.signal, ended=iso(now), reason=status.reason or None)
+                       signal=status.signal, ended=iso(now), reason=_ended_outside(category, status))
     return _missing_for(job, status, scheduler, now, limits)
+
+
+def _ended_outside(category: Category, status: JobStatus) -> str:
+    """Why a job ended that its wrapper did not see end: the wrapper itself was stopped (killed
+    by the scheduler, its node lost, cancelled by someone), so the scheduler's word is all
+    there is, and "JobLaunchFailure" alone would explain nothing."""
+    said = f"; the scheduler says: {status.reason}" if status.reason else ""
+    if category == Category.CANCELLED:
+        return f"cancelled outside this run before its script ended{said}"
+    return f"stopped outside its script (the wrapper recorded no exit code){said}"
 
 
 def _ended_by_wrapper(job: JobRecord, result: str) -> JobRecord:

@@ -90,9 +90,11 @@ def test_a_state_the_adapter_does_not_know_is_an_error_naming_it_never_a_guess()
                                              (Category.CANCELLED, JobState.CANCELLED)])
 def test_a_job_that_ended_without_its_wrapper_takes_the_schedulers_end(category, state):
     job = observe(st=status(category, "NODE_FAIL", exit_code=1, signal=9, reason="node lost"))
+    why = {JobState.FAILED: "stopped outside its script (the wrapper recorded no exit code)",
+           JobState.CANCELLED: "cancelled outside this run before its script ended"}[state]
     assert job == JobRecord(state=state, job_id="7", exit_code=1, signal=9, ended="2023-11-14T22:13:20Z",
-                            scheduler_state="NODE_FAIL", reason="node lost")
-    assert observe(st=status(category, "F", reason="")).reason is None
+                            scheduler_state="NODE_FAIL", reason=f"{why}; the scheduler says: node lost")
+    assert observe(st=status(category, "F", reason="")).reason == why
 
 
 def test_a_blocked_job_fails_when_its_time_is_up_not_a_second_before():
