@@ -422,3 +422,17 @@ def test_a_teardown_error_is_quoted_by_its_message_not_lambdas_json(function, sa
     assert report.status == "FAILED"
     assert report.cause == says
     assert "stackTrace" not in report.cause and "errorType" not in report.cause
+
+
+def test_run_local_takes_the_deployments_parameters(local_cluster, write_config, tmp_path, capsys):
+    """`--parameter-overrides` as `sam deploy` takes them: here the run's folder on the head node."""
+    from stepcluster import cli
+
+    config = write_config("sequential", {"where": 'echo "$STEPCLUSTER_JOB_DIR"'})
+    code = cli.main(["run-local", config, "--cluster-name", "params", "--json",
+                     "--artifacts-dir", str(tmp_path / "kept"),
+                     "--parameter-overrides", "RemoteWorkRoot=custom-runs/here", "ClusterPollSeconds=2"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0, report
+    [stdout] = (tmp_path / "kept").glob("*/where/stdout")
+    assert stdout.read_text().startswith("/home/hpc/custom-runs/here/")
