@@ -9,8 +9,8 @@
 #   down    stops what `up` started, by the pids in the daemons' pid files (never by name).
 #   status  exit 0 when every daemon answers.
 #   stop DAEMON / start DAEMON   one daemon of the DAEMONS table, by its pid file, for fault tests
-#           (a controller outage, a lost node): start knows slurmctld, slurmd and sge_qmaster, and
-#           waits until it answers.
+#           (a controller outage, a lost node): start knows slurmctld, slurmd, sge_qmaster and
+#           sge_execd, and waits until it answers.
 #
 # Rig folder: ${STEPCLUSTER_RIG:-/tmp/stepcluster-rig}
 #   ssh/host_ed25519[.pub]    the sshd host key (pin it: ssh/known_hosts is ready to use)
@@ -146,7 +146,8 @@ do_start_one() {
                  # ReturnToService=2 brings a node DOWN for not responding back when it registers
                  wait_for 300 check_slurm || die "slurm node not back: $(sinfo -h -N -o '%N %T %E' 2>&1)" ;;
     sge_qmaster) launch /usr/sbin/sge_qmaster; wait_for 300 check_sge || die "sge does not answer" ;;
-    *)           die "start knows slurmctld, slurmd and sge_qmaster, not $1 (use up)" ;;
+    sge_execd)   launch /usr/sbin/sge_execd; wait_for 300 check_sge || die "sge's queue does not come back" ;;
+    *)           die "start knows slurmctld, slurmd, sge_qmaster and sge_execd, not $1 (use up)" ;;
   esac
   lap "$1 started"
 }

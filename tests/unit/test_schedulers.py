@@ -97,9 +97,10 @@ def test_every_table_entry_goes_through_parse_status(scheduler, state):
     assert status.category == DOCUMENTED[scheduler][state]
     assert status.raw_state == state
     assert status.job_id == job_id
-    # a state word alone blocks only for Slurm's hold states; SGE and Torque need more (hold lists,
-    # Hold_Types), which this bare output does not give
-    assert (status.blocked is not None) == (scheduler == "slurm" and state in slurm_module.BLOCKED_STATES)
+    # a state word alone blocks only for Slurm's hold states and Grid Engine's stuck transfers;
+    # other holds need more (hold lists, Hold_Types), which this bare output does not give
+    assert (status.blocked is not None) == ((scheduler == "slurm" and state in slurm_module.BLOCKED_STATES)
+                                            or (scheduler == "sge" and state in ("t", "Rt")))
 
 
 @pytest.mark.parametrize("scheduler", ADAPTERS)
@@ -1326,3 +1327,17 @@ def test_every_blocked_word_is_the_documented_one():
     assert "H" in Torque.STATES and Torque.STATES["H"] == Category.QUEUED
     assert {s: c for s, c in SGE.STATES.items() if s.startswith("h")} == {
         "hqw": Category.QUEUED, "hRwq": Category.QUEUED, "hr": Category.RUNNING}   # held while running: runs on
+
+
+def test_sge_a_job_stuck_transferring_is_blocked():
+    """Recorded on the rig with sge_execd stopped: the job stays `t` for ever. It is still a
+    running job, but one that cannot go on by itself: blocked, so the run fails after
+    BlockedJobTimeoutSeconds instead of polling it for ever."""
+    jobs, statuses = status_of("sge", "status_transferring_stuck")
+    stuck = statuses[jobs["stuck"]]
+    assert (stuck.category, stuck.raw_state) == (Category.RUNNING, "t")
+    assert stuck.blocked == ("transferring (t) to an execution host that has not started it "
+                             "(is its sge_execd down?)")
+    for state, blocked in (("r", False), ("Rt", True), ("ts", False), ("Rr", False)):
+        out, job_id = one_job_output("sge", state)
+        assert (SGE().parse_status(out, [job_id])[job_id].blocked is not None) is blocked, state

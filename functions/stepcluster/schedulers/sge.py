@@ -75,6 +75,10 @@ STATES: dict[str, Category] = {
 # hold" (qhold, qalter -h, qsub -h). Not blocking: hj (-hold_jid predecessors), hd (array
 # dependency), ha (qsub -a start time): they end by themselves.
 BLOCKING_HOLDS: dict[str, str] = {"hu": "user", "ho": "operator", "hs": "system"}
+#: A job left in `t` (transferring) has been sent to an execution host that never took it
+#: (rig: sge_execd stopped, the job stays `t` and qstat -f shows its queue `au` once the load
+#: reports stop). A transfer takes a second; the blocked timeout is far longer.
+STUCK_TRANSFERRING = "transferring (t) to an execution host that has not started it (is its sge_execd down?)"
 
 # "scheduling info" lines of `qstat -j` (text: source/libs/sched/msg_schedd.h of Son of Grid
 # Engine) that mean a job can NEVER be dispatched to the queue/host the line is about, whatever
@@ -225,6 +229,10 @@ class SGE(Scheduler):
                     lines = scheduling.get(job_id, [])
                     reason = "; ".join(lines) or None
                     blocked = blocked_reason(job_id, state, lines, holds)
+                elif state in ("t", "Rt"):
+                    # sent to its host, never started there (its sge_execd is down): counts as
+                    # blocked, so it fails after BlockedJobTimeoutSeconds instead of for ever
+                    blocked = STUCK_TRANSFERRING
                 found[job_id] = JobStatus(job_id, category, state, reason=reason, blocked=blocked)
         return {i: found.get(i) or JobStatus(i, Category.MISSING, "") for i in wanted}
 
