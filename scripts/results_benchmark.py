@@ -12,15 +12,14 @@ objects kept and the summary. A figure, not a test: nothing here asserts a time.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "functions"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import boto3  # noqa: E402
 from moto import mock_aws  # noqa: E402
@@ -28,17 +27,7 @@ from moto import mock_aws  # noqa: E402
 from stepcluster import results  # noqa: E402
 from stepcluster.record import Run  # noqa: E402
 
-
-class LocalStream:
-    @contextlib.contextmanager
-    def stream_script(self, script, *, timeout=600):
-        process = subprocess.Popen(["bash", "-s"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        process.stdin.write(script.encode())
-        process.stdin.close()
-        try:
-            yield process.stdout
-        finally:
-            assert process.wait(timeout=timeout) == 0
+from functional.test_results import LocalStream  # noqa: E402  the head node as a local bash
 
 
 def main(files: int, size: int) -> None:
