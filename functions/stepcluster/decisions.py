@@ -314,7 +314,7 @@ def found_on_head_node(found: Mapping[str, tuple[str | None, str]], *, now: int)
     cancelled by the cleanup."""
     jobs = {}
     for name, (job_id, result) in found.items():
-        job = JobRecord(state=JobState.RUNNING, job_id=job_id)
+        job = JobRecord(job_id=job_id)          # its state: from the result, or CANCELLED
         if result:
             jobs[name] = _ended_by_wrapper(job, result)
         else:

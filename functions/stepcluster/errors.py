@@ -53,6 +53,11 @@ class SchedulerError(StepclusterError):
         super().__init__(message)
 
 
+class SchedulerUnavailable(SchedulerError):
+    """The scheduler did not answer (its controller down or restarting): the definition retries
+    the task with back-off for several minutes instead of failing the run."""
+
+
 class StagingError(StepclusterError):
     """A job's files could not be staged on the head node (missing handler, S3 error...)."""
 

@@ -14,7 +14,7 @@ import time
 
 from stepcluster import adoption, decisions, jobscripts, logs, results, staging
 from stepcluster.decisions import JobObservation, Limits
-from stepcluster.errors import HeadNodeError, SchedulerError, StagingError
+from stepcluster.errors import HeadNodeError, SchedulerError, SchedulerUnavailable, StagingError
 from stepcluster.record import ClusterRecord, Run
 from stepcluster.schedulers import Category, CommandOutput, JobStatus, Scheduler, get_scheduler
 from stepcluster.wiring import Wiring
@@ -95,6 +95,13 @@ class HeadNodeWork:
             if record.tag != "submit":
                 continue
             name, out = record.fields[0], jobscripts.command_output(record, 1)
+            if scheduler.unavailable(out):
+                # an outage, not a refusal: the definition retries Submit Jobs (and Poll Jobs,
+                # which submits the next sequential job) with back-off for several minutes
+                raise SchedulerUnavailable(
+                    f"{scheduler.name} did not answer when job {name!r} was submitted: "
+                    f"{(out.stderr.strip() or out.stdout.strip())[:500]}",
+                    scheduler=scheduler.name, output=out)
             if out.exit_code != 0:
                 return decisions.failed_before_submit(
                     run, name, f"{scheduler.name} refused the job (exit {out.exit_code}): "

@@ -89,3 +89,31 @@ def test_a_job_whose_node_is_lost_fails_the_run_within_the_blocked_timeout(local
     assert "did not within 5 s" in report.cause
     job_id = report.jobs[0]["job_id"]
     assert scheduler_view(head_node, "slurm", [job_id])[job_id].category not in (Category.QUEUED, Category.RUNNING)
+
+
+@pytest.mark.parametrize("scheduler, daemon", [("slurm", "slurmctld"), ("sge", "sge_qmaster")])
+def test_a_submit_during_a_controller_outage_is_retried_until_it_is_back(scheduler, daemon, local_cluster, write_config):
+    """The controller stops just before Submit Jobs and starts again 20 s later: sbatch/qsub say
+    they cannot reach it, the definition retries, the job is submitted once and succeeds."""
+    restarted = threading.Event()
+
+    def stop_before_submitting(endpoint):
+        stopped = []
+
+        def fault(name, event):
+            if name == "SubmitJobsFunction" and not stopped:
+                stopped.append(True)
+                rig("stop", daemon)
+                threading.Timer(20, lambda: (rig("start", daemon), restarted.set())).start()
+        endpoint.fault = fault
+
+    config = write_config("sequential", {"late": "echo ran"}, wait_time=1)
+    try:
+        report = runner.run_local(config, f"submit-outage-{scheduler}", scheduler=scheduler,
+                                  cluster=local_cluster, on_start=stop_before_submitting, timeout=300)
+    finally:
+        restarted.wait(60)
+        rig("start", daemon)
+    assert report.status == "SUCCEEDED", report.cause
+    assert report.jobs[0]["state"] == "SUCCEEDED"
+    assert report.invocations["SubmitJobsFunction"] >= 2          # refused while down, then retried

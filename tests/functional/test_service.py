@@ -2,6 +2,7 @@
 scheduler whose answers the test writes: the poll's rules one by one."""
 
 import dataclasses
+import re
 import subprocess
 from pathlib import Path
 
@@ -23,6 +24,7 @@ class FakeScheduler(Scheduler):
     """Answers from a file the test writes: one `ID STATE [EXIT]` line per job it knows."""
 
     name = "fake"
+    UNAVAILABLE = re.compile("controller down")
     STATES = {"Q": Category.QUEUED, "R": Category.RUNNING, "OK": Category.SUCCEEDED,
               "BAD": Category.FAILED, "GONE": Category.CANCELLED}
 
@@ -33,14 +35,17 @@ class FakeScheduler(Scheduler):
         self.submitted = folder / "submitted.txt"   # one line per submission: its name
         self.known = folder / "known.txt"           # "ID NAME": what it would list by name
         self.known.write_text("")
+        self.down = folder / "down"                 # exists: the controller does not answer
 
     def probe_argv(self):
         return ["true"]
 
     def submit_argv(self, script, *, job_name, workdir, stdout, stderr):
-        # id-JOB for a job's first submission, id-JOB-N for its N-th: a second submission shows
+        # id-JOB for a job's first submission, id-JOB-N for its N-th: a second submission shows;
+        # while the test has made `down` exist, the "controller" does not answer
         short = job_name.rsplit("-", 1)[0]
-        return ["bash", "-c", 'echo "$2" >> "$1"; c=$(grep -cx -- "$2" "$1"); id="id-$3"; '
+        return ["bash", "-c", f'[ -e {self.down} ] && {{ echo "fake: controller down" >&2; exit 1; }}; '
+                'echo "$2" >> "$1"; c=$(grep -cx -- "$2" "$1"); id="id-$3"; '
                 '[ "$c" = 1 ] || id="$id-$c"; echo "$id $2" >> "$4"; echo "$id"',
                 "submit", str(self.submitted), job_name, short, str(self.known)]
 
@@ -515,3 +520,19 @@ def test_a_scheduler_silent_past_its_limit_fails_the_run_saying_so(world, monkey
     assert run["phase"] == "FAILED" and run["failure"]["Error"] == "SchedulerUnavailable"
     assert run["failure"]["Cause"].startswith("fake has not answered for 900 s (the limit is 900 s): ")
     assert "No such file" in run["failure"]["Cause"]
+
+
+def test_a_submit_while_the_controller_is_down_is_an_outage_to_retry_not_a_failed_job(world):
+    """sbatch "Unable to contact slurm controller": SchedulerUnavailable, which the definition
+    retries for about 13 minutes; the retry submits once the controller is back, once."""
+    svc, scheduler, run = world()
+    scheduler.down.write_text("")
+    with pytest.raises(SchedulerError) as err:
+        svc.submit_jobs(run)
+    assert type(err.value).__name__ == "SchedulerUnavailable"
+    assert "fake did not answer when job 'a' was submitted: fake: controller down" in str(err.value)
+    assert err.value.output.exit_code == 1
+    scheduler.down.unlink()
+    retried = svc.submit_jobs(run)                     # the Retry: the same input
+    assert retried["phase"] == "RUNNING" and retried["jobs"]["a"]["job_id"] == "id-a"
+    assert len(scheduler.submissions()) == 1              # the refused attempt submitted nothing

@@ -1341,3 +1341,24 @@ def test_sge_a_job_stuck_transferring_is_blocked():
     for state, blocked in (("r", False), ("Rt", True), ("ts", False), ("Rr", False)):
         out, job_id = one_job_output("sge", state)
         assert (SGE().parse_status(out, [job_id])[job_id].blocked is not None) is blocked, state
+
+
+@pytest.mark.parametrize("scheduler, name, unavailable", [
+    ("slurm", "submit_controller_down", True), ("slurm", "status_controller_down", True),
+    ("slurm", "accounting_controller_down", True),
+    ("sge", "submit_qmaster_down", True), ("sge", "status_qmaster_down", True),
+    ("sge", "cancel_qmaster_down", True), ("sge", "accounting_qmaster_down", False),
+    ("sge", "submit_unknown_queue", False), ("sge", "submit_unknown_pe", False),
+    ("slurm", "submit", False), ("sge", "submit", False),
+])
+def test_a_controller_that_does_not_answer_is_told_from_a_refusal(scheduler, name, unavailable):
+    """Recorded on the rig with slurmctld / sge_qmaster stopped: an outage the run rides out,
+    where a refusal (an unknown queue) fails the job at once."""
+    _, out = load(scheduler, name)
+    assert ADAPTERS[scheduler].unavailable(out) is unavailable
+    assert not ADAPTERS[scheduler].unavailable(CommandOutput(out.stdout, out.stderr, 0))   # it answered
+
+
+def test_torque_says_it_cannot_connect_to_its_server():
+    down = CommandOutput("", "qsub: cannot connect to server head (errno=111) Connection refused\n", 111)
+    assert Torque().unavailable(down) and not Torque().unavailable(CommandOutput("", "qsub: Unknown queue\n", 1))

@@ -90,6 +90,15 @@ class Scheduler(abc.ABC):
         The job runs in `workdir` with its stdout/stderr going to the given paths (absolute).
         """
 
+    #: What the scheduler's commands print when its controller does not answer (data, per
+    #: adapter, from its own messages): such a failure is an outage, not a refusal.
+    UNAVAILABLE: re.Pattern | None = None
+
+    def unavailable(self, out: CommandOutput) -> bool:
+        """True when a failed command says the scheduler itself could not be reached."""
+        return out.exit_code != 0 and self.UNAVAILABLE is not None and bool(
+            self.UNAVAILABLE.search(out.stderr) or self.UNAVAILABLE.search(out.stdout))
+
     @abc.abstractmethod
     def parse_submit(self, out: CommandOutput) -> str:
         """The job id from the submit command's output; SchedulerError if none."""

@@ -150,6 +150,10 @@ def _ids(job_ids: Sequence[str]) -> list[str]:
 class SGE(Scheduler):
     name = "sge"
     STATES = STATES
+    # rig, sge_qmaster stopped: "error: commlib error: got select error (Connection refused)" and
+    # "unable to send message to qmaster using port 6444 on host ...: got send error"
+    UNAVAILABLE = re.compile(r"unable to (?:send message to|contact) qmaster|commlib error: (?:got select error|can't connect)",
+                             re.IGNORECASE)
 
     def probe_argv(self) -> list[str]:
         # asks sge_qmaster (exit 1 when unreachable) and lists the cluster queues: cheap

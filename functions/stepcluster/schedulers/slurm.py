@@ -233,6 +233,11 @@ def _ids(job_ids: Sequence[str]) -> list[str]:
 class Slurm(Scheduler):
     name = "slurm"
     STATES = STATES
+    # rig, slurmctld stopped: "sbatch: error: Batch job submission failed: Unable to contact slurm
+    # controller (connect failure)"; squeue: "slurm_load_jobs error: Unable to contact slurm
+    # controller"; the others are slurm_strerror()'s words for a controller that does not answer
+    UNAVAILABLE = re.compile(r"Unable to contact slurm controller|Socket timed out on send/recv operation"
+                             r"|Slurm temporarily unable to accept job")
 
     def probe_argv(self) -> list[str]:
         # sinfo asks slurmctld: exits 1 when it cannot be reached

@@ -142,6 +142,8 @@ def blocked_reason(state: str, attrs: dict[str, str]) -> str | None:
 class Torque(Scheduler):
     name = "torque"
     STATES = STATES
+    # qsub(1B)/qstat(1B): "cannot connect to server HOST (errno=111) Connection refused"
+    UNAVAILABLE = re.compile(r"cannot connect to server")
 
     def probe_argv(self) -> list[str]:
         return ["qstat", "-B"]   # the server's status: fails when pbs_server does not answer
