@@ -211,6 +211,9 @@ class HeadNodeWork:
                 try:
                     statuses = scheduler.parse_status(answer, ids)
                 except SchedulerError:
+                    # Any failing status command, not only the adapter's UNAVAILABLE words: a
+                    # status query is never the job's fault, and the outage is bounded (15 min),
+                    # where an outage message the table lacks would fail healthy jobs at once.
                     if answer.exit_code == 0:
                         raise                       # it answered, with something unreadable
                     log.warning("%s did not answer (exit %s): %s", scheduler.name, answer.exit_code,
@@ -271,33 +274,34 @@ class HeadNodeWork:
         """
         if run.cluster is None or not run.run_dir or not run.cluster.ready:
             return run
+        with self.connect(run) as ssh:
+            return self._release(ssh, run)
+
+    def _release(self, ssh, run: Run) -> Run:
         run = run.copy()
         bucket = self.wiring.settings.artifacts_bucket
-        with self.connect(run) as ssh:
-            self._cancel_leftovers(ssh, run)
-            if bucket:
-                run.results = results.collect(ssh, run, bucket, s3_client=self.wiring.s3)
-            ssh.run(["rm", "-rf", "--", run.run_dir])
+        self._cancel_leftovers(ssh, run)
+        if bucket:
+            run.results = results.collect(ssh, run, bucket, s3_client=self.wiring.s3)
+        ssh.run(["rm", "-rf", "--", run.run_dir])
         run.cluster.run_dir_removed = True
         return run
 
     def release_existing(self, execution: str) -> str | None:
         """After an abort on an existing head node: find the execution's folder, cancel its jobs,
-        keep what they wrote, remove it. The folder's path, or None if there was none."""
+        keep what they wrote, remove it (one connection). The folder's path, or None if there
+        was none."""
         node = self.wiring.backend.head_node({})
-        run = Run(execution=execution,
+        run = Run(execution=execution, order="parallel",
                   cluster=ClusterRecord("READY", head_node={"scheduler": node.scheduler}))
         with self.connect(run) as ssh:
             found = ssh.run_script(jobscripts.find_run_script(self.wiring.settings.remote_root, execution))
-            run_dir = next((" ".join(r.fields) for r in jobscripts.parse_records(found.stdout)
-                            if r.tag == "run_dir"), None)
-        if run_dir is not None:
-            run.cluster.run_dir = run_dir
-            with self.connect(run) as ssh:
+            run.cluster.run_dir = next((" ".join(r.fields) for r in jobscripts.parse_records(found.stdout)
+                                        if r.tag == "run_dir"), None)
+            if run.run_dir is not None:
                 run.jobs = decisions.found_on_head_node(self._jobs_in_folder(ssh, run), now=_now())
-            run.order = "parallel"
-            self.release_head_node(run)
-        return run_dir
+                self._release(ssh, run)
+        return run.run_dir
 
     def _jobs_in_folder(self, ssh, run: Run) -> dict[str, tuple[str | None, str]]:
         """{name: (scheduler id or None, result line)} of every job the run's folder shows as

@@ -28,6 +28,8 @@ import shlex
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
+from stepcluster.schedulers.base import CommandOutput
+
 q = shlex.quote
 
 
@@ -261,10 +263,8 @@ def unb64(text: str) -> str:
     return base64.b64decode(text or "").decode(errors="replace")
 
 
-def command_output(record: Record, first: int):
+def command_output(record: Record, first: int) -> CommandOutput:
     """The answer of a command a script ran, from its record: exit code at field `first`, then
     stdout and stderr in base64 (the `@@cmd`, `@@submit` and `@@status` records)."""
-    from stepcluster.schedulers import CommandOutput
-
     f = record.fields
     return CommandOutput(unb64(f[first + 1]), unb64(f[first + 2]), int(f[first]))
