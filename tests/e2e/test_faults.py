@@ -17,31 +17,39 @@ def rig(*args: str) -> None:
     subprocess.run([str(RIG), *args], check=True, capture_output=True, timeout=120)
 
 
-@pytest.mark.parametrize("scheduler, daemon, outage", [("slurm", "slurmctld", 60), ("sge", "sge_qmaster", 30)])
+def at_first_call(function: str, action):
+    """on_start hook: run `action(event)` when the state machine first calls `function`."""
+    def hook(endpoint):
+        done = []
+
+        def fault(name, event):
+            if name == function and not done:
+                done.append(True)
+                action(event)
+        endpoint.fault = fault
+    return hook
+
+
+@pytest.mark.parametrize("scheduler, daemon, seconds", [("slurm", "slurmctld", 60), ("sge", "sge_qmaster", 30)])
 def test_a_controller_outage_mid_run_is_waited_out_and_the_jobs_succeed(
-        scheduler, daemon, outage, local_cluster, write_config):
-    """The controller stops when the first poll comes and starts again `outage` seconds later:
+        scheduler, daemon, seconds, local_cluster, write_config):
+    """The controller stops when the first poll comes and starts again `seconds` later:
     one job ends while it is down (its result file is seen anyway), one outlives the outage.
     Before, the first failing squeue/qstat failed the run and cancelled both healthy jobs."""
     lines, restarted = [], threading.Event()
 
-    def stop_at_first_poll(endpoint):
-        stopped = []
+    def outage(event):
+        rig("stop", daemon)
+        threading.Timer(seconds, lambda: (rig("start", daemon), restarted.set())).start()
 
-        def fault(name, event):
-            if name == "PollJobsFunction" and not stopped:
-                stopped.append(True)
-                rig("stop", daemon)
-                threading.Timer(outage, lambda: (rig("start", daemon), restarted.set())).start()
-        endpoint.fault = fault
-
-    config = write_config("parallel", {"short": f"sleep {outage // 3}", "long": f"sleep {outage + 15}"},
+    config = write_config("parallel", {"short": f"sleep {seconds // 3}", "long": f"sleep {seconds + 15}"},
                           wait_time=2)
     try:
         report = runner.run_local(config, f"outage-{scheduler}", scheduler=scheduler, cluster=local_cluster,
-                                  on_start=stop_at_first_poll, progress=lines.append, timeout=outage + 240)
+                                  on_start=at_first_call("PollJobsFunction", outage), progress=lines.append,
+                                  timeout=seconds + 240)
     finally:
-        restarted.wait(outage + 30)
+        restarted.wait(seconds + 30)
         rig("start", daemon)                    # whatever happened: the rig is whole again
     assert report.status == "SUCCEEDED", report.cause
     assert {job["name"]: (job["state"], job["exit_code"]) for job in report.jobs} == {
@@ -67,20 +75,17 @@ def test_a_job_whose_node_is_lost_fails_the_run_within_the_blocked_timeout(local
     def node_down(connection):
         return "down" in connection.run(["sinfo", "-h", "-n", "localhost", "-o", "%T"]).stdout
 
-    def lose_the_node_before_submitting(endpoint):
-        def fault(name, event):
-            if name == "SubmitJobsFunction" and not node_down(head_node):
-                rig("stop", "slurmd")
-                deadline = time.monotonic() + 90
-                while not node_down(head_node):
-                    assert time.monotonic() < deadline, "the node did not go DOWN"
-                    time.sleep(1)
-        endpoint.fault = fault
+    def lose_the_node(event):
+        rig("stop", "slurmd")
+        deadline = time.monotonic() + 90
+        while not node_down(head_node):
+            assert time.monotonic() < deadline, "the node did not go DOWN"
+            time.sleep(1)
 
     config = write_config("sequential", {"stranded": "true"}, wait_time=2)
     try:
         report = runner.run_local(config, "node-lost", scheduler="slurm", cluster=local_cluster,
-                                  on_start=lose_the_node_before_submitting, timeout=240,
+                                  on_start=at_first_call("SubmitJobsFunction", lose_the_node), timeout=240,
                                   settings_overrides={"blocked_job_timeout_seconds": 5})
     finally:
         rig("start", "slurmd")
@@ -97,20 +102,14 @@ def test_a_submit_during_a_controller_outage_is_retried_until_it_is_back(schedul
     they cannot reach it, the definition retries, the job is submitted once and succeeds."""
     restarted = threading.Event()
 
-    def stop_before_submitting(endpoint):
-        stopped = []
-
-        def fault(name, event):
-            if name == "SubmitJobsFunction" and not stopped:
-                stopped.append(True)
-                rig("stop", daemon)
-                threading.Timer(20, lambda: (rig("start", daemon), restarted.set())).start()
-        endpoint.fault = fault
+    def outage(event):
+        rig("stop", daemon)
+        threading.Timer(20, lambda: (rig("start", daemon), restarted.set())).start()
 
     config = write_config("sequential", {"late": "echo ran"}, wait_time=1)
     try:
         report = runner.run_local(config, f"submit-outage-{scheduler}", scheduler=scheduler,
-                                  cluster=local_cluster, on_start=stop_before_submitting, timeout=300)
+                                  cluster=local_cluster, on_start=at_first_call("SubmitJobsFunction", outage), timeout=300)
     finally:
         restarted.wait(60)
         rig("start", daemon)
