@@ -147,7 +147,8 @@ do_start_one() {
                  wait_for 300 check_slurm || die "slurm node not back: $(sinfo -h -N -o '%N %T %E' 2>&1)" ;;
     sge_qmaster) launch /usr/sbin/sge_qmaster; wait_for 300 check_sge || die "sge does not answer" ;;
     sge_execd)   launch /usr/sbin/sge_execd; wait_for 300 check_sge || die "sge's queue does not come back" ;;
-    *)           die "start knows slurmctld, slurmd, sge_qmaster and sge_execd, not $1 (use up)" ;;
+    sshd)        start_sshd ;;
+    *)           die "start knows slurmctld, slurmd, sge_qmaster, sge_execd and sshd, not $1 (use up)" ;;
   esac
   lap "$1 started"
 }

@@ -212,6 +212,11 @@ def apply_round(run: Run, observations: Mapping[str, JobObservation], *, schedul
     return run, changed
 
 
+def ended_jobs(run: Run, names: Sequence[str]) -> list[str]:
+    """Of `names`, the submitted jobs that have ended (their results are kept now)."""
+    return [n for n in names if run.jobs[n].state.ended and run.jobs[n].job_id]
+
+
 def failed_jobs(run: Run, names: Sequence[str]) -> list[str]:
     """Of `names`, the jobs that ended badly (their stderr tails go into the cause)."""
     return [n for n in names if run.jobs[n].state in (JobState.FAILED, JobState.CANCELLED)]
@@ -297,14 +302,83 @@ def failed_before_submit(run: Run, name: str, why: str, *, now: int) -> Run:
     return run
 
 
-def cancelled(run: Run, leftovers: Sequence[str], *, now: int) -> Run:
+@dataclass(frozen=True)
+class Cancellation:
+    """What cancelling a run's leftover jobs came to: {name: scheduler id} of the jobs the
+    scheduler confirmed ended, and of those it did not (what it said; `silent` when it did not
+    answer at all: an outage, worth waiting out)."""
+
+    confirmed: Mapping[str, str]
+    unconfirmed: Mapping[str, str]
+    said: str = ""
+    silent: bool = False
+
+
+def still_running(status: JobStatus | None) -> bool:
+    """After a cancel: the scheduler still shows the job queued or running (Slurm's COMPLETING
+    among them). Cancelled, ended or unknown to it (gone) is confirmed; Grid Engine's `d` states
+    count as cancelled (a job being deleted cannot run on, even on a lost execution host)."""
+    return status is not None and status.category in (Category.QUEUED, Category.RUNNING)
+
+
+def cancelled(run: Run, confirmed: Sequence[str], unconfirmed: Mapping[str, str] | None = None, *,
+              said: str = "", now: int) -> Run:
     """The record after Cancel Jobs: every active job, and every job found submitted on the head
-    node though the record never saw its id (an attempt died reporting it), is CANCELLED."""
+    node though the record never saw its id (an attempt died reporting it), is CANCELLED,
+    except those whose cancel the scheduler did not confirm: they stay as they were, with the
+    reason, for Release Head Node to cancel again and report."""
     run = run.copy()
+    unconfirmed = unconfirmed or {}
     for name, job in run.jobs.items():
-        if job.state.active or (job.state == JobState.NOT_STARTED and name in leftovers):
+        if name in unconfirmed:
+            run.jobs[name] = job.but(state=job.state if job.state.active else JobState.PENDING,
+                                     job_id=job.job_id or unconfirmed[name],
+                                     reason=f"its cancel was not confirmed ({said or 'no answer'})")
+        elif job.state.active or (job.state == JobState.NOT_STARTED and name in confirmed):
             run.jobs[name] = job.but(state=JobState.CANCELLED, ended=iso(now))
     return run
+
+
+def release_note(run: Run, *, scheduler: str, unreachable: str | None = None,
+                 unconfirmed: Mapping[str, str] | None = None, said: str = "",
+                 cluster_deleted: bool) -> str | None:
+    """What Release Head Node could not do, as the sentences the definition adds to the run's
+    cause (None when it did everything): the head node unreachable, results not kept, jobs that
+    may still be running and where."""
+    parts = []
+    if unreachable:
+        parts.append(f"The head node could not be reached to keep the last results and clean up: {unreachable}.")
+    started = [n for n, j in run.jobs.items() if j.job_id]
+    # (a job that never started has nothing to keep; one in flight may have started since)
+    lost = [n for n in started if not run.jobs[n].kept and (run.jobs[n].started or run.jobs[n].state.active)]
+    summary = run.results or {}
+    if unreachable and lost:
+        kept = [n for n in started if run.jobs[n].kept]
+        where = f" (kept under {summary['prefix']})" if kept and summary.get("prefix") else ""
+        parts.append(f"Not kept: the results of {_names(lost)}; kept: those of {_names(kept) if kept else 'no job'}{where}.")
+    if summary.get("not_kept_count"):
+        parts.append(f"{summary['not_kept_count']} result files of {_names(list(summary.get('not_kept') or []))} "
+                     f"could not be kept (listed in {summary.get('manifest')}).")
+    running = dict(unconfirmed or {})
+    if unreachable:
+        running.update({n: j.job_id for n, j in run.jobs.items() if j.state.active and j.job_id})
+    if running:
+        jobs = ", ".join(f"{n!r} ({scheduler} job {i})" for n, i in sorted(running.items()))
+        why = f"{scheduler} did not confirm their cancel ({said or 'no answer'})" if not unreachable else \
+            "they were not cancelled"
+        if cluster_deleted:
+            parts.append(f"Jobs {jobs} may have been running until the cluster was deleted: {why}.")
+        else:
+            parts.append(f"Jobs {jobs} may still be running on the head node: {why}; the run's folder "
+                         f"{run.run_dir} is kept until they are gone (`stepcluster cleanup {run.execution}` "
+                         "cancels them and removes it).")
+    return " ".join(parts) or None
+
+
+def _names(names: Sequence[str], most: int = 10) -> str:
+    shown = ", ".join(repr(n) for n in names[:most])
+    return f"jobs {shown}" + (f" and {len(names) - most} more" if len(names) > most else "") \
+        if len(names) != 1 else f"job {shown}"
 
 
 def found_on_head_node(found: Mapping[str, tuple[str | None, str]], *, now: int) -> dict[str, JobRecord]:

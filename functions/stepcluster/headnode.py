@@ -14,7 +14,8 @@ import time
 
 from stepcluster import adoption, decisions, jobscripts, logs, results, staging
 from stepcluster.decisions import JobObservation, Limits
-from stepcluster.errors import HeadNodeError, SchedulerError, SchedulerUnavailable, StagingError
+from stepcluster.errors import (HeadNodeError, SchedulerError, SchedulerUnavailable, StagingError,
+                               TransientSSHError)
 from stepcluster.record import ClusterRecord, Run
 from stepcluster.schedulers import Category, CommandOutput, JobStatus, Scheduler, get_scheduler
 from stepcluster.wiring import Wiring
@@ -22,6 +23,13 @@ from stepcluster.wiring import Wiring
 log = logs.logger(__name__)
 
 STDERR_TAIL_BYTES = 2000
+#: Seconds before each look at whether the cancelled jobs have ended (Slurm shows a running job
+#: COMPLETING for a moment after scancel; Grid Engine shows `dr` at once); the jobs still shown
+#: queued or running are cancelled again before the next look.
+CANCEL_CHECK_PAUSES = (0, 1, 3)
+#: Release Head Node tries to connect again after these pauses before it reports the head node
+#: unreachable (and returns, so that the cluster is still deleted and the cause says what is left).
+RELEASE_CONNECT_PAUSES = (5, 15)
 
 
 def _now() -> int:
@@ -188,7 +196,26 @@ class HeadNodeWork:
                 # Sequential: the next job goes out in this round, on this connection (saves a
                 # Submit Jobs state, a Lambda call and an SSH connection per job).
                 run = self._submit(run, ssh)
+            ended = decisions.ended_jobs(run, changed)
+            if ended:
+                run = self._keep(ssh, run, ended)
         return run
+
+    def _keep(self, ssh, run: Run, names: list[str]) -> Run:
+        """Keep the results of the jobs that ended in this round, now: whatever happens to the
+        run, the head node or the execution later, they are in the bucket. (After the next
+        submission: the next job runs meanwhile.)"""
+        bucket = self.wiring.settings.artifacts_bucket
+        if not bucket:
+            return run
+        kept = run.copy()
+        try:
+            results.collect(ssh, kept, bucket, names=names, s3_client=self.wiring.s3)
+        except Exception as exc:  # noqa: BLE001 - a head start: Release Head Node keeps what this missed
+            log.warning("could not keep the results of jobs %s yet (Release Head Node will try): %s: %s",
+                        names, type(exc).__name__, exc)
+            return run
+        return kept
 
     def _observe(self, ssh, scheduler: Scheduler, run: Run) -> tuple[dict[str, JobObservation], str | None]:
         """What the head node shows of each active job: its wrapper's files and the scheduler's
@@ -262,8 +289,15 @@ class HeadNodeWork:
         if run.cluster is None or not run.run_dir or not run.cluster.ready:
             return run
         with self.connect(run) as ssh:
-            leftovers = self._cancel_leftovers(ssh, run)
-        return decisions.cancelled(run, leftovers, now=_now())
+            cancel = self._cancel_leftovers(ssh, run)
+        if cancel.unconfirmed and cancel.silent:
+            # The controller is down: the definition retries Cancel Jobs for about 13 minutes
+            # (what is not cancelled by then, Release Head Node tries again and reports).
+            raise SchedulerUnavailable(
+                f"{self.scheduler(run).name} did not answer when jobs "
+                f"{', '.join(sorted(cancel.unconfirmed))} were cancelled: {cancel.said}",
+                scheduler=self.scheduler(run).name, job_ids=sorted(cancel.unconfirmed.values()))
+        return decisions.cancelled(run, cancel.confirmed, cancel.unconfirmed, said=cancel.said, now=_now())
 
     def release_head_node(self, run: Run) -> Run:
         """Keep the results, then leave the head node as the run found it.
@@ -275,16 +309,52 @@ class HeadNodeWork:
         if run.cluster is None or not run.run_dir or not run.cluster.ready:
             return run
         with self.connect(run) as ssh:
+            unreachable = self._connect_for_release(ssh)
+            if unreachable:
+                return self._unreachable(run, unreachable)
             return self._release(ssh, run)
+
+    def _connect_for_release(self, ssh) -> str | None:
+        """Connect, trying again after RELEASE_CONNECT_PAUSES; None, or why it could not."""
+        for pause in (*RELEASE_CONNECT_PAUSES, None):
+            try:
+                ssh.connect()
+                return None
+            except TransientSSHError as exc:
+                if pause is None:
+                    return str(exc)
+                log.warning("%s: trying again in %s s", exc, pause)
+                time.sleep(pause)
+
+    def _unreachable(self, run: Run, why: str) -> Run:
+        """The head node is gone (sshd down, instance lost): what each round kept stays kept;
+        the manifest and the cause say what was not, and what may still be running."""
+        run = run.copy()
+        bucket = self.wiring.settings.artifacts_bucket
+        if bucket:
+            results.write_summary(self.wiring.s3, bucket, run)
+        run.release_note = decisions.release_note(
+            run, scheduler=self.scheduler(run).name, unreachable=why,
+            cluster_deleted=self._cluster_deleted_next(run))
+        return run
+
+    def _cluster_deleted_next(self, run: Run) -> bool:
+        return self.wiring.backend.creates_clusters and not run.keep_cluster
 
     def _release(self, ssh, run: Run) -> Run:
         run = run.copy()
         bucket = self.wiring.settings.artifacts_bucket
-        self._cancel_leftovers(ssh, run)
+        cancel = self._cancel_leftovers(ssh, run)
         if bucket:
-            run.results = results.collect(ssh, run, bucket, s3_client=self.wiring.s3)
-        ssh.run(["rm", "-rf", "--", run.run_dir])
-        run.cluster.run_dir_removed = True
+            results.collect(ssh, run, bucket, s3_client=self.wiring.s3)
+        if cancel.unconfirmed:
+            log.warning("keeping %s: jobs %s may still be running in it", run.run_dir, cancel.unconfirmed)
+        else:
+            ssh.run(["rm", "-rf", "--", run.run_dir])
+            run.cluster.run_dir_removed = True
+        run.release_note = decisions.release_note(
+            run, scheduler=self.scheduler(run).name, unconfirmed=cancel.unconfirmed, said=cancel.said,
+            cluster_deleted=self._cluster_deleted_next(run))
         return run
 
     def release_existing(self, execution: str) -> str | None:
@@ -323,8 +393,9 @@ class HeadNodeWork:
             found[name] = (job_id, jobscripts.unb64(fields[1]).strip())
         return found
 
-    def _cancel_leftovers(self, ssh, run: Run) -> list[str]:
-        """Cancel jobs the head node shows as submitted without a result; return their names."""
+    def _cancel_leftovers(self, ssh, run: Run) -> decisions.Cancellation:
+        """Cancel the jobs the head node shows as submitted without a result, until the
+        scheduler confirms they ended."""
         scheduler = self.scheduler(run)
         out = ssh.run_script(jobscripts.submitted_jobs_script(run.run_dir))
         leftovers, unsure = {}, []
@@ -343,10 +414,40 @@ class HeadNodeWork:
                 leftovers.update(adoption.recover_submissions(ssh, scheduler, run.execution, unsure)[0])
             except SchedulerError as exc:
                 log.warning("cannot find jobs %s by name to cancel them: %s", unsure, exc)
-        if leftovers:
-            ssh.run(scheduler.cancel_argv(sorted(leftovers.values())), check=False)
-            log.info("cancelled leftover jobs %s", leftovers)
-        return list(leftovers)
+        if not leftovers:
+            return decisions.Cancellation({}, {})
+        cancel = self._cancel_until_confirmed(ssh, scheduler, leftovers)
+        log.info("cancelled leftover jobs %s%s", cancel.confirmed,
+                 f"; not confirmed: {cancel.unconfirmed} ({cancel.said})" if cancel.unconfirmed else "")
+        return cancel
+
+    def _cancel_until_confirmed(self, ssh, scheduler: Scheduler, jobs: dict[str, str]) -> decisions.Cancellation:
+        """Cancel, then ask the scheduler about the jobs; cancel again those it still shows
+        queued or running. A job is confirmed when the scheduler shows it cancelled or ended,
+        or no longer knows it. One script (one SSH channel) a try."""
+        left, said, silent = dict(jobs), "", False
+        for pause in CANCEL_CHECK_PAUSES:
+            ids = sorted(left.values())
+            answer = ssh.run_script(jobscripts.commands_script(
+                [("cancel", scheduler.cancel_argv(ids)), ("pause", ["sleep", str(pause)]),
+                 ("status", scheduler.status_argv(ids))]), check=False)
+            outputs = {r.fields[0]: jobscripts.command_output(r, 1)
+                       for r in jobscripts.parse_records(answer.stdout) if r.tag == "cmd"}
+            status = outputs.get("status", CommandOutput("", answer.tail(), 255))
+            try:
+                statuses = scheduler.parse_status(status, ids)
+            except SchedulerError:
+                cancel = outputs.get("cancel", status)
+                silent = scheduler.unavailable(cancel) or status.exit_code != 0
+                said = " ".join((status.stderr or status.stdout or cancel.stderr).split())[:300]
+                continue
+            left = {name: job_id for name, job_id in left.items()
+                    if decisions.still_running(statuses.get(job_id))}
+            if not left:
+                return decisions.Cancellation(jobs, {})
+            silent = False
+            said = ", ".join(f"job {i} is {statuses[i].raw_state}" for i in sorted(left.values()))
+        return decisions.Cancellation({n: i for n, i in jobs.items() if n not in left}, left, said, silent)
 
 
 class _NotStaged(Exception):

@@ -109,7 +109,8 @@ class JobRecord:
     missing_since: int | None = None     # epoch: first round the scheduler no longer knew it
     missing_polls: int | None = None
     blocked_since: int | None = None     # epoch: first round the scheduler said it cannot start
-    results: str | None = None           # s3:// prefix of its kept results
+    results: str | None = None           # s3:// prefix of its kept results (while the payload allows)
+    kept: bool | None = None             # its results are in the artifacts bucket (not copied again)
 
     @classmethod
     def from_dict(cls, data: Any, name: str = "?") -> JobRecord:
@@ -190,7 +191,9 @@ class Run:
     failure: dict | None = None          # {"Error", "Cause"}: why the run fails
     scheduler_silent_since: int | None = None  # epoch: first round of an ongoing scheduler outage
     scheduler_said: str | None = None    # what its failing status command printed, shortened
-    results: dict | None = None          # where Release Head Node kept the results
+    results: dict | None = None          # where the results are kept, what could not be (results.py)
+    release_note: str | None = None      # what Release Head Node could not do: results not kept,
+                                         # jobs that may still run (the definition adds it to the cause)
 
     @classmethod
     def from_dict(cls, data: Any) -> Run:

@@ -1,6 +1,10 @@
 """A run's results, kept: each started job's stdout, stderr, exit record and output folder,
 streamed from the head node (one tar over the SSH connection) into the artifacts bucket.
 
+When: by the polling round that sees a job end (so that what ended is kept whatever happens
+to the run, the head node or the execution later), and by Release Head Node for the rest
+(cancelled jobs, and any a round could not keep). A job kept is marked `kept` in the record.
+
 Layout: s3://BUCKET/EXECUTION/JOB/{stdout,stderr,exit_code} as single objects; a job's output
 folder as s3://BUCKET/EXECUTION/JOB/output/... (one object a file) or, when it holds more than
 ARCHIVE_ABOVE_FILES files, as the one object s3://BUCKET/EXECUTION/JOB/output.tar.gz (the whole
@@ -17,8 +21,8 @@ function's whole timeout, however many requests are in flight. Concurrency hides
 latency, not that. Measured with scripts/results_benchmark.py, 20,000 files of 100 bytes: 82 s
 one put at a time, 69 s with 16 puts in flight, 3.4 s packed. So a crowded folder goes into one
 archive (a few requests whatever the count) and the others keep what users see today. A wide run
-of many small folders is bounded too: while the plain folders would hold more than
-PLAIN_OUTPUT_FILES_PER_RUN files in all, the largest of them are packed as well. The files are
+of many small folders is bounded too: while the plain folders of one collection would hold more
+than PLAIN_OUTPUT_FILES_PER_RUN files in all, the largest of them are packed as well. The files are
 counted on the head node before the stream (one `find` a job), so the choice is made up front
 and nothing is held back in memory while counting.
 
@@ -79,64 +83,120 @@ NOT_KEPT_NAMES_IN_MANIFEST = 1000
 ARCHIVE_NAME = "output.tar.gz"
 
 
-def collect(ssh, run: Run, bucket: str, *, s3_client=None) -> dict:
-    """Stream the jobs' results from the head node into S3; write the run's manifest.
+def collect(ssh, run: Run, bucket: str, *, s3_client, names=None) -> dict:
+    """Stream jobs' results from the head node into S3; (re)write the run's manifest.
 
-    Returns {"prefix", "manifest", "jobs_collected"} and, when some file could not be kept,
-    "not_kept" ({JOB: [names...]}, truncated) and "not_kept_count" (all of them).
+    `names`: the jobs to keep now (the polling round that saw them end passes those); by
+    default every started job not kept yet (Release Head Node: what is left). Each job kept is
+    marked `kept` in `run.jobs` (so it is not copied again), and `run.results` becomes the run's
+    summary so far: {"prefix", "manifest", "jobs_collected"} and, when some file could not be
+    kept, "not_kept" ({JOB: [names...]}, truncated) and "not_kept_count" (all of them), over
+    every call of the run. Returns that summary.
     """
-    if s3_client is None:
-        import boto3
-        from botocore.config import Config
-
-        s3_client = boto3.client("s3", config=Config(max_pool_connections=UPLOAD_WORKERS))
     s3 = s3_client
-    execution = run.execution
-    started = [n for n, j in run.jobs.items() if j.job_id]
+    if names is None:
+        names = [n for n, j in run.jobs.items() if j.job_id and not j.kept]
+    names = [n for n in names if run.jobs[n].job_id]
     with _Uploader(s3, bucket) as uploader:
-        if started:
-            crowded = _to_pack(_output_counts(ssh, run.run_dir, started))
-            with ssh.stream_script(jobscripts.results_script(run.run_dir, started)) as stream:
+        if names:
+            crowded = _to_pack(_output_counts(ssh, run.run_dir, names))
+            with ssh.stream_script(jobscripts.results_script(run.run_dir, names)) as stream:
                 head = stream.read(2)
                 if head:
                     with tarfile.open(fileobj=_Prefixed(head, stream), mode="r|gz") as tar:
-                        _copy(tar, uploader, execution, crowded)
+                        _copy(tar, uploader, run.execution, crowded)
     kept, not_kept, archives = uploader.kept, uploader.not_kept, uploader.archives
-    collected = [name for name in run.jobs if kept.get(name)]
-    prefix = f"s3://{bucket}/{execution}/"
-    jobs = {}
-    for name, job in run.jobs.items():
-        entry = {**job.to_dict(), "results": f"{prefix}{name}/" if kept.get(name) else None}
+    for name in names:
+        if kept.get(name):
+            run.jobs[name] = run.jobs[name].but(kept=True)
+    extras = {}
+    for name in names:
+        extra = {}
         if name in archives:
             if ARCHIVE_NAME not in not_kept.get(name, ()):
-                entry["output_archive"] = f"{prefix}{name}/{ARCHIVE_NAME}"
-            entry["output_files"] = archives[name]
+                extra["output_archive"] = f"{_prefix(bucket, run)}{name}/{ARCHIVE_NAME}"
+            extra["output_files"] = archives[name]
         if not_kept.get(name):
-            entry["not_kept"] = not_kept[name][:NOT_KEPT_NAMES_IN_MANIFEST]
-            entry["not_kept_count"] = len(not_kept[name])
-        jobs[name] = entry
-    total_lost = sum(len(v) for v in not_kept.values())
-    manifest = {"execution": execution, "cluster_name": run.cluster_name, "jobs": jobs}
-    if total_lost:
-        manifest["not_kept_count"] = total_lost
-    s3.put_object(Bucket=bucket, Key=f"{execution}/manifest.json",
-                  Body=json.dumps(manifest, indent=1).encode(), ContentType="application/json")
-    log.info("kept results of %d jobs under %s (%d files in %d archives)", len(collected), prefix,
-             sum(archives.values()), len(archives))
-    summary = {"prefix": prefix, "manifest": f"{prefix}manifest.json", "jobs_collected": len(collected)}
-    if total_lost:
+            extra["not_kept"] = not_kept[name][:NOT_KEPT_NAMES_IN_MANIFEST]
+            extra["not_kept_count"] = len(not_kept[name])
+        extras[name] = extra
+    manifest = write_manifest(s3, bucket, run, extras)
+    log.info("kept results of %d jobs under %s (%d files in %d archives)", sum(1 for n in names if kept.get(n)),
+             _prefix(bucket, run), sum(archives.values()), len(archives))
+    if not_kept:
         log.warning("%d result files of %d jobs could not be kept (listed in %smanifest.json)",
-                    total_lost, len(not_kept), prefix)
+                    sum(len(v) for v in not_kept.values()), len(not_kept), _prefix(bucket, run))
+    run.results = _summary(bucket, run, manifest)
+    _add_locations(run)
+    return run.results
+
+
+def write_manifest(s3, bucket: str, run: Run, extras: dict[str, dict] | None = None) -> dict:
+    """s3://BUCKET/EXECUTION/manifest.json: every job's record and where its results are.
+
+    Written each time some results are kept, so that it is there whatever happens later (the
+    head node lost, the execution aborted). `extras` are what this call learnt of some jobs
+    (their packed output, the files not kept); the other jobs keep what the manifest already
+    said of them. Returns the manifest."""
+    key = f"{run.execution}/manifest.json"
+    before = {}
+    try:
+        before = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read()).get("jobs") or {}
+    except s3.exceptions.NoSuchKey:
+        pass
+    prefix = _prefix(bucket, run)
+    jobs = {}
+    for name, job in run.jobs.items():
+        earlier = {k: v for k, v in (before.get(name) or {}).items() if k in _MANIFEST_EXTRAS}
+        extra = (extras or {}).get(name, earlier)
+        jobs[name] = {**job.to_dict(), "results": f"{prefix}{name}/" if job.kept else None, **extra}
+    manifest = {"execution": run.execution, "cluster_name": run.cluster_name, "jobs": jobs}
+    lost = sum(entry.get("not_kept_count", 0) for entry in jobs.values())
+    if lost:
+        manifest["not_kept_count"] = lost
+    s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(manifest, indent=1).encode(),
+                  ContentType="application/json")
+    return manifest
+
+
+def write_summary(s3, bucket: str, run: Run) -> dict:
+    """The manifest and the run's summary from the record alone, nothing copied (the head node
+    cannot be reached: what the rounds kept is what there is)."""
+    run.results = _summary(bucket, run, write_manifest(s3, bucket, run))
+    return run.results
+
+
+#: What the manifest says of a job beyond its record (kept from one write to the next).
+_MANIFEST_EXTRAS = ("output_archive", "output_files", "not_kept", "not_kept_count")
+
+
+def _prefix(bucket: str, run: Run) -> str:
+    return f"s3://{bucket}/{run.execution}/"
+
+
+def _summary(bucket: str, run: Run, manifest: dict) -> dict:
+    """The run's summary so far (it travels in the run record): from the manifest, so that
+    what earlier calls could not keep is still counted."""
+    prefix = _prefix(bucket, run)
+    summary = {"prefix": prefix, "manifest": f"{prefix}manifest.json",
+               "jobs_collected": sum(1 for job in run.jobs.values() if job.kept)}
+    lost = [(name, entry["not_kept"]) for name, entry in manifest["jobs"].items() if entry.get("not_kept")]
+    if lost:
         summary["not_kept"] = {name: [_shorten(n) for n in names[:NOT_KEPT_NAMES_IN_SUMMARY]]
-                               for name, names in list(not_kept.items())[:NOT_KEPT_JOBS_IN_SUMMARY]}
-        summary["not_kept_count"] = total_lost
-    # Each job's location in the execution output too, while the payload stays well under
-    # Step Functions' 256 KiB (for very wide runs the manifest alone lists them).
-    extra = sum(len(prefix) + len(name) + 16 for name in collected)
-    if len(json.dumps(run.to_dict(), separators=(",", ":"))) + extra < RESULTS_IN_PAYLOAD_BUDGET:
-        for name in collected:
-            run.jobs[name] = run.jobs[name].but(results=f"{prefix}{name}/")
+                               for name, names in lost[:NOT_KEPT_JOBS_IN_SUMMARY]}
+        summary["not_kept_count"] = manifest["not_kept_count"]
     return summary
+
+
+def _add_locations(run: Run) -> None:
+    """Each kept job's location in the execution output too, while the payload stays well
+    under Step Functions' 256 KiB (for very wide runs the manifest alone lists them)."""
+    prefix = run.results["prefix"]
+    todo = [name for name, job in run.jobs.items() if job.kept and not job.results]
+    extra = sum(len(prefix) + len(name) + 16 for name in todo)
+    if len(json.dumps(run.to_dict(), separators=(",", ":"))) + extra < RESULTS_IN_PAYLOAD_BUDGET:
+        for name in todo:
+            run.jobs[name] = run.jobs[name].but(results=f"{prefix}{name}/")
 
 
 def _shorten(name: str) -> str:

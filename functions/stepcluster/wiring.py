@@ -29,7 +29,7 @@ class Wiring:
         self._backend = backend
         self.private_key = private_key
         self.keys = keys or RunKeys(prefix=settings.resource_prefix)
-        self.s3 = s3_client
+        self._s3 = s3_client
         self.executions = executions or Executions(region=settings.region)
         self._cfn = cfn_client
 
@@ -48,6 +48,17 @@ class Wiring:
         if self._backend is None:
             self._backend = get_backend(self.settings, self.plan)
         return self._backend
+
+    @property
+    def s3(self):
+        if self._s3 is None:
+            import boto3
+            from botocore.config import Config
+
+            from stepcluster.results import UPLOAD_WORKERS
+            # as many connections as the results have requests in flight
+            self._s3 = boto3.client("s3", config=Config(max_pool_connections=UPLOAD_WORKERS))
+        return self._s3
 
     @property
     def cfn(self):

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from functional.test_results import LocalStream
 from stepcluster import adoption, decisions, headnode
 from stepcluster import service as service_module
 from stepcluster.config import parse_jobs_config
-from stepcluster.errors import InputError, PlanError, SchedulerError
+from stepcluster.errors import InputError, PlanError, SchedulerError, TransientSSHError
 from stepcluster.plan import build_plan
 from stepcluster.record import Run
 from stepcluster.remote.ssh import CommandResult
@@ -80,14 +81,22 @@ class FakeScheduler(Scheduler):
         return {i: found.get(i, JobStatus(i, Category.MISSING, "")) for i in job_ids}
 
     def cancel_argv(self, job_ids):
-        return ["bash", "-c", f'echo "$@" >> {self.cancelled}', "cancel", *job_ids]
+        return ["bash", "-c", f'[ -e {self.down} ] && {{ echo "fake: controller down" >&2; exit 1; }}; '
+                f'echo "$@" >> {self.cancelled}', "cancel", *job_ids]
 
 
-class LocalBash:
-    """Runs what the service would send over SSH in a local bash."""
+class LocalBash(LocalStream):
+    """Runs what the service would send over SSH in a local bash (results stream as in
+    test_results); `unreachable`: connecting
+    fails, as to a head node whose sshd is gone."""
 
-    def __init__(self):
+    def __init__(self, unreachable=False):
         self.scripts = []
+        self.unreachable = unreachable
+
+    def connect(self):
+        if self.unreachable:
+            raise TransientSSHError("cannot reach head node hpc@10.0.0.9:22: [Errno 111] Connection refused")
 
     def __enter__(self):
         return self
@@ -536,3 +545,124 @@ def test_a_submit_while_the_controller_is_down_is_an_outage_to_retry_not_a_faile
     retried = svc.submit_jobs(run)                     # the Retry: the same input
     assert retried["phase"] == "RUNNING" and retried["jobs"]["a"]["job_id"] == "id-a"
     assert len(scheduler.submissions()) == 1              # the refused attempt submitted nothing
+
+
+# -- results kept as jobs end; cancels confirmed; a head node gone (issue 9) ------------------
+
+@pytest.fixture
+def artifacts(monkeypatch):
+    """moto's S3 with the artifacts bucket; {key: bytes} of what is in it, when called."""
+    import boto3
+    from moto import mock_aws
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="artifacts")
+
+        def objects():
+            listed = s3.list_objects_v2(Bucket="artifacts").get("Contents", [])
+            return {o["Key"]: s3.get_object(Bucket="artifacts", Key=o["Key"])["Body"].read() for o in listed}
+        yield objects
+
+
+def with_artifacts(svc):
+    svc.settings = dataclasses.replace(svc.settings, artifacts_bucket="artifacts")
+    return svc
+
+
+def manifest_of(objects):
+    import json
+    return json.loads(objects()["exec-1/manifest.json"])
+
+
+def test_the_round_that_sees_a_job_end_keeps_its_results_then_and_only_then(world, artifacts):
+    svc, scheduler, run = world("parallel")
+    with_artifacts(svc)
+    run = svc.submit_jobs(run)
+    scheduler.status_file.write_text("id-a R\nid-b R\nid-c R\n")
+    Path(run["cluster"]["run_dir"], "jobs", "a", "stdout").write_text("a's answer\n")
+    finish(run, "a", 0)
+    run = svc.poll_jobs(run)
+    assert artifacts()["exec-1/a/stdout"] == b"a's answer\n"          # kept by the round
+    assert run["jobs"]["a"]["kept"] is True and "kept" not in run["jobs"]["b"]
+    assert manifest_of(artifacts)["jobs"]["a"]["state"] == "SUCCEEDED"
+    assert run["results"]["jobs_collected"] == 1
+    Path(run["cluster"]["run_dir"], "jobs", "a", "stdout").write_text("changed after it was kept\n")
+    finish(run, "b", 0)
+    finish(run, "c", 0)
+    run = svc.poll_jobs(run)
+    released = svc.release_head_node(run)
+    assert artifacts()["exec-1/a/stdout"] == b"a's answer\n"          # not copied a second time
+    assert released["results"]["jobs_collected"] == 3 and "release_note" not in released
+    assert {j["state"] for j in manifest_of(artifacts)["jobs"].values()} == {"SUCCEEDED"}
+
+
+def test_an_unreachable_head_node_at_release_says_what_was_kept_and_what_may_still_run(
+        world, artifacts, monkeypatch):
+    """sshd gone for good: the release does not fail (the cluster must still be deleted); its
+    note, which the definition adds to the cause, says what was not kept and what may run."""
+    monkeypatch.setattr(headnode, "RELEASE_CONNECT_PAUSES", (0, 0))
+    svc, scheduler, run = world("parallel")
+    with_artifacts(svc)
+    run = svc.submit_jobs(run)
+    scheduler.status_file.write_text("id-a R\nid-b R\nid-c Q\n")
+    Path(run["cluster"]["run_dir"], "jobs", "b", "started").write_text("1700000000\n")
+    finish(run, "a", 0)
+    run = svc.poll_jobs(run)
+    run = svc.poll_jobs(run)
+    attempts = []
+
+    def unreachable(_):
+        attempts.append(1)
+        return LocalBash(unreachable=True)
+    svc.connect = unreachable
+    released = svc.release_head_node(run)
+    assert len(attempts) == 1                       # one connection object, tried three times
+    note = released["release_note"]
+    assert "The head node could not be reached to keep the last results and clean up: cannot reach " \
+           "head node hpc@10.0.0.9:22: [Errno 111] Connection refused." in note
+    assert "Not kept: the results of jobs 'b', 'c'; kept: those of job 'a' (kept under s3://artifacts/exec-1/)" in note
+    assert "Jobs 'b' (fake job id-b), 'c' (fake job id-c) may still be running on the head node: " \
+           "they were not cancelled; the run's folder" in note and "stepcluster cleanup exec-1" in note
+    assert "run_dir_removed" not in released["cluster"]
+    manifest = manifest_of(artifacts)
+    assert manifest["jobs"]["a"]["results"] == "s3://artifacts/exec-1/a/" and manifest["jobs"]["b"]["results"] is None
+
+
+def test_a_cancel_the_scheduler_does_not_confirm_is_tried_again_and_reported(world, monkeypatch):
+    monkeypatch.setattr(headnode, "CANCEL_CHECK_PAUSES", (0, 0, 0))
+    svc, scheduler, run = world("parallel")
+    run = svc.submit_jobs(run)
+    scheduler.status_file.write_text("id-a R\nid-b R\nid-c Q\n")
+    run = svc.poll_jobs(run)
+    scheduler.status_file.write_text("id-a R\nid-b GONE\n")       # a does not go away
+    cancelled = svc.cancel_jobs(run)
+    assert scheduler.cancelled.read_text().splitlines() == ["id-a id-b id-c", "id-a", "id-a"]
+    assert cancelled["jobs"]["b"]["state"] == cancelled["jobs"]["c"]["state"] == "CANCELLED"
+    assert cancelled["jobs"]["a"]["state"] == "RUNNING"
+    assert cancelled["jobs"]["a"]["reason"] == "its cancel was not confirmed (job id-a is R)"
+    released = svc.release_head_node(cancelled)
+    assert Path(run["cluster"]["run_dir"]).is_dir() and "run_dir_removed" not in released["cluster"]
+    assert "Jobs 'a' (fake job id-a) may still be running on the head node: fake did not confirm their " \
+           "cancel (job id-a is R); the run's folder" in released["release_note"]
+    scheduler.status_file.write_text("id-a GONE\n")                # gone at last: cleaned up
+    again = svc.release_head_node(cancelled)
+    assert not Path(run["cluster"]["run_dir"]).exists() and "release_note" not in again
+
+
+def test_a_cancel_while_the_controller_is_down_is_an_outage_to_retry(world, monkeypatch):
+    monkeypatch.setattr(headnode, "CANCEL_CHECK_PAUSES", (0,))
+    svc, scheduler, run = world("parallel")
+    run = svc.submit_jobs(run)
+    scheduler.status_file.write_text("id-a R\nid-b R\nid-c R\n")
+    run = svc.poll_jobs(run)
+    scheduler.down.write_text("")
+    scheduler.status_file.unlink()
+    with pytest.raises(SchedulerError) as err:
+        svc.cancel_jobs(run)
+    assert type(err.value).__name__ == "SchedulerUnavailable"
+    assert str(err.value).startswith("fake did not answer when jobs a, b, c were cancelled: ")
+    scheduler.down.unlink()
+    scheduler.status_file.write_text("")                              # back; the jobs are gone
+    assert {j["state"] for j in svc.cancel_jobs(run)["jobs"].values()} == {"CANCELLED"}

@@ -7,7 +7,7 @@ import pytest
 from stepcluster import decisions as d
 from stepcluster.decisions import Action, JobObservation, Limits
 from stepcluster.errors import SchedulerError
-from stepcluster.record import JobRecord, JobState, Phase, Run
+from stepcluster.record import ClusterRecord, JobRecord, JobState, Phase, Run
 from stepcluster.schedulers import Category, JobStatus
 
 NOW = 1_700_000_000
@@ -253,6 +253,73 @@ def test_cancel_marks_active_jobs_and_leftovers_never_ended_ones():
         "a": JobState.CANCELLED, "b": JobState.CANCELLED, "c": JobState.CANCELLED,
         "d": JobState.NOT_STARTED, "e": JobState.SUCCEEDED}
     assert after.jobs["a"].ended == d.iso(NOW) and after.jobs["d"].ended is None
+
+
+def test_a_cancel_not_confirmed_leaves_the_job_in_flight_with_the_reason():
+    run = run_of("parallel", a="RUNNING", b="PENDING", c="NOT_STARTED")
+    after = d.cancelled(run, ["b"], {"a": "id-a", "c": "99"}, said="job id-a is COMPLETING", now=NOW)
+    assert after.jobs["b"].state == JobState.CANCELLED
+    assert after.jobs["a"] == JobRecord(JobState.RUNNING, "id-a", ended=None,
+                                        reason="its cancel was not confirmed (job id-a is COMPLETING)")
+    # found submitted on the head node though the record never had its id: in flight, with it
+    assert (after.jobs["c"].state, after.jobs["c"].job_id) == (JobState.PENDING, "99")
+
+
+@pytest.mark.parametrize("category, running", [
+    (Category.QUEUED, True), (Category.RUNNING, True), (Category.CANCELLED, False),
+    (Category.SUCCEEDED, False), (Category.FAILED, False), (Category.MISSING, False), (None, False)])
+def test_a_cancel_is_confirmed_once_the_scheduler_shows_the_job_ended_or_forgot_it(category, running):
+    assert d.still_running(status(category) if category else None) is running
+
+
+def test_jobs_that_ended_in_a_round_are_those_whose_results_are_kept_then():
+    run = run_of("parallel", a="SUCCEEDED", b="RUNNING", c="FAILED")
+    run.jobs["c"] = run.jobs["c"].but(job_id=None)      # refused at submission: nothing ran
+    assert d.ended_jobs(run, ["a", "b", "c"]) == ["a"]
+
+
+def released(**states):
+    run = run_of("parallel", **states)
+    run.cluster = ClusterRecord("READY", run_dir="/home/hpc/stepcluster/exec-1")
+    return run
+
+
+def test_a_release_that_did_everything_has_nothing_to_say():
+    run = released(a="SUCCEEDED", b="CANCELLED")
+    run.jobs["a"] = run.jobs["a"].but(kept=True)
+    assert d.release_note(run, scheduler="slurm", cluster_deleted=True) is None
+    assert d.release_note(run, scheduler="slurm", unconfirmed={}, said="x", cluster_deleted=False) is None
+
+
+def test_an_unreachable_head_node_names_what_was_kept_and_what_may_run_and_where():
+    run = released(a="SUCCEEDED", b="RUNNING", c="PENDING", d="NOT_STARTED")
+    run.jobs["a"] = run.jobs["a"].but(kept=True)
+    run.jobs["b"] = run.jobs["b"].but(started="2023-11-14T22:13:20Z")
+    run.results = {"prefix": "s3://bkt/exec-1/"}
+    note = d.release_note(run, scheduler="slurm", unreachable="cannot reach head node hpc@h:22: timed out",
+                          cluster_deleted=False)
+    assert note == (
+        "The head node could not be reached to keep the last results and clean up: cannot reach head "
+        "node hpc@h:22: timed out. Not kept: the results of jobs 'b', 'c'; kept: those of job 'a' "
+        "(kept under s3://bkt/exec-1/). Jobs 'b' (slurm job id-b), 'c' (slurm job id-c) may still be "
+        "running on the head node: they were not cancelled; the run's folder /home/hpc/stepcluster/exec-1 "
+        "is kept until they are gone (`stepcluster cleanup exec-1` cancels them and removes it).")
+    deleted = d.release_note(run, scheduler="slurm", unreachable="x", cluster_deleted=True)
+    assert deleted.endswith("Jobs 'b' (slurm job id-b), 'c' (slurm job id-c) may have been running until "
+                            "the cluster was deleted: they were not cancelled.")
+
+
+def test_files_not_kept_and_cancels_not_confirmed_are_named():
+    run = released(a="SUCCEEDED", b="RUNNING")
+    run.jobs["a"] = run.jobs["a"].but(kept=True)
+    run.results = {"prefix": "s3://bkt/exec-1/", "manifest": "s3://bkt/exec-1/manifest.json",
+                   "not_kept": {"a": ["output/x"]}, "not_kept_count": 3}
+    note = d.release_note(run, scheduler="sge", unconfirmed={"b": "8"}, said="job 8 is r", cluster_deleted=True)
+    assert note == ("3 result files of job 'a' could not be kept (listed in s3://bkt/exec-1/manifest.json). "
+                    "Jobs 'b' (sge job 8) may have been running until the cluster was deleted: sge did not "
+                    "confirm their cancel (job 8 is r).")
+    many = released(**{f"j{i}": "RUNNING" for i in range(12)})
+    assert "'j9' and 2 more" in d.release_note(many, scheduler="sge", unreachable="x", cluster_deleted=True)
 
 
 # -- the cause a user reads ------------------------------------------------------------------

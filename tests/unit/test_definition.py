@@ -91,7 +91,13 @@ def test_every_failed_run_gets_a_readable_cause(states):
             yield (branch["Next"],)
 
     into = [n for n, s in states.items() if any("Run Failed" in t for t in targets(s))]
-    assert into == ["Is The Cause A Function Error?", "Keep Its Message"]
+    # ...after the release's note (what it could not keep or cancel) is added to the cause; a
+    # run whose jobs all succeeded gets a cause of its own, made of that note
+    assert into == ["Record What The Release Could Not Do", "Add The Release Note?", "Add The Release Note"]
+    assert states["Did Run Fail?"]["Choices"][-1] == {"Variable": "$.run.release_note", "IsPresent": True,
+                                                      "Next": "Record What The Release Could Not Do"}
+    noted = [n for n, s in states.items() if any("Add The Release Note?" in t for t in targets(s))]
+    assert noted == ["Is The Cause A Function Error?", "Keep Its Message"]
     chain = states[READABLE_CAUSE]
     assert chain["Choices"] == [{"Variable": "$.failure.Cause", "StringMatches": '{"errorMessage"*',
                                  "Next": "Read The Function Error"}]
