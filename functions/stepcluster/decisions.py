@@ -73,6 +73,7 @@ class Limits:
     missing_grace_seconds: int = MISSING_GRACE_SECONDS
     missing_min_polls: int = MISSING_MIN_POLLS
     scheduler_outage_seconds: int = SCHEDULER_OUTAGE_SECONDS
+    max_run_seconds: int | None = None   # MaxRunMinutes: from the run's `started_at`
 
 
 @dataclass(frozen=True)
@@ -228,12 +229,16 @@ def decide(run: Run, changed: Sequence[str], *, wait_times: Mapping[str, int], s
     """What comes next, given the record after a round (or a submission).
 
     The first job (in the round's order) that ended badly fails the run; otherwise a scheduler
-    silent for longer than the limit fails it; otherwise jobs in flight mean waiting;
-    otherwise, sequential with jobs left: the next one; otherwise done."""
+    silent for longer than the limit fails it; otherwise a run past MaxRunMinutes with jobs
+    left fails (its teardown cancels them and keeps their results); otherwise jobs in flight
+    mean waiting (never past that limit); otherwise, sequential with jobs left: the next one;
+    otherwise done."""
     run = run.copy()
     failed = failed_jobs(run, changed)
     silent = (now - run.scheduler_silent_since
               if now is not None and limits is not None and run.scheduler_silent_since is not None else None)
+    left = _time_left(run, now, limits)
+    unfinished = run.active_jobs() or (run.order == "sequential" and run.next < len(run.jobs))
     if failed:
         name = failed[0]
         run.phase = Phase.FAILED
@@ -245,6 +250,9 @@ def decide(run: Run, changed: Sequence[str], *, wait_times: Mapping[str, int], s
         run.failure = {"Error": "SchedulerUnavailable",
                        "Cause": f"{scheduler} has not answered for {silent} s (the limit is "
                                 f"{limits.scheduler_outage_seconds} s): {run.scheduler_said}"}
+    elif left is not None and left <= 0 and unfinished:
+        run.phase = Phase.FAILED
+        run.failure = {"Error": "RunTimeLimitReached", "Cause": _over_time(run, limits, scheduler)}
     elif run.active_jobs():
         run.phase = Phase.RUNNING
     elif run.order == "sequential" and run.next < len(run.jobs):
@@ -252,7 +260,29 @@ def decide(run: Run, changed: Sequence[str], *, wait_times: Mapping[str, int], s
     else:
         run.phase = Phase.SUCCEEDED
     run.wait_seconds = wait_seconds(run, wait_times)
+    if left is not None and left > 0:
+        run.wait_seconds = min(run.wait_seconds, left)     # the round that ends it comes on time
     return Decision(run, tuple(changed), PHASE_ACTIONS[run.phase], run.wait_seconds, run.failure)
+
+
+def _time_left(run: Run, now: int | None, limits: Limits | None) -> int | None:
+    """Seconds until MaxRunMinutes is reached (None: no limit, or no start time known)."""
+    if now is None or limits is None or limits.max_run_seconds is None or run.started_at is None:
+        return None
+    return run.started_at + limits.max_run_seconds - now
+
+
+def _over_time(run: Run, limits: Limits, scheduler: str) -> str:
+    in_flight = ", ".join(f"{n!r} ({scheduler} job {run.jobs[n].job_id}, {run.jobs[n].state.value})"
+                          for n in run.active_jobs())
+    never = [n for n, j in run.jobs.items() if j.state == JobState.NOT_STARTED]
+    text = (f"The run reached its time limit (MaxRunMinutes={limits.max_run_seconds // 60}; it started "
+            f"at {iso(run.started_at)})")
+    if in_flight:
+        text += f": jobs {in_flight} were still queued or running and are cancelled, their results so far kept"
+    if never:
+        text += f"; {_names(never)} never started"
+    return text + "."
 
 
 def wait_seconds(run: Run, wait_times: Mapping[str, int]) -> int:

@@ -183,7 +183,8 @@ class HeadNodeWork:
         scheduler = self.scheduler(run)
         with self.connect(run) as ssh:
             observations, scheduler_failure = self._observe(ssh, scheduler, run)
-            limits = Limits(self.wiring.settings.blocked_job_timeout_seconds)
+            settings = self.wiring.settings
+            limits = Limits(settings.blocked_job_timeout_seconds, max_run_seconds=settings.max_run_minutes * 60)
             now = _now()
             run, changed = decisions.apply_round(run, observations, scheduler=scheduler.name, now=now,
                                                  limits=limits, scheduler_failure=scheduler_failure)

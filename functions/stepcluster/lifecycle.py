@@ -7,6 +7,8 @@ function, which runs on another Python with its own layer, does not ship it.
 
 from __future__ import annotations
 
+import time
+
 import difflib
 import json
 from dataclasses import dataclass
@@ -91,7 +93,8 @@ class ClusterLifecycle:
             cluster = self._undo_if_execution_ended(ctx, cluster, key)
         created = Run(
             execution=ctx.execution, execution_arn=ctx.execution_arn, plan_digest=plan.digest,
-            cluster_name=ctx.cluster_name, keep_cluster=user_input.keep_cluster, order=plan.order,
+            cluster_name=ctx.cluster_name, started_at=int(time.time()), keep_cluster=user_input.keep_cluster,
+            order=plan.order,
             cluster=ClusterRecord.from_dict(cluster),
             jobs={job.name: JobRecord() for job in plan.jobs},
             next=0, phase=Phase.READY, wait_seconds=min(j.wait_time for j in plan.jobs))

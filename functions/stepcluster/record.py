@@ -180,6 +180,7 @@ class Run:
     plan_digest: str | None = None
     input: Any = None                    # the execution input as the user gave it: checked by create
     cluster_name: str | None = None
+    started_at: int | None = None        # epoch the cluster was asked for (MaxRunMinutes counts from it)
     keep_cluster: bool = False
     order: str | None = None             # "sequential" or "parallel", from the plan
     cluster: ClusterRecord | None = None

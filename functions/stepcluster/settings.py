@@ -34,6 +34,7 @@ class Settings:
     resource_prefix: str = "stepcluster"  # names of per-run keys and secrets (IAM scopes to it)
     artifacts_bucket: str | None = None   # where each job's results are kept after the run
     blocked_job_timeout_seconds: int = 600  # a job that cannot start by itself fails after this
+    max_run_minutes: int = 10080  # a run still going this long after its start is ended (a week)
     staging: str = "ssh"  # "ssh": files go through the function; "head-node": it downloads them
 
     @classmethod

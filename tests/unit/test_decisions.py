@@ -418,6 +418,34 @@ def test_a_scheduler_silent_for_its_limit_fails_the_run_not_a_second_before():
     assert d.decide(run, ["a"], now=NOW + 300, **kw).failure["Error"] == "JobFailed"   # the job first
 
 
+def test_a_run_past_its_time_limit_fails_not_a_second_before_and_never_waits_past_it():
+    limits = Limits(600, max_run_seconds=3600)
+    run = run_of("sequential", next_=2, a="SUCCEEDED", b="RUNNING", c="NOT_STARTED")
+    run.started_at = NOW
+    kw = dict(wait_times=WAITS, scheduler="slurm", limits=limits)
+    early = d.decide(run, [], now=NOW + 3599, **kw)
+    assert (early.action, early.wait_seconds) == (Action.WAIT, 1)     # b's 2 s would overshoot
+    assert d.decide(run, [], now=NOW + 3000, **kw).wait_seconds == 2
+    over = d.decide(run, [], now=NOW + 3600, **kw)
+    assert over.action == Action.FAIL and over.failure == {
+        "Error": "RunTimeLimitReached",
+        "Cause": "The run reached its time limit (MaxRunMinutes=60; it started at 2023-11-14T22:13:20Z): "
+                 "jobs 'b' (slurm job id-b, RUNNING) were still queued or running and are cancelled, their "
+                 "results so far kept; job 'c' never started."}
+    # the next sequential job is not submitted past the limit either
+    run.jobs["b"] = run.jobs["b"].but(state=JobState.SUCCEEDED)
+    run.next = 2
+    assert d.decide(run, ["b"], now=NOW + 3600, **kw).failure["Error"] == "RunTimeLimitReached"
+    # ...but a run whose last job ended in that round has succeeded
+    run.jobs["c"] = run.jobs["c"].but(state=JobState.SUCCEEDED, job_id="id-c")
+    run.next = 3
+    assert d.decide(run, ["c"], now=NOW + 9999, **kw).action == Action.FINISH
+    # no start time (a record from before this field) or no limit: no verdict
+    run.started_at = None
+    run.jobs["c"] = run.jobs["c"].but(state=JobState.RUNNING)
+    assert d.decide(run, [], now=NOW + 9999, **kw).action == Action.WAIT
+
+
 def test_jobs_found_in_a_folder_whose_record_is_gone():
     jobs = d.found_on_head_node({"done": ("41", "0 0 1"), "bad": ("43", "2 0 1"), "left": ("42", ""),
                                  "unsure": (None, "")}, now=NOW)
