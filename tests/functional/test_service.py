@@ -566,9 +566,14 @@ def artifacts(monkeypatch):
         yield objects
 
 
-def with_artifacts(svc):
+def submitted_keeping_results(world, statuses):
+    """A parallel run submitted to a service that keeps results in the artifacts bucket, the
+    scheduler showing `statuses`."""
+    svc, scheduler, run = world("parallel")
     svc.settings = dataclasses.replace(svc.settings, artifacts_bucket="artifacts")
-    return svc
+    run = svc.submit_jobs(run)
+    scheduler.status_file.write_text(statuses)
+    return svc, scheduler, run
 
 
 def manifest_of(objects):
@@ -577,10 +582,7 @@ def manifest_of(objects):
 
 
 def test_the_round_that_sees_a_job_end_keeps_its_results_then_and_only_then(world, artifacts):
-    svc, scheduler, run = world("parallel")
-    with_artifacts(svc)
-    run = svc.submit_jobs(run)
-    scheduler.status_file.write_text("id-a R\nid-b R\nid-c R\n")
+    svc, scheduler, run = submitted_keeping_results(world, "id-a R\nid-b R\nid-c R\n")
     Path(run["cluster"]["run_dir"], "jobs", "a", "stdout").write_text("a's answer\n")
     finish(run, "a", 0)
     run = svc.poll_jobs(run)
@@ -603,10 +605,7 @@ def test_an_unreachable_head_node_at_release_says_what_was_kept_and_what_may_sti
     """sshd gone for good: the release does not fail (the cluster must still be deleted); its
     note, which the definition adds to the cause, says what was not kept and what may run."""
     monkeypatch.setattr(headnode, "RELEASE_CONNECT_PAUSES", (0, 0))
-    svc, scheduler, run = world("parallel")
-    with_artifacts(svc)
-    run = svc.submit_jobs(run)
-    scheduler.status_file.write_text("id-a R\nid-b R\nid-c Q\n")
+    svc, scheduler, run = submitted_keeping_results(world, "id-a R\nid-b R\nid-c Q\n")
     Path(run["cluster"]["run_dir"], "jobs", "b", "started").write_text("1700000000\n")
     finish(run, "a", 0)
     run = svc.poll_jobs(run)
