@@ -358,21 +358,26 @@ class HeadNodeWork:
             cluster_deleted=self._cluster_deleted_next(run))
         return run
 
-    def release_existing(self, execution: str) -> str | None:
-        """After an abort on an existing head node: find the execution's folder, cancel its jobs,
-        keep what they wrote, remove it (one connection). The folder's path, or None if there
-        was none."""
-        node = self.wiring.backend.head_node({})
-        run = Run(execution=execution, order="parallel",
-                  cluster=ClusterRecord("READY", head_node={"scheduler": node.scheduler}))
+    def release_found(self, execution: str, cluster: dict | None = None) -> dict:
+        """After an abort or a timeout (no run record): find the execution's folder on the head
+        node, cancel its jobs, keep what they wrote, remove it (one connection). `cluster`: the
+        record of a created cluster that is about to be deleted (its head node and run key);
+        None for the existing head node. Returns {"run_dir" (None: there was none), "removed",
+        and "note": what could not be done}."""
+        if cluster is None:
+            node = self.wiring.backend.head_node({})
+            cluster = {"status": "READY", "head_node": {"scheduler": node.scheduler}}
+        run = Run(execution=execution, order="parallel", cluster=ClusterRecord.from_dict(cluster))
         with self.connect(run) as ssh:
             found = ssh.run_script(jobscripts.find_run_script(self.wiring.settings.remote_root, execution))
             run.cluster.run_dir = next((" ".join(r.fields) for r in jobscripts.parse_records(found.stdout)
                                         if r.tag == "run_dir"), None)
-            if run.run_dir is not None:
-                run.jobs = decisions.found_on_head_node(self._jobs_in_folder(ssh, run), now=_now())
-                self._release(ssh, run)
-        return run.run_dir
+            if run.run_dir is None:
+                return {"run_dir": None, "removed": False}
+            run.jobs = decisions.found_on_head_node(self._jobs_in_folder(ssh, run), now=_now())
+            run = self._release(ssh, run)
+        return {"run_dir": run.run_dir, "removed": bool(run.cluster.run_dir_removed),
+                **({"note": run.release_note} if run.release_note else {})}
 
     def _jobs_in_folder(self, ssh, run: Run) -> dict[str, tuple[str | None, str]]:
         """{name: (scheduler id or None, result line)} of every job the run's folder shows as

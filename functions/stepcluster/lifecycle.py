@@ -23,6 +23,10 @@ from stepcluster.wiring import Wiring
 
 log = logs.logger(__name__)
 
+#: How long the abort cleanup waits for the Release Head Node function before it deletes the
+#: cluster anyway (inside the cluster function's 120 s, with its listing and deletion calls).
+RELEASE_WAIT_SECONDS = 75
+
 #: Every key the execution input may hold.
 INPUT_KEYS = ("cluster_name", "keep_cluster")
 _INPUT_EXAMPLE = 'a JSON object like {"cluster_name": "my-cluster"}'
@@ -161,11 +165,42 @@ class ClusterLifecycle:
             return self._with_cluster(run, {**cluster.to_dict(), "key": {**cluster.key, "deleted": True}})
         return run
 
-    def delete_tagged(self, execution_arn: str) -> list[dict]:
-        """Delete every cluster tagged with this execution, and the run's key (idempotent)."""
+    def release_before_delete(self, execution: str, cluster: dict) -> dict | None:
+        """Before an aborted run's cluster is deleted: have the Release Head Node function (in
+        the VPC, where the head node is reachable; this function is not) cancel the run's jobs,
+        keep their results and remove the folder. Best effort, bounded by RELEASE_WAIT_SECONDS:
+        whatever it says, the cluster is deleted next. Its answer, or None (no head node yet)."""
+        w = self.wiring
+        # (a listing shows a finished create as CREATING: only status() reads its head node)
+        if cluster.get("status") not in ("READY", "CREATING") or not w.settings.release_function:
+            return None
+        ready = w.backend.status(cluster)
+        if ready.get("status") != "READY":
+            return None
+        if w.settings.ssh_key_name:
+            ready["key"] = {"secret_arn": w.settings.ssh_key_secret_id}
+        else:
+            ready["key"] = {"secret_arn": w.keys.names(execution)[1]}
+        try:
+            answer = w.release_function.invoke(
+                FunctionName=w.settings.release_function, InvocationType="RequestResponse",
+                Payload=json.dumps({"action": "release_aborted", "execution": execution, "cluster": ready}))
+            body = json.loads(answer["Payload"].read() or b"null")
+        except Exception as exc:  # noqa: BLE001 - the deletion must happen whatever this says
+            log.warning("could not keep the results on %s before deleting it: %s: %s",
+                        cluster.get("name"), type(exc).__name__, exc)
+            return {"cluster": cluster.get("name"), "error": f"{type(exc).__name__}: {exc}"}
+        if answer.get("FunctionError"):
+            log.warning("keeping the results on %s failed: %s", cluster.get("name"), body)
+            return {"cluster": cluster.get("name"), "error": (body or {}).get("errorMessage")}
+        return {"cluster": cluster.get("name"), **(body or {})}
+
+    def delete_tagged(self, execution_arn: str, clusters: list[dict] | None = None) -> list[dict]:
+        """Delete every cluster tagged with this execution (`clusters`, when already found), and
+        the run's key (idempotent)."""
         w = self.wiring
         deleted = []
-        for cluster in w.backend.find_clusters(execution_arn):
+        for cluster in w.backend.find_clusters(execution_arn) if clusters is None else clusters:
             result = w.backend.delete(cluster)
             deleted.append({"name": cluster.get("name"), "status": result["status"]})
         w.keys.delete(execution_arn.rsplit(":", 1)[-1])

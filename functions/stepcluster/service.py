@@ -56,13 +56,23 @@ class RunService:
         return getattr(getattr(self, RUN_TASKS[name]), name)(run)
 
     def cleanup_execution(self, execution_arn: str) -> dict:
-        """After an abort or timeout (the EventBridge rule, and the sweep below): delete what is
-        tagged with the execution. Idempotent."""
-        if self.wiring.backend.creates_clusters:
-            return {"execution": execution_arn, "clusters": self.lifecycle.delete_tagged(execution_arn)}
-        # An existing head node stays; the run's jobs and folder on it do not.
-        return {"execution": execution_arn, "clusters": [],
-                "released": self.head_node.release_existing(execution_arn.rsplit(":", 1)[-1])}
+        """After an abort or timeout (the EventBridge rule, and the sweep below): keep the
+        results of the execution's jobs and cancel them, then delete what is tagged with it.
+        Idempotent."""
+        execution = execution_arn.rsplit(":", 1)[-1]
+        if not self.wiring.backend.creates_clusters:
+            # An existing head node stays; the run's jobs and folder on it do not.
+            return {"execution": execution_arn, "clusters": [],
+                    "released": self.head_node.release_found(execution)}
+        clusters = self.wiring.backend.find_clusters(execution_arn)
+        released = [self.lifecycle.release_before_delete(execution, cluster) for cluster in clusters]
+        return {"execution": execution_arn, "released": [r for r in released if r],
+                "clusters": self.lifecycle.delete_tagged(execution_arn, clusters)}
+
+    def release_aborted(self, execution: str, cluster: dict) -> dict:
+        """The Release Head Node function's part of that cleanup, for a created cluster (it runs
+        where the head node is reachable: in the VPC)."""
+        return self.head_node.release_found(execution, cluster)
 
     def sweep(self, state_machine_arn: str) -> dict:
         """The second sweep, every CleanupSweepMinutes (template: ClusterSweepSchedule).

@@ -36,6 +36,7 @@ class Settings:
     blocked_job_timeout_seconds: int = 600  # a job that cannot start by itself fails after this
     max_run_minutes: int = 10080  # a run still going this long after its start is ended (a week)
     staging: str = "ssh"  # "ssh": files go through the function; "head-node": it downloads them
+    release_function: str | None = None  # the abort cleanup of a created cluster calls it first
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":

@@ -23,7 +23,7 @@ class Wiring:
                  backend: ClusterBackend | None = None,
                  private_key: Callable[[str], str] = secrets.private_key,
                  keys: RunKeys | None = None, s3_client=None,
-                 executions: Executions | None = None, cfn_client=None):
+                 executions: Executions | None = None, cfn_client=None, lambda_client=None):
         self.settings = settings
         self._plan = plan
         self._backend = backend
@@ -32,6 +32,7 @@ class Wiring:
         self._s3 = s3_client
         self.executions = executions or Executions(region=settings.region)
         self._cfn = cfn_client
+        self._lambda = lambda_client
 
     @property
     def plan(self) -> Plan:
@@ -59,6 +60,20 @@ class Wiring:
             # as many connections as the results have requests in flight
             self._s3 = boto3.client("s3", config=Config(max_pool_connections=UPLOAD_WORKERS))
         return self._s3
+
+    @property
+    def release_function(self):
+        """The Lambda client the abort cleanup calls the Release Head Node function with: no
+        retry (the function is not idempotent in time: a second call would find it half done),
+        and a bounded wait (the cluster is deleted next, whatever it says)."""
+        if self._lambda is None:
+            import boto3
+            from botocore.config import Config
+
+            from stepcluster.lifecycle import RELEASE_WAIT_SECONDS
+            self._lambda = boto3.client("lambda", region_name=self.settings.region, config=Config(
+                read_timeout=RELEASE_WAIT_SECONDS, connect_timeout=10, retries={"total_max_attempts": 1}))
+        return self._lambda
 
     @property
     def cfn(self):

@@ -100,23 +100,75 @@ def test_a_lambda_error_mid_run_still_deletes_the_stack(local_cluster, write_con
     assert after.left == NOTHING
 
 
-def test_an_aborted_run_is_cleaned_up_by_the_eventbridge_handler(local_cluster, write_config):
+def test_an_aborted_run_is_cleaned_up_by_the_eventbridge_handler(local_cluster, write_config, head_node):
     """An abort skips the teardown states; the rule on ABORTED executions invokes the cluster
-    function with the status-change event, which deletes what carries the execution's tag.
-    (moto delivers no such events to rules: the recorded event is played here.)"""
+    function with the status-change event, which has Release Head Node (in the VPC: the cluster
+    function is not) cancel the run's job and keep what it wrote so far, then deletes what
+    carries the execution's tag. (moto delivers no such events to rules: the recorded event is
+    played here; the release is invoked through the local Lambda endpoint.)"""
+    import time
+
     from handlers import cluster
 
-    config = write_config("sequential", {"a": "sleep 60"})
+    from .conftest import remote_exists
+
+    config = write_config("sequential", {"a": 'echo halfway > "$STEPCLUSTER_OUTPUT/a.txt"; sleep 60'})
     seen = {}
 
     def cleanup(report):
+        execution = report.execution_arn.rsplit(":", 1)[-1]
+        deadline = time.monotonic() + 30          # the job has started and written its first file
+        while not remote_exists(head_node, f"stepcluster-runs/{execution}/jobs/a/output/a.txt"):
+            assert time.monotonic() < deadline, "the job did not start"
+            time.sleep(0.5)
         seen["before"] = leftovers()
         seen["result"] = cluster.handler(cleanup_event(report.execution_arn), None)
         seen["after"] = leftovers()
+        s3 = boto3.client("s3")
+        seen["kept"] = s3.get_object(Bucket=runner.ARTIFACTS_BUCKET, Key=f"{execution}/a/output/a.txt")["Body"].read()
+        seen["folder"] = remote_exists(head_node, f"stepcluster-runs/{execution}")
 
     report = run_local(config, "cfn-abort", cluster=local_cluster, on_start=abort_at_first_poll,
                        on_finish=cleanup)
     assert report.status == "ABORTED"
     assert seen["before"]["stacks"] == ["cfncluster-cfn-abort"]   # the abort left it running
+    released = seen["result"]["released"]
+    assert [(r["cluster"], r["removed"]) for r in released] == [("cfn-abort", True)], released
+    assert seen["kept"] == b"halfway\n" and seen["folder"] is False
     assert seen["result"]["clusters"][0]["name"] == "cfn-abort"
+    assert seen["after"] == NOTHING
+
+
+def test_an_abort_cleanup_whose_release_fails_still_deletes_everything(local_cluster, write_config, head_node):
+    """Keeping the results first is best effort: a Release Head Node that fails (here: a
+    function error) is reported in the cleanup's answer, and the cluster is deleted anyway."""
+    from handlers import cluster
+
+    config = write_config("sequential", {"a": "sleep 60"})
+    seen = {}
+
+    def abort_then_break_release(endpoint):
+        abort_at_first_poll(endpoint)
+        stop = endpoint.fault
+
+        def fault(name, event):
+            if name == "ReleaseHeadNodeFunction":
+                raise RuntimeError("release broke")
+            stop(name, event)
+        endpoint.fault = fault
+
+    def cleanup(report):
+        seen["result"] = cluster.handler(cleanup_event(report.execution_arn), None)
+        seen["after"] = leftovers()
+
+    report = run_local(config, "cfn-abort-2", cluster=local_cluster, on_start=abort_then_break_release,
+                       on_finish=cleanup)
+    # (in AWS the cluster's deletion ends the job; the local head node stays: end it here)
+    from stepcluster.jobscripts import submission_name
+
+    execution = report.execution_arn.rsplit(":", 1)[-1]
+    head_node.run(["scancel", "--name", submission_name(execution, "a")], check=False)
+    head_node.run(["bash", "-c", f"rm -rf -- ~/stepcluster-runs/{execution}"])
+    assert report.status == "ABORTED"
+    assert seen["result"]["released"] == [{"cluster": "cfn-abort-2", "error": "release broke"}]
     assert seen["after"] == NOTHING

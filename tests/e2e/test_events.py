@@ -89,4 +89,4 @@ def test_every_handler_runs_with_its_event(lambda_environment, head_node):
     assert cluster.handler(event("cluster_deletion_status"), None)["cluster"]["status"] == "RELEASED"
     # An existing head node is never deleted; this run's folder is already gone.
     assert cluster.handler(event("cluster_cleanup"), None) == {
-        "execution": event("cluster_cleanup")["detail"]["executionArn"], "clusters": [], "released": None}
+        "execution": event("cluster_cleanup")["detail"]["executionArn"], "clusters": [], "released": {"run_dir": None, "removed": False}}

@@ -204,7 +204,7 @@ def test_a_cleanup_before_the_stack_exists_is_made_good_by_the_create_itself(aws
 
     with during(moment, abort_and_clean_up) as fired:
         run = create(svc, arn)
-    assert fired and seen["cleanup"] == {"execution": arn, "clusters": []} and seen["left"] == (0, 0, 0)
+    assert fired and seen["cleanup"] == {"execution": arn, "released": [], "clusters": []} and seen["left"] == (0, 0, 0)
     assert left(aws) == (0, 0, 0)
     assert run["cluster"]["execution_status"] == "ABORTED"
 

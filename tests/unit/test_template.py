@@ -405,8 +405,12 @@ def test_environment_matches_what_the_code_reads(template):
 
     variables = template["Globals"]["Function"]["Environment"]["Variables"]
     read = {f"STEPCLUSTER_{f.name.upper()}" for f in dataclasses.fields(Settings)}
-    # Lambda sets AWS_REGION, which Settings falls back to
-    assert set(variables) == read - {"STEPCLUSTER_REGION"} | {"LOG_LEVEL"}
+    # Lambda sets AWS_REGION, which Settings falls back to; the cluster functions alone get the
+    # release function (a global one would make that function depend on itself)
+    assert set(variables) == read - {"STEPCLUSTER_REGION", "STEPCLUSTER_RELEASE_FUNCTION"} | {"LOG_LEVEL"}
+    for function in ("ClusterFunction", "ParallelClusterFunction"):
+        own = template["Resources"][function]["Properties"]["Environment"]["Variables"]
+        assert own == {"STEPCLUSTER_RELEASE_FUNCTION": {"Ref": "ReleaseHeadNodeFunction"}}
     assert variables.pop("STEPCLUSTER_RESOURCE_PREFIX") == {"Fn::Sub": "stepcluster/${AWS::StackName}"}
     assert variables.pop("STEPCLUSTER_ARTIFACTS_BUCKET") == {"Ref": "ArtifactsBucket"}
     for value in variables.values():  # every other value comes from a parameter
@@ -760,7 +764,9 @@ def test_cleanup_policy_reads_only_this_state_machines_executions(template, tran
             function = "ParallelClusterFunction" if backend == "parallelcluster" else "ClusterFunction"
             assert "ClusterCleanupPolicy" in created and attached == {f"{function}Role"} <= created
     found = {s["Sid"]: s for s in policy["Properties"]["PolicyDocument"]["Statement"]}
-    assert set(found) == {"ReadThisStateMachinesExecutions", "FindRunSecrets"}
+    assert set(found) == {"ReadThisStateMachinesExecutions", "FindRunSecrets", "KeepAbortedRunsResults"}
+    assert found["KeepAbortedRunsResults"]["Action"] == "lambda:InvokeFunction"
+    assert found["KeepAbortedRunsResults"]["Resource"] == {"Fn::GetAtt": ["ReleaseHeadNodeFunction", "Arn"]}
     describe = found["ReadThisStateMachinesExecutions"]
     assert describe["Action"] == "states:DescribeExecution"
     assert describe["Resource"] == {"Fn::Sub": "arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}"

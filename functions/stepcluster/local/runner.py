@@ -331,7 +331,7 @@ def local_environment(plan_dir: str, cluster: LocalCluster, scheduler: str, over
         "STEPCLUSTER_SCHEDULER": scheduler, "STEPCLUSTER_HEAD_NODE_HOST": cluster.host,
         "STEPCLUSTER_HEAD_NODE_PORT": str(cluster.port), "STEPCLUSTER_HEAD_NODE_USER": cluster.user,
         "STEPCLUSTER_HEAD_NODE_HOST_KEY": cluster.host_key, "STEPCLUSTER_CLUSTER_POLL_SECONDS": "1",
-        "STEPCLUSTER_ARTIFACTS_BUCKET": ARTIFACTS_BUCKET,
+        "STEPCLUSTER_ARTIFACTS_BUCKET": ARTIFACTS_BUCKET, "STEPCLUSTER_RELEASE_FUNCTION": "ReleaseHeadNodeFunction",
         **{f"STEPCLUSTER_{k.upper()}": str(v) for k, v in overrides.items()},
     })
     runtime.reset()
