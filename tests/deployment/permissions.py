@@ -441,6 +441,11 @@ ACTION_OF = {
     "s3:GetBucketEncryption": ["s3:GetEncryptionConfiguration"],
     "s3:GetBucketPolicyStatus": ["s3:GetBucketPolicyStatus"],
     "sts:GetCallerIdentity": [],  # needs no permission
+    # a multipart upload's create, parts and completion are authorized as PutObject (S3's
+    # "Multipart upload and permissions"); only its abort has an action of its own
+    "s3:CreateMultipartUpload": ["s3:PutObject"],
+    "s3:UploadPart": ["s3:PutObject"],
+    "s3:CompleteMultipartUpload": ["s3:PutObject"],
 }
 
 

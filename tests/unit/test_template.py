@@ -417,17 +417,21 @@ def test_environment_matches_what_the_code_reads(template):
         assert set(value) == {"Ref"} and value["Ref"] in template["Parameters"]
 
 
-def test_results_go_to_the_stacks_own_bucket_written_only_by_the_release_function(transformed):
+def test_results_go_to_the_stacks_own_bucket_written_only_by_the_functions_that_keep_them(transformed):
     resources = transformed["Resources"]
     bucket = resources["ArtifactsBucket"]
     assert bucket["DeletionPolicy"] == "Retain" and "BucketName" not in bucket["Properties"]
     assert all(bucket["Properties"]["PublicAccessBlockConfiguration"].values())
     writers = {path[0]: json.dumps(s["Resource"]) for path, s in statements(resources)
                if "s3:PutObject" in as_list(s["Action"]) and "ArtifactsBucket" in json.dumps(s["Resource"])}
-    # the cluster function too, for an existing head node: its abort cleanup releases the run
-    assert set(writers) == {"ReleaseHeadNodeFunctionRole", "JobStagingPolicy", "ClusterFunctionRole"}
-    cluster_policies = resources["ClusterFunctionRole"]["Properties"]["Policies"]
-    assert [p["Fn::If"][0] for p in cluster_policies if "Fn::If" in p] == ["UseExistingHeadNode"]
+    assert set(writers) == {"JobResultsPolicy", "JobStagingPolicy"}
+    holders = {name: r["Properties"]["ManagedPolicyArns"] for name, r in resources.items()
+               if r["Type"] == "AWS::IAM::Role" and "JobResultsPolicy" in json.dumps(r["Properties"].get("ManagedPolicyArns"))}
+    # the polling round that sees a job end, the release, and for an existing head node the
+    # cluster function (its abort cleanup releases the run)
+    assert set(holders) == {"PollJobsFunctionRole", "ReleaseHeadNodeFunctionRole", "ClusterFunctionRole"}
+    assert {"Fn::If": ["UseExistingHeadNode", {"Ref": "JobResultsPolicy"}, {"Ref": "AWS::NoValue"}]} \
+        in holders["ClusterFunctionRole"]
     # staging only shares local_path packages, and only for head-node staging
     assert "/packages/*" in writers["JobStagingPolicy"]
 
