@@ -1,7 +1,8 @@
-"""The `stepcluster` command: validate, preprocess, run-local.
+"""The `stepcluster` command: validate, preprocess, run-local, cleanup.
 
-Exit codes: 0 success; 1 the run failed (run-local); 2 bad input (config, options, missing
-local cluster). Problems are printed one per line on stderr, never as a traceback.
+Exit codes: 0 success; 1 the run failed (run-local), or the cleanup function failed (cleanup);
+2 bad input (config, options, missing local cluster, no such stack or execution); 130
+interrupted (Ctrl-C). Problems are printed one per line on stderr, never as a traceback.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from stepcluster.config import load_jobs_config
 from stepcluster.errors import ConfigError, StepclusterError
 
-EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _print_problems(exc: ConfigError) -> None:
@@ -90,7 +91,65 @@ def cmd_run_local(args) -> int:
         print("counts: " + ", ".join(f"{k}={v}" for k, v in report.counts.items()))
         if args.artifacts_dir:
             print(f"results: {args.artifacts_dir}/<execution>/<job>/ (stdout, stderr, exit_code, output/)")
+    if report.interrupted:
+        return EXIT_INTERRUPTED
     return EXIT_OK if report.status == "SUCCEEDED" else EXIT_RUN_FAILED
+
+
+def cmd_cleanup(args) -> int:
+    """The abort cleanup of one execution, by hand: the local cluster's (a run-local execution)
+    or, with --stack, a deployed stack's cluster function."""
+    from stepcluster.cleanup_client import CleanupFailed
+
+    try:
+        if args.stack:
+            local_only = [option for option, given in (
+                ("--scheduler", args.scheduler), ("--artifacts-dir", args.artifacts_dir),
+                ("--parameter-overrides", args.parameter_overrides)) if given]
+            if local_only:
+                print(f"stepcluster: {', '.join(local_only)}: only for a local cleanup (without --stack)",
+                      file=sys.stderr)
+                return EXIT_BAD_INPUT
+            return _cleanup_deployed(args)
+        if args.region:
+            print("stepcluster: --region: only with --stack (a local cleanup is the local cluster's)",
+                  file=sys.stderr)
+            return EXIT_BAD_INPUT
+        from stepcluster.local.parameters import settings_from_overrides
+        from stepcluster.local.runner import cleanup_local
+
+        result = cleanup_local(args.execution, scheduler=args.scheduler or "slurm", progress=print,
+                               artifacts_dir=args.artifacts_dir,
+                               settings_overrides=settings_from_overrides(args.parameter_overrides or []))
+    except CleanupFailed as exc:
+        print(f"stepcluster: the cleanup failed: {exc.message}", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    except ConfigError as exc:
+        _print_problems(exc)
+        return EXIT_BAD_INPUT
+    except FileNotFoundError as exc:
+        print(f"stepcluster: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print("result: " + json.dumps(result, sort_keys=True))
+    return EXIT_OK
+
+
+def _cleanup_deployed(args) -> int:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from stepcluster.cleanup_client import cleanup_deployed, describe_result
+
+    try:
+        done = cleanup_deployed(args.execution, args.stack, region=args.region)
+    except (BotoCoreError, ClientError) as exc:   # no credentials, no access, no such region...
+        print(f"stepcluster: cannot clean up through stack {args.stack!r}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    name = args.execution.rsplit(":", 1)[-1]
+    print(f"cleanup of {name} by {done['function']} (stack {args.stack}), with the EventBridge rule's event:")
+    for line in describe_result(done["result"], execution=name, bucket=done["artifacts_bucket"]):
+        print(f"  {line}")
+    print("result: " + json.dumps(done["result"], sort_keys=True))
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,6 +208,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="template parameters, as `sam deploy` takes them (BlockedJobTimeoutSeconds=20 "
                         "ClusterPollSeconds=5 ...): checked against template.yaml's constraints")
     p.set_defaults(func=cmd_run_local)
+
+    p = sub.add_parser("cleanup", help="after an interrupted or aborted run: cancel its jobs, keep "
+                                       "their results, remove its folder (what the abort rule does)")
+    p.add_argument("execution", metavar="EXECUTION",
+                   help="a run-local execution's name (local-YYYYmmdd-HHMMSS-xxxxxx) or ARN; with "
+                        "--stack, the deployed execution's ARN")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--local", action="store_true",
+                       help="the local cluster's execution (the default without --stack)")
+    where.add_argument("--stack", default=None,
+                       help="a deployed stack: invoke its cluster function with the rule's event")
+    p.add_argument("--region", default=None, help="with --stack: its region (default: the ARN's)")
+    p.add_argument("--scheduler", choices=["slurm", "sge"], default=None,
+                   help="local: the scheduler run-local used (default slurm)")
+    p.add_argument("--artifacts-dir", type=Path, default=None,
+                   help="local: write what the cleanup kept here (same keys as run-local's)")
+    p.add_argument("--parameter-overrides", nargs="+", metavar="KEY=VALUE",
+                   help="local: the template parameters run-local was given (RemoteWorkRoot=...)")
+    p.set_defaults(func=cmd_cleanup)
     return parser
 
 
@@ -160,7 +238,8 @@ def main(argv=None) -> int:
         print(f"stepcluster: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        return 130
+        # run-local already said what it did or, on a second Ctrl-C, what may be left
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import time
 
 from stepcluster import adoption, decisions, jobscripts, logs, results, staging
 from stepcluster.decisions import JobObservation, Limits
-from stepcluster.errors import (HeadNodeError, SchedulerError, SchedulerUnavailable, StagingError,
+from stepcluster.errors import (HeadNodeError, InputError, SchedulerError, SchedulerUnavailable, StagingError,
                                TransientSSHError)
 from stepcluster.record import ClusterRecord, Run
 from stepcluster.schedulers import Category, CommandOutput, JobStatus, Scheduler, get_scheduler
@@ -364,6 +364,9 @@ class HeadNodeWork:
         record of a created cluster that is about to be deleted (its head node and run key);
         None for the existing head node. Returns {"run_dir" (None: there was none), "removed",
         and "note": what could not be done}."""
+        if execution in ("", ".", "..") or "/" in execution:
+            # its folder is RemoteWorkRoot/NAME: a name that leaves it is no execution's
+            raise InputError(f"{execution!r} is not an execution name")
         if cluster is None:
             node = self.wiring.backend.head_node({})
             cluster = {"status": "READY", "head_node": {"scheduler": node.scheduler}}

@@ -291,7 +291,7 @@ def test_an_aborted_run_on_an_existing_head_node_is_released_by_the_cleanup(
     report = run_local(config, "abort", cluster=local_cluster, on_start=abort_once_quick_has_ended,
                        on_finish=cleanup)
     assert report.status == "ABORTED"
-    assert seen["result"]["released"] == run_dir_of(report)
+    assert seen["result"]["released"] == {"run_dir": run_dir_of(report), "removed": True}
     assert not remote_exists(head_node, run_dir_of(report))
     status = scheduler_view(head_node, "slurm", [seen["job_id"]])[seen["job_id"]]
     assert status.category not in (Category.QUEUED, Category.RUNNING)

@@ -665,3 +665,10 @@ def test_a_cancel_while_the_controller_is_down_is_an_outage_to_retry(world, monk
     scheduler.down.unlink()
     scheduler.status_file.write_text("")                              # back; the jobs are gone
     assert {j["state"] for j in svc.cancel_jobs(run)["jobs"].values()} == {"CANCELLED"}
+
+
+@pytest.mark.parametrize("name", ["..", ".", "", "a/../../etc"])
+def test_the_cleanup_refuses_a_name_that_would_leave_the_runs_folder(world, name):
+    svc, _, _ = world()
+    with pytest.raises(InputError, match="is not an execution name"):
+        svc.service.head_node.release_found(name)

@@ -11,15 +11,19 @@ import contextlib
 import json
 import logging
 import os
+import shlex
+import signal
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from stepcluster import definition, secrets
-from stepcluster.config import load_jobs_config
+from stepcluster import cleanup_client, definition, secrets
+from stepcluster.config import JobsConfig, load_jobs_config
+from stepcluster.errors import InputError
 from stepcluster.local.lambda_endpoint import FUNCTIONS, LocalLambdaEndpoint
 from stepcluster.plan import build_plan
 from stepcluster.remote import ssh
@@ -28,6 +32,13 @@ REGION = "us-east-1"
 ACCOUNT = "123456789012"
 DEFAULT_RIG = "/tmp/stepcluster-rig"
 ARTIFACTS_BUCKET = "stepcluster-local-artifacts"
+STATE_MACHINE = "stepcluster-local"
+#: After a Ctrl-C, how long to wait for moto's interpreter to end the execution: it ends once
+#: the Lambda call in flight returns (a poll takes seconds; a submit that stages large files,
+#: longer). The cleanup then runs even if it has not, and says so.
+STOP_WAIT_SECONDS = 60
+#: The error and cause a Ctrl-C stops the execution with (what the report says).
+INTERRUPTED_ERROR, INTERRUPTED_CAUSE = "Interrupted", "run-local was interrupted (Ctrl-C)"
 
 
 @dataclass(frozen=True)
@@ -65,10 +76,25 @@ class RunReport:
     output: dict | None = None
     invocations: dict = field(default_factory=dict)
     events: list[dict] = field(default_factory=list, repr=False)
+    interrupted: bool = False    # stopped by a Ctrl-C (the CLI exits 130)
+    cleanup: dict | None = None  # then: what the cluster function's cleanup returned
 
     def to_dict(self) -> dict:
-        return {"status": self.status, "error": self.error, "cause": self.cause, "jobs": self.jobs,
-                "counts": self.counts, "execution_arn": self.execution_arn}
+        report = {"status": self.status, "error": self.error, "cause": self.cause, "jobs": self.jobs,
+                  "counts": self.counts, "execution_arn": self.execution_arn}
+        if self.cleanup is not None:
+            report["cleanup"] = self.cleanup
+        return report
+
+
+class Interrupted(KeyboardInterrupt):
+    """A second Ctrl-C while the cleanup of the first ran: run-local exits at once. `left`
+    says what may still be on the head node and the command that finishes the cleanup (the
+    lines were already given to `progress`)."""
+
+    def __init__(self, execution: str, left: list[str]):
+        self.execution, self.left = execution, left
+        super().__init__("\n".join(left))
 
 
 def run_local(config_path: str, cluster_name: str, *, scheduler: str = "slurm",
@@ -99,6 +125,13 @@ def run_local(config_path: str, cluster_name: str, *, scheduler: str = "slurm",
     written here with the same keys (`ARTIFACTS_DIR/EXECUTION/JOB/stdout`...).
     `staging="head-node"`: the head node downloads the jobs' files itself with presigned URLs;
     S3 is then also served over HTTP on 127.0.0.1 (moto's server), which the head node reaches.
+
+    Ctrl-C (a KeyboardInterrupt, SIGINT) while the execution runs does what AWS does when a
+    user stops it: the execution ends ABORTED and the cluster function runs the EventBridge
+    rule's cleanup (cancel the jobs, keep their results, remove the run's folder); the report
+    says ABORTED and `artifacts_dir` gets what was kept. A second Ctrl-C during that cleanup
+    raises Interrupted (a KeyboardInterrupt) at once, after saying what may be left and the
+    `stepcluster cleanup` command that finishes it (cleanup_local).
     """
     config = load_jobs_config(config_path)
     cluster = cluster or LocalCluster()
@@ -123,12 +156,70 @@ def run_local(config_path: str, cluster_name: str, *, scheduler: str = "slurm",
             if on_start:
                 on_start(endpoint)
             os.environ["AWS_ENDPOINT_URL_LAMBDA"] = endpoint.url
-            report = _execute(plan, cluster, cluster_name, execution_input, endpoint, progress, timeout)
+            report = _execute(plan, cluster, cluster_name, execution_input, endpoint, progress, timeout,
+                              artifacts_dir)
             if artifacts_dir:
                 _write_artifacts(Path(artifacts_dir))
             if on_finish:
                 on_finish(report)
             return report
+
+
+def cleanup_local(execution: str, *, scheduler: str = "slurm", cluster: LocalCluster | None = None,
+                  settings_overrides: dict | None = None, artifacts_dir: str | Path | None = None,
+                  progress: Callable[[str], None] = lambda line: None) -> dict:
+    """`stepcluster cleanup EXECUTION` for a run-local execution (its name or ARN): what a
+    Ctrl-C's cleanup does, afterwards (after a second Ctrl-C, a killed run-local, a lost
+    terminal). Idempotent: nothing of the execution on the head node is said, not an error.
+
+    The local functions are set up as for a run (moto, LocalLambdaEndpoint, the head node's
+    key in moto's Secrets Manager), and the cluster function is invoked, through
+    AWS_ENDPOINT_URL_LAMBDA as a deployed one is (cleanup_client.invoke_cleanup), with the
+    EventBridge rule's event: its cleanup finds the folder, cancels the jobs, keeps their
+    results in the (moto) artifacts bucket, which are then written to `artifacts_dir` with
+    the same keys as run-local's, and removes the folder. The cleanup needs no jobs config:
+    it reads the run's folder; the plan the functions load is an empty one.
+
+    Returns the cluster function's result; raises InputError for a name that is not an
+    execution's, FileNotFoundError for no local cluster, CleanupFailed when the function
+    raised."""
+    if execution.startswith("arn:"):
+        name = cleanup_client.parse_execution_arn(execution).name
+    elif cleanup_client.EXECUTION_NAME.match(execution):
+        name = execution
+    else:
+        raise InputError(f"{execution!r} is not an execution name (run-local's look like "
+                         "local-20261202-080000-1a2b3c) or ARN")
+    arn = f"arn:aws:states:{REGION}:{ACCOUNT}:execution:{STATE_MACHINE}:{name}"
+    cluster = cluster or LocalCluster()
+    cluster.check()
+    overrides = {"backend": "existing", **(settings_overrides or {})}
+    with tempfile.TemporaryDirectory(prefix="stepcluster-plan-") as plan_dir, \
+            local_environment(plan_dir, cluster, scheduler, overrides):
+        from moto import mock_aws
+
+        with mock_aws(), LocalLambdaEndpoint() as endpoint:
+            from stepcluster.plan import build_plan
+
+            build_plan(JobsConfig(path="(stepcluster cleanup)", order="parallel", jobs=()),
+                       Path(plan_dir) / "plan")
+            os.environ["STEPCLUSTER_PLAN_DIR"] = str(Path(plan_dir) / "plan")
+            boto3_client("s3").create_bucket(Bucket=ARTIFACTS_BUCKET)
+            _install_head_node_key(cluster)
+            os.environ["AWS_ENDPOINT_URL_LAMBDA"] = endpoint.url
+            progress(f"cleanup of {name} on {cluster.user}@{cluster.host}:{cluster.port}: the cluster "
+                     "function, with the EventBridge rule's event")
+            result = cleanup_client.invoke_cleanup(boto3_client("lambda"), "ClusterFunction",
+                                                   cleanup_client.cleanup_event(arn))
+            for line in _describe_cleanup(result, name):
+                progress(line)
+            if artifacts_dir and cleanup_client.removed_a_folder(result):
+                _write_artifacts(Path(artifacts_dir))
+                progress(f"results written to {artifacts_dir}/{name}/")
+            elif cleanup_client.removed_a_folder(result):
+                progress("(no --artifacts-dir: the results were kept only in this command's stand-in "
+                         "for S3, gone when it exits)")
+            return result
 
 
 @contextlib.contextmanager
@@ -200,46 +291,52 @@ def _local_cluster_config(backend: str, cluster: LocalCluster, scheduler: str, f
     return write_local_cfncluster_config(folder / "cfncluster.config", standin)
 
 
-def _execute(plan, cluster, cluster_name, execution_input, endpoint, progress, timeout) -> RunReport:
-    import boto3
-
-    secret = boto3.client("secretsmanager", region_name=REGION).create_secret(
+def _install_head_node_key(cluster: LocalCluster) -> None:
+    """The head node's SSH key in (moto's) Secrets Manager, where the functions read it."""
+    secret = boto3_client("secretsmanager").create_secret(
         Name="stepcluster/local-head-node-key", SecretString=cluster.private_key)
     os.environ["STEPCLUSTER_SSH_KEY_SECRET_ID"] = secret["ARN"]
+
+
+def _execute(plan, cluster, cluster_name, execution_input, endpoint, progress, timeout,
+             artifacts_dir=None) -> RunReport:
+    _install_head_node_key(cluster)
     values = {f"{name}Arn": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{name}" for name in FUNCTIONS}
     values["JobsPlanDigest"] = plan.digest
-    sfn = boto3.client("stepfunctions", region_name=REGION)
+    sfn = boto3_client("stepfunctions")
     machine = sfn.create_state_machine(
-        name="stepcluster-local", definition=definition.substitute(definition.read_definition(), values),
+        name=STATE_MACHINE, definition=definition.substitute(definition.read_definition(), values),
         roleArn=f"arn:aws:iam::{ACCOUNT}:role/stepcluster-local")["stateMachineArn"]
     ssh_before = ssh.connections_opened
     execution_name = f"local-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    arn = sfn.start_execution(
-        stateMachineArn=machine, name=execution_name,
-        input=json.dumps(execution_input if execution_input is not None else {"cluster_name": cluster_name}),
-    )["executionArn"]
-    progress(f"execution {execution_name} started ({len(plan.jobs)} jobs, {plan.order}, "
-             f"scheduler {os.environ['STEPCLUSTER_SCHEDULER']})")
-
-    follower = _HistoryFollower(sfn, arn, progress)
-    deadline = time.monotonic() + timeout
-    while True:
-        described = sfn.describe_execution(executionArn=arn)
-        follower.update()
-        if described["status"] != "RUNNING":
-            break
-        if time.monotonic() > deadline:
-            sfn.stop_execution(executionArn=arn, error="RunLocalTimeout",
-                               cause=f"run-local gave up after {timeout:.0f} s")
-            time.sleep(1)
-            continue
-        time.sleep(0.2)
+    cleanup = None
+    with _ctrl_c_requests() as interrupt:
+        arn = sfn.start_execution(
+            stateMachineArn=machine, name=execution_name,
+            input=json.dumps(execution_input if execution_input is not None else {"cluster_name": cluster_name}),
+        )["executionArn"]
+        progress(f"execution {execution_name} started ({len(plan.jobs)} jobs, {plan.order}, "
+                 f"scheduler {os.environ['STEPCLUSTER_SCHEDULER']})")
+        follower = _HistoryFollower(sfn, arn, progress)
+        try:
+            described = _follow(sfn, arn, follower, timeout, interrupt)
+        except _CtrlCAgain:
+            raise _left_behind(execution_name, progress, artifacts_dir) from None
+        except KeyboardInterrupt:
+            interrupted = True
+        else:
+            interrupted = False
+    if interrupted:        # outside the `with`: a second Ctrl-C raises again, at once
+        described, cleanup = _interrupted(sfn, arn, follower, endpoint, progress, artifacts_dir)
+        interrupted = described["status"] != "SUCCEEDED"
     follower.update()
     output = json.loads(described["output"]) if described.get("output") else None
     run = output or follower.last_run or {}
     results = (run.get("results") or {}).get("prefix")
     jobs = [_job_row(name, job, results) for name, job in run.get("jobs", {}).items()] or \
         [_job_row(job.name, {"state": "NOT_STARTED"}, None) for job in plan.jobs]
+    if cleanup is not None:
+        jobs = _as_kept(jobs, execution_name)
     events = follower.events
     counts = {
         "history_events": len(events),
@@ -247,8 +344,198 @@ def _execute(plan, cluster, cluster_name, execution_input, endpoint, progress, t
         "lambda_invocations": endpoint.total_invocations,
         "ssh_connections": ssh.connections_opened - ssh_before,
     }
-    return RunReport(described["status"], described.get("cause"), described.get("error"),
-                     jobs, counts, arn, output, dict(endpoint.invocations), events)
+    status, error, cause = described["status"], described.get("error"), described.get("cause")
+    if interrupted:
+        # moto's StopExecution drops the error and cause it is given; AWS would show them
+        error, cause = error or INTERRUPTED_ERROR, cause or INTERRUPTED_CAUSE
+    return RunReport(status, cause, error, jobs, counts, arn, output, dict(endpoint.invocations), events,
+                     interrupted, cleanup)
+
+
+def _follow(sfn, arn, follower, timeout, interrupt: threading.Event) -> dict:
+    """Report the execution's progress until it ends; its DescribeExecution. Raises
+    KeyboardInterrupt when Ctrl-C was pressed (seen here, between two calls to moto)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if interrupt.is_set():
+            raise KeyboardInterrupt
+        described = sfn.describe_execution(executionArn=arn)
+        follower.update()
+        if described["status"] != "RUNNING":
+            return described
+        if time.monotonic() > deadline:
+            sfn.stop_execution(executionArn=arn, error="RunLocalTimeout",
+                               cause=f"run-local gave up after {timeout:.0f} s")
+            time.sleep(1)
+            continue
+        interrupt.wait(0.2)
+
+
+@contextlib.contextmanager
+def _ctrl_c_requests():
+    """While the execution runs, Ctrl-C (SIGINT) only sets the event it yields: the polling
+    loop acts on it between two calls into moto, whose interpreter threads share its state (a
+    KeyboardInterrupt in the middle of one of those calls could leave it half-updated).
+
+    Only in the main thread (the only one Python lets set a handler), and only over Python's
+    own handler (a caller that ignores SIGINT, or handles it itself, keeps it so; a
+    KeyboardInterrupt still ends the loop). The previous handler is back on the way out,
+    whatever happened: run_local is a library function, called in-process by tests."""
+    interrupt = threading.Event()
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield interrupt
+        return
+
+    def on_sigint(signum, frame):
+        if interrupt.is_set():     # twice before the loop acted on the first: exit at once
+            raise _CtrlCAgain
+        interrupt.set()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield interrupt
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class _CtrlCAgain(KeyboardInterrupt):
+    """A second Ctrl-C that came before the polling loop saw the first."""
+
+
+def _interrupted(sfn, arn, follower, endpoint, progress, artifacts_dir=None) -> tuple[dict, dict | None]:
+    """The first Ctrl-C: what a user's Stop does in AWS, then what the EventBridge rule does.
+
+    Stop the execution (ABORTED: the definition's teardown states are skipped, as in AWS),
+    wait (bounded) for the interpreter to end it, then invoke the cluster function with the
+    rule's event through the endpoint the state machine's own calls take: its cleanup cancels
+    the run's jobs, keeps their results in the artifacts bucket and removes the run's folder.
+    A second Ctrl-C meanwhile raises Interrupted at once, saying what may be left.
+
+    Returns (DescribeExecution, the cleanup's result or None when it failed)."""
+    name = arn.rsplit(":", 1)[-1]
+    try:
+        follower.say(f"Ctrl-C: stopping execution {name} and cleaning up (Ctrl-C again to exit at once)")
+        sfn.stop_execution(executionArn=arn, error=INTERRUPTED_ERROR, cause=INTERRUPTED_CAUSE)
+        deadline = time.monotonic() + STOP_WAIT_SECONDS
+        while (described := sfn.describe_execution(executionArn=arn))["status"] == "RUNNING":
+            if time.monotonic() > deadline:
+                follower.say(f"  the execution has not ended after {STOP_WAIT_SECONDS} s "
+                             "(a Lambda call still running): cleaning up anyway")
+                break
+            time.sleep(0.2)
+        follower.update()
+        if described["status"] == "SUCCEEDED":     # it ended by itself meanwhile: no rule fires
+            follower.say("execution SUCCEEDED before it could be stopped: nothing to clean up")
+            return described, None
+        follower.say(f"execution {described['status']}; cleanup: the cluster function, with the "
+                     "EventBridge rule's event")
+        event = cleanup_client.cleanup_event(
+            arn, status=described["status"] if described["status"] != "RUNNING" else "ABORTED",
+            input=described.get("input"))
+        try:
+            result = _waiting_in_short_steps(lambda: endpoint.invoke("ClusterFunction", event))
+        except Exception as exc:  # noqa: BLE001 - said, with how to finish; the report follows
+            follower.say(f"  the cleanup failed: {type(exc).__name__}: {exc}")
+            for line in _what_may_be_left(name, artifacts_dir)[1:]:
+                follower.say(f"  {line}")
+            return described, None
+        for line in _describe_cleanup(result, name):
+            follower.say(f"  {line}")
+        return described, result
+    except KeyboardInterrupt:
+        raise _left_behind(name, progress, artifacts_dir) from None
+
+
+def _waiting_in_short_steps(call):
+    """`call()` in a daemon thread, waited for 0.2 s at a time; its result or its exception.
+
+    So that a second Ctrl-C stops run-local at once: the kernel may deliver SIGINT to any
+    thread, and Python runs its handler in the main thread only when that thread next runs
+    Python code; a main thread inside one long call (an SSH command, a wait) would not see it
+    until the call returned (measured: 60 s for a 60 s call, about one run in five). The
+    cleanup thread left behind by a second Ctrl-C ends with the process (the CLI exits);
+    `stepcluster cleanup` finishes its work."""
+    outcome = {}
+
+    def run():
+        try:
+            outcome["result"] = call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread as it is
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, name="run-local-cleanup", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.2)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def _left_behind(execution: str, progress, artifacts_dir=None) -> Interrupted:
+    """A second Ctrl-C: say what may be left and how to finish; the Interrupted to raise."""
+    left = _what_may_be_left(execution, artifacts_dir)
+    progress("Ctrl-C again: exiting now, the cleanup did not finish.")
+    for line in left:
+        progress(f"  {line}")
+    return Interrupted(execution, left)
+
+
+def _what_may_be_left(execution: str, artifacts_dir=None) -> list[str]:
+    """After an unfinished cleanup: the execution, its folder on the head node, the command
+    (with run-local's own --artifacts-dir, so that the results still land where it was told)."""
+    from stepcluster.settings import Settings
+
+    settings = Settings.from_env()
+    root = settings.remote_root if settings.remote_root.startswith("/") else f"~/{settings.remote_root}"
+    command = ["stepcluster", "cleanup", execution]
+    if settings.scheduler != "slurm":
+        command += ["--scheduler", settings.scheduler]
+    if settings.remote_root != Settings.remote_root:
+        command += ["--parameter-overrides", f"RemoteWorkRoot={settings.remote_root}"]
+    if artifacts_dir:
+        command += ["--artifacts-dir", str(artifacts_dir)]
+    return [f"what may be left of execution {execution}: its jobs (queued or running) and its folder "
+            f"{root}/{execution} on {settings.head_node_user}@{settings.head_node_host}:{settings.head_node_port}",
+            f"finish the cleanup with: {shlex.join(command)}"]
+
+
+def _describe_cleanup(result: dict, execution: str) -> list[str]:
+    """The cleanup's result and what it kept (the manifest it wrote), as lines for a person."""
+    lines = []
+    manifest = _kept_manifest(execution)
+    jobs = (manifest or {}).get("jobs") or {}
+    cancelled = [f"{name} (job {job.get('job_id')})" for name, job in jobs.items() if job.get("state") == "CANCELLED"]
+    if cancelled:
+        lines.append(f"cancelled: {', '.join(cancelled)}")
+    kept = [name for name, job in jobs.items() if job.get("results")]
+    if kept:
+        lines.append(f"results kept: {', '.join(kept)} in s3://{ARTIFACTS_BUCKET}/{execution}/ (manifest.json)")
+    return lines + cleanup_client.describe_released(result, execution)
+
+
+def _kept_manifest(execution: str) -> dict | None:
+    """The manifest the cleanup wrote in (moto's) artifacts bucket, or None."""
+    s3 = boto3_client("s3")
+    try:
+        return json.loads(s3.get_object(Bucket=ARTIFACTS_BUCKET, Key=f"{execution}/manifest.json")["Body"].read())
+    except s3.exceptions.NoSuchKey:
+        return None
+
+
+def _as_kept(jobs: list[dict], execution: str) -> list[dict]:
+    """Each job as the cleanup left it (a job it cancelled: CANCELLED), not as the last poll
+    saw it before the Ctrl-C."""
+    kept = ((_kept_manifest(execution) or {}).get("jobs")) or {}
+    rows = []
+    for row in jobs:
+        job = kept.get(row["name"])
+        if job:
+            row = {**row, **{k: job.get(k) for k in ("job_id", "state", "exit_code", "started", "ended")
+                             if job.get(k) is not None}, "results": job.get("results") or row["results"]}
+        rows.append(row)
+    return rows
 
 
 def _job_row(name: str, job: dict, results_prefix: str | None) -> dict:
@@ -281,7 +568,7 @@ class _HistoryFollower:
             self._report(event)
         self.events = events
 
-    def _say(self, text: str) -> None:
+    def say(self, text: str) -> None:
         self.progress(f"[{time.monotonic() - self._t0:6.1f}s] {text}")
 
     def _report(self, event: dict) -> None:
@@ -289,7 +576,7 @@ class _HistoryFollower:
         if kind.endswith("StateEntered"):
             name = event["stateEnteredEventDetails"]["name"]
             if name not in ("Wait For Jobs", "Poll Jobs", "Are Jobs Done?"):
-                self._say(name)
+                self.say(name)
         elif kind.endswith("StateExited"):
             try:
                 state = json.loads(event["stateExitedEventDetails"].get("output") or "{}")
@@ -301,7 +588,7 @@ class _HistoryFollower:
                 silent = run.get("scheduler_silent_since")
                 if silent != self._silent_since:
                     self._silent_since = silent
-                    self._say(f"  the scheduler does not answer ({run.get('scheduler_said')}): "
+                    self.say(f"  the scheduler does not answer ({run.get('scheduler_said')}): "
                               "waiting for it, the jobs go on" if silent is not None
                               else "  the scheduler answers again")
                 for name, job in run["jobs"].items():
@@ -310,12 +597,12 @@ class _HistoryFollower:
                         detail = f" (job {job['job_id']})" if job.get("job_id") else ""
                         if job.get("exit_code") is not None:
                             detail += f", exit code {job['exit_code']}"
-                        self._say(f"  job {name}: {job['state']}{detail}")
+                        self.say(f"  job {name}: {job['state']}{detail}")
         elif kind == "ExecutionFailed":
             details = event.get("executionFailedEventDetails", {})
-            self._say(f"execution FAILED: {details.get('error')}: {details.get('cause')}")
+            self.say(f"execution FAILED: {details.get('error')}: {details.get('cause')}")
         elif kind == "ExecutionSucceeded":
-            self._say("execution SUCCEEDED")
+            self.say("execution SUCCEEDED")
 
 
 @contextlib.contextmanager
