@@ -1,6 +1,7 @@
 """Faults on the real local cluster, mid-run: a daemon stopped by its pid file and started
 again the rig's way (scripts/local-cluster.sh stop|start DAEMON)."""
 
+import json
 import subprocess
 import threading
 from pathlib import Path
@@ -8,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from stepcluster.local import runner
+
+from .conftest import remote_exists
 
 pytestmark = pytest.mark.e2e
 RIG = Path(__file__).resolve().parents[2] / "scripts" / "local-cluster.sh"
@@ -116,3 +119,71 @@ def test_a_submit_during_a_controller_outage_is_retried_until_it_is_back(schedul
     assert report.status == "SUCCEEDED", report.cause
     assert report.jobs[0]["state"] == "SUCCEEDED"
     assert report.invocations["SubmitJobsFunction"] >= 2          # refused while down, then retried
+
+
+def test_a_head_node_gone_for_good_fails_the_run_saying_what_was_kept_and_what_may_still_run(
+        local_cluster, write_config, head_node, tmp_path):
+    """sshd stops for good once a round has seen the quick job end (and kept its results). Before,
+    the run failed after 65 s with a raw Lambda error JSON and a stack trace as its cause, and kept
+    nothing. Now the cause is sentences: the poll's error, what was kept and where, which job may
+    still run and in which folder; the quick job's results are in the bucket."""
+    stopped = []
+
+    def fault(name, event):
+        jobs = event.get("jobs") or {}
+        if name == "PollJobsFunction" and not stopped and (jobs.get("quick") or {}).get("state") == "SUCCEEDED":
+            stopped.append(True)
+            rig("stop", "sshd")
+
+    config = write_config("parallel", {"quick": 'echo kept > "$STEPCLUSTER_OUTPUT/quick.txt"; echo quick',
+                                       "long": "sleep 600"}, wait_time=1)
+    artifacts = tmp_path / "artifacts"
+    report = None
+    try:
+        report = runner.run_local(config, "sshd-gone", cluster=local_cluster, timeout=400,
+                                  on_start=lambda endpoint: setattr(endpoint, "fault", fault),
+                                  artifacts_dir=artifacts)
+    finally:
+        rig("start", "sshd")
+        if report is not None:                   # the job it could not cancel, and its folder
+            long_id = next(j["job_id"] for j in report.jobs if j["name"] == "long")
+            head_node.run(["scancel", long_id], check=False)
+            head_node.run(["bash", "-c", f"rm -rf -- ~/stepcluster-runs/{report.execution_arn.rsplit(':', 1)[-1]}"])
+    assert stopped and report.status == "FAILED", report.cause
+    cause = report.cause
+    assert cause.startswith("cannot reach head node hpc@127.0.0.1:2222"), cause
+    execution = report.execution_arn.rsplit(":", 1)[-1]
+    assert (f"Not kept: the results of job 'long'; kept: those of job 'quick' (kept under "
+            f"s3://{runner.ARTIFACTS_BUCKET}/{execution}/)") in cause
+    assert f"Jobs 'long' (slurm job {long_id}) may still be running on the head node: they were not cancelled" in cause
+    assert "Traceback" not in cause and "errorMessage" not in cause
+    assert (artifacts / execution / "quick" / "stdout").read_text() == "quick\n"
+    assert (artifacts / execution / "quick" / "output" / "quick.txt").read_text() == "kept\n"
+    manifest = json.loads((artifacts / execution / "manifest.json").read_text())
+    assert manifest["jobs"]["quick"]["state"] == "SUCCEEDED" and manifest["jobs"]["long"]["results"] is None
+
+
+def test_a_run_past_max_run_minutes_is_torn_down_keeping_its_results(local_cluster, write_config, head_node, tmp_path):
+    """No state combination polls for ever: MaxRunMinutes (here 1) ends a run whose job would run
+    for ten minutes, by the same path as a failed job: cancelled, results kept, folder removed."""
+    from stepcluster.schedulers import Category
+
+    from .test_workflows import scheduler_view
+
+    config = write_config("parallel", {"quick": "echo done",
+                                       "endless": 'echo partial > "$STEPCLUSTER_OUTPUT/p.txt"; sleep 600'},
+                          wait_time=5)
+    artifacts = tmp_path / "artifacts"
+    report = runner.run_local(config, "time-limit", cluster=local_cluster, timeout=240, artifacts_dir=artifacts,
+                              settings_overrides={"max_run_minutes": 1})
+    assert report.status == "FAILED" and report.error == "RunTimeLimitReached", report.cause
+    endless = next(j for j in report.jobs if j["name"] == "endless")
+    assert report.cause.startswith("The run reached its time limit (MaxRunMinutes=1; it started at ")
+    assert f"jobs 'endless' (slurm job {endless['job_id']}, RUNNING) were still queued or running" in report.cause
+    assert {j["name"]: j["state"] for j in report.jobs} == {"quick": "SUCCEEDED", "endless": "CANCELLED"}
+    view = scheduler_view(head_node, "slurm", [endless["job_id"]])[endless["job_id"]]
+    assert view.category not in (Category.QUEUED, Category.RUNNING)
+    execution = report.execution_arn.rsplit(":", 1)[-1]
+    assert (artifacts / execution / "endless" / "output" / "p.txt").read_text() == "partial\n"
+    assert (artifacts / execution / "quick" / "stdout").read_text() == "done\n"
+    assert not remote_exists(head_node, f"stepcluster-runs/{execution}")
