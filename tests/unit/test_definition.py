@@ -175,3 +175,22 @@ def test_asl_validator_accepts_the_definition():
     done = subprocess.run([str(validator), "--json-path", str(definition.DEFINITION_PATH)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def retry_waits(retry) -> list[float]:
+    """The waits of a Retry rule before each attempt, at their least (full jitter: nothing)."""
+    if retry.get("JitterStrategy") == "FULL":
+        return [0.0] * retry["MaxAttempts"]
+    waits = [retry["IntervalSeconds"] * retry.get("BackoffRate", 2.0) ** k for k in range(retry["MaxAttempts"])]
+    return [min(w, retry.get("MaxDelaySeconds", w)) for w in waits]
+
+
+@pytest.mark.parametrize("error, task, at_least", [
+    ("TransientSSHError", "Poll Jobs", 120),        # sshd restarting, a network blip
+    ("SchedulerUnavailable", "Poll Jobs", 300),     # slurmctld / sge_qmaster down (issue 9: 5 min)
+    ("SchedulerUnavailable", "Submit Jobs", 300),
+    ("SchedulerUnavailable", "Cancel Jobs", 300),
+])
+def test_outages_are_ridden_out_for_at_least_their_bound_whatever_the_jitter(states, error, task, at_least):
+    retry = next(r for r in states[task]["Retry"] if r["ErrorEquals"] == [error])
+    assert sum(retry_waits(retry)) >= at_least
