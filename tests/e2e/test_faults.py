@@ -10,8 +10,6 @@ import pytest
 
 from stepcluster.local import runner
 
-from .conftest import remote_exists
-
 pytestmark = pytest.mark.e2e
 RIG = Path(__file__).resolve().parents[2] / "scripts" / "local-cluster.sh"
 
@@ -162,28 +160,3 @@ def test_a_head_node_gone_for_good_fails_the_run_saying_what_was_kept_and_what_m
     manifest = json.loads((artifacts / execution / "manifest.json").read_text())
     assert manifest["jobs"]["quick"]["state"] == "SUCCEEDED" and manifest["jobs"]["long"]["results"] is None
 
-
-def test_a_run_past_max_run_minutes_is_torn_down_keeping_its_results(local_cluster, write_config, head_node, tmp_path):
-    """No state combination polls for ever: MaxRunMinutes (here 1) ends a run whose job would run
-    for ten minutes, by the same path as a failed job: cancelled, results kept, folder removed."""
-    from stepcluster.schedulers import Category
-
-    from .test_workflows import scheduler_view
-
-    config = write_config("parallel", {"quick": "echo done",
-                                       "endless": 'echo partial > "$STEPCLUSTER_OUTPUT/p.txt"; sleep 600'},
-                          wait_time=5)
-    artifacts = tmp_path / "artifacts"
-    report = runner.run_local(config, "time-limit", cluster=local_cluster, timeout=240, artifacts_dir=artifacts,
-                              settings_overrides={"max_run_minutes": 1})
-    assert report.status == "FAILED" and report.error == "RunTimeLimitReached", report.cause
-    endless = next(j for j in report.jobs if j["name"] == "endless")
-    assert report.cause.startswith("The run reached its time limit (MaxRunMinutes=1; it started at ")
-    assert f"jobs 'endless' (slurm job {endless['job_id']}, RUNNING) were still queued or running" in report.cause
-    assert {j["name"]: j["state"] for j in report.jobs} == {"quick": "SUCCEEDED", "endless": "CANCELLED"}
-    view = scheduler_view(head_node, "slurm", [endless["job_id"]])[endless["job_id"]]
-    assert view.category not in (Category.QUEUED, Category.RUNNING)
-    execution = report.execution_arn.rsplit(":", 1)[-1]
-    assert (artifacts / execution / "endless" / "output" / "p.txt").read_text() == "partial\n"
-    assert (artifacts / execution / "quick" / "stdout").read_text() == "done\n"
-    assert not remote_exists(head_node, f"stepcluster-runs/{execution}")

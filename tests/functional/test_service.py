@@ -672,3 +672,26 @@ def test_the_cleanup_refuses_a_name_that_would_leave_the_runs_folder(world, name
     svc, _, _ = world()
     with pytest.raises(InputError, match="is not an execution name"):
         svc.service.head_node.release_found(name)
+
+
+def test_a_run_past_max_run_minutes_cancels_what_is_left_keeps_its_results_and_fails(world, artifacts, monkeypatch):
+    """The round that finds MaxRunMinutes passed fails the run; the definition then takes the
+    failed-job path: Cancel Jobs, Release Head Node (results kept, folder removed)."""
+    svc, scheduler, run = submitted_keeping_results(world, "id-a R\nid-b R\nid-c Q\n")
+    svc.settings = dataclasses.replace(svc.settings, max_run_minutes=60)
+    started = run["started_at"]
+    Path(run["cluster"]["run_dir"], "jobs", "b", "output").mkdir(parents=True, exist_ok=True)
+    Path(run["cluster"]["run_dir"], "jobs", "b", "output", "partial.txt").write_text("so far\n")
+    finish(run, "a", 0)
+    monkeypatch.setattr(headnode, "_now", lambda: started + 3599)
+    run = svc.poll_jobs(run)
+    assert run["phase"] == "RUNNING" and run["wait_seconds"] == 1     # never waits past the limit
+    monkeypatch.setattr(headnode, "_now", lambda: started + 3600)
+    run = svc.poll_jobs(run)
+    assert run["phase"] == "FAILED" and run["failure"]["Error"] == "RunTimeLimitReached"
+    assert "jobs 'b' (fake job id-b, RUNNING), 'c' (fake job id-c, PENDING) were still queued" in run["failure"]["Cause"]
+    scheduler.status_file.write_text("")                            # cancelled: gone
+    released = svc.release_head_node(svc.cancel_jobs(run))
+    assert {n: j["state"] for n, j in released["jobs"].items()} == {"a": "SUCCEEDED", "b": "CANCELLED", "c": "CANCELLED"}
+    assert artifacts()["exec-1/b/output/partial.txt"] == b"so far\n"
+    assert not Path(run["cluster"]["run_dir"]).exists()

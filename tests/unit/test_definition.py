@@ -186,7 +186,7 @@ def retry_waits(retry) -> list[float]:
 
 
 @pytest.mark.parametrize("error, task, at_least", [
-    ("TransientSSHError", "Poll Jobs", 120),        # sshd restarting, a network blip
+    ("TransientSSHError", "Poll Jobs", 75),         # sshd restarting, a network blip
     ("SchedulerUnavailable", "Poll Jobs", 300),     # slurmctld / sge_qmaster down (issue 9: 5 min)
     ("SchedulerUnavailable", "Submit Jobs", 300),
     ("SchedulerUnavailable", "Cancel Jobs", 300),
