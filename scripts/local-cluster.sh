@@ -244,8 +244,15 @@ SlurmdLogFile=$RIG/slurm/log/slurmd.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-JobAcctGatherType=jobacct_gather/none
+SelectTypeParameters=CR_Core_Memory
+# a job without --mem gets (and may use) 1000 MB per CPU: $WIDTH such jobs fit the node at once
+DefMemPerCPU=1000
+# --mem without cgroups: jobacct_gather/linux samples each step's processes every second and
+# OverMemoryKill kills a step whose RSS passes its --mem (state OUT_OF_MEMORY). The limit reaches
+# slurmd only when memory is a consumable resource (CR_Core_Memory, below).
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=task=1
+JobAcctGatherParams=OverMemoryKill
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 MinJobAge=3600
@@ -255,9 +262,10 @@ MpiDefault=none
 KillWait=5
 # a lost node (slurmd stopped: the fault tests) is DOWN after 30 s, not the default 300
 SlurmdTimeout=30
-# trust this file over the hardware, so the node runs $WIDTH one-CPU jobs at once
+# trust this file over the hardware, so the node runs $WIDTH one-CPU jobs at once (of
+# DefMemPerCPU each: RealMemory is $WIDTH x 1000 MB whatever the machine has)
 SlurmdParameters=config_overrides
-NodeName=localhost NodeAddr=127.0.0.1 CPUs=$WIDTH RealMemory=1000 State=UNKNOWN
+NodeName=localhost NodeAddr=127.0.0.1 CPUs=$WIDTH RealMemory=$((WIDTH * 1000)) State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 EOF
   launch /usr/sbin/slurmctld -i        # keeps its saved state: job ids keep growing across restarts
@@ -285,8 +293,14 @@ start_sge() {
     'xuser_lists NONE' 'projects NONE' 'xprojects NONE' 'usage_scaling NONE' 'report_variables NONE' >"$w/host"
   qconf -se localhost >/dev/null 2>&1 || qconf -Ae "$w/host" >/dev/null 2>&1
   qconf -ss 2>/dev/null | grep -qx localhost || qconf -as localhost >/dev/null 2>&1
+  # parallel environment smp: up to $WIDTH slots of one host ($pe_slots), for `-pe smp N` (the
+  # adapter's translation of tasks x cpus_per_task); it must exist before all.q names it
+  printf '%s\n' 'pe_name smp' "slots $WIDTH" 'user_lists NONE' 'xuser_lists NONE' 'start_proc_args /bin/true' \
+    'stop_proc_args /bin/true' 'allocation_rule $pe_slots' 'control_slaves FALSE' 'job_is_first_task TRUE' \
+    'urgency_slots min' 'accounting_summary FALSE' 'qsort_args NONE' >"$w/smp"
+  if qconf -sp smp >/dev/null 2>&1; then qconf -Mp "$w/smp" >/dev/null 2>&1 || true; else qconf -Ap "$w/smp" >/dev/null 2>&1; fi
   printf '#!/bin/sh\nexec sed -i -E "$SED_EXPR" "$1"\n' >"$w/ed"; chmod +x "$w/ed"
-  local q='s/^hostlist .*/hostlist localhost/;s/^slots .*/slots '"$WIDTH"'/;s/^shell .*/shell \/bin\/bash/;s/^load_thresholds .*/load_thresholds NONE/;s/^suspend_thresholds .*/suspend_thresholds NONE/;s/^pe_list .*/pe_list NONE/'
+  local q='s/^hostlist .*/hostlist localhost/;s/^slots .*/slots '"$WIDTH"'/;s/^shell .*/shell \/bin\/bash/;s/^load_thresholds .*/load_thresholds NONE/;s/^suspend_thresholds .*/suspend_thresholds NONE/;s/^pe_list .*/pe_list smp/'
   if qconf -sql 2>/dev/null | grep -qx all.q; then
     qconf -sq all.q | sed -E "$q" >"$w/all.q"; qconf -Mq "$w/all.q" >/dev/null 2>&1 || true
   else
@@ -298,6 +312,7 @@ start_sge() {
   qconf -Mconf "$w/global" >/dev/null 2>&1 || true
   rm -rf "$w"
   qconf -sq all.q | grep -Eq "^slots +$WIDTH\$" || die "could not set all.q slots to $WIDTH"
+  qconf -sq all.q | grep -Eq "^pe_list +smp\$" || die "could not give all.q the parallel environment smp"
   lap "sge_qmaster configured"
 
   launch /usr/sbin/sge_execd

@@ -34,6 +34,16 @@ def cmd_validate(args) -> int:
         return EXIT_BAD_INPUT
     for warning in config.warnings:
         print(warning, file=sys.stderr)
+    if args.scheduler:
+        from stepcluster import jobrequests
+        from stepcluster.schedulers import get_scheduler
+
+        errors, warnings = jobrequests.check_config(config, get_scheduler(args.scheduler))
+        for problem in warnings + errors:
+            print(problem, file=sys.stderr)
+        if errors:
+            print(f"{args.config}: {len(errors)} problem(s) for {args.scheduler}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     print(config.summary())
     return EXIT_OK
 
@@ -158,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check a jobs config; exit 2 with every problem if invalid")
     p.add_argument("config")
+    p.add_argument("--scheduler", choices=["slurm", "sge", "torque"], default=None,
+                   help="also check the resource keys, and the directives of local_path handlers, "
+                        "for this scheduler")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("preprocess", help="compile a jobs config into what `sam build && sam deploy` ship")

@@ -77,10 +77,10 @@ import ipaddress
 import os
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from stepcluster import inifile
+from stepcluster import inifile, resources
 from stepcluster.errors import ConfigError, Problem
 from stepcluster.errors import escape_unsafe as _escape_unsafe
 from stepcluster.inifile import short as _short
@@ -136,6 +136,10 @@ class JobSpec:
     s3_uri: str | None
     local_path: str | None
     wait_time: int
+    resources: resources.Resources = resources.Resources()
+    #: where each key is written (key -> line; "" -> the [job NAME] header), for problems found
+    #: later (a resource its scheduler cannot express, a refused scheduler option)
+    lines: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -364,7 +368,8 @@ class _Checker:
                 )
         if self.has_errors():
             return None
-        return order_kind, [_job_spec(name, values[name]) for name in listed]
+        sections = {s.name: s for s in job_sections}
+        return order_kind, [_job_spec(name, values[name], sections[name]) for name in listed]
 
     def check_case(self, job_sections: list[_Header]) -> None:
         """Job names that differ only in case."""
@@ -496,13 +501,16 @@ def _problem_order(problem: Problem):
     return (problem.line is not None, problem.line or 0)
 
 
-def _job_spec(name: str, values: dict) -> JobSpec:
+def _job_spec(name: str, values: dict, section: _Header) -> JobSpec:
     return JobSpec(
         name=name,
         handler=values["handler"],
         s3_uri=values.get("s3_uri"),
         local_path=values.get("local_path"),
         wait_time=values.get("wait_time", DEFAULT_WAIT_TIME),
+        resources=resources.Resources(**{
+            field: values[key] for key, field in _RESOURCE_FIELDS.items() if values.get(key) is not None}),
+        lines={"": section.line, **{key: entry.line for key, entry in section.entries.items()}},
     )
 
 
@@ -854,6 +862,17 @@ def _wait_time(value: str, field: _Field) -> int | None:
     )
 
 
+def _resource(parse):
+    """A validator from one of `resources`' parsers: (value, None) or (None, what is wrong)."""
+
+    def validate(value: str, field: _Field):
+        parsed, problem = parse(value)
+        return parsed if problem is None else field.error(problem)
+
+    validate.__doc__ = parse.__doc__
+    return validate
+
+
 # --------------------------------------------------------------------------------------------
 # The grammar's keys: adding one is a validator above and an entry here.
 
@@ -868,12 +887,24 @@ _JOB_VALIDATORS = {
     "s3_uri": _s3_uri,
     "local_path": _local_path,
     "wait_time": _wait_time,
+    # what the job asks of the scheduler (beyond the seed's grammar; README "Resources")
+    "nodes": _resource(resources.parse_count),
+    "tasks": _resource(resources.parse_count),
+    "cpus_per_task": _resource(resources.parse_count),
+    "memory": _resource(resources.parse_memory),
+    "time_limit": _resource(resources.parse_time_limit),
+    "queue": _resource(resources.parse_queue),
+    "scheduler_options": _resource(resources.parse_options),
 }
+#: resource keys -> the fields of `resources.Resources` they fill
+_RESOURCE_FIELDS = {"nodes": "nodes", "tasks": "tasks", "cpus_per_task": "cpus_per_task",
+                    "memory": "memory_kib", "time_limit": "time_limit", "queue": "queue",
+                    "scheduler_options": "scheduler_options"}
 ORDER_KEYS = tuple(_ORDER_VALIDATORS)
 JOB_KEYS = tuple(_JOB_VALIDATORS)
 #: Job keys whose validator points out an inline comment itself: the others get a warning when
 #: their value looks like it ends with one.
-_OWN_COMMENT_HINT = frozenset(("wait_time",))
+_OWN_COMMENT_HINT = frozenset(("wait_time", "scheduler_options"))
 #: Job keys that must be set, with the message when one is not.
 _REQUIRED_JOB_KEYS = {
     "handler": "missing: name the script to run, e.g. 'handler = run.sh'",

@@ -139,6 +139,8 @@ def _ended_outside(category: Category, status: JobStatus) -> str:
     by the scheduler, its node lost, cancelled by someone), so the scheduler's word is all
     there is, and "JobLaunchFailure" alone would explain nothing."""
     said = f"; the scheduler says: {status.reason}" if status.reason else ""
+    if status.limit:
+        return f"the scheduler ended it for passing its {status.limit}"
     if category == Category.CANCELLED:
         return f"cancelled outside this run before its script ended{said}"
     return f"stopped outside its script (the wrapper recorded no exit code){said}"
@@ -225,6 +227,7 @@ def failed_jobs(run: Run, names: Sequence[str]) -> list[str]:
 
 def decide(run: Run, changed: Sequence[str], *, wait_times: Mapping[str, int], scheduler: str,
            stderr_tails: Mapping[str, str] | None = None, now: int | None = None,
+           limits_in_stderr: Mapping[str, str] | None = None,
            limits: Limits | None = None) -> Decision:
     """What comes next, given the record after a round (or a submission).
 
@@ -244,7 +247,8 @@ def decide(run: Run, changed: Sequence[str], *, wait_times: Mapping[str, int], s
         run.phase = Phase.FAILED
         run.failure = {"Error": "JobFailed",
                        "Cause": describe_failure(name, run.jobs[name], scheduler,
-                                                 (stderr_tails or {}).get(name, ""))}
+                                                 (stderr_tails or {}).get(name, ""),
+                                                 (limits_in_stderr or {}).get(name))}
     elif silent is not None and silent >= limits.scheduler_outage_seconds:
         run.phase = Phase.FAILED
         run.failure = {"Error": "SchedulerUnavailable",
@@ -427,8 +431,10 @@ def found_on_head_node(found: Mapping[str, tuple[str | None, str]], *, now: int)
     return jobs
 
 
-def describe_failure(name: str, job: JobRecord, scheduler: str, stderr_tail: str) -> str:
-    """The failure cause: job, scheduler id, final state, exit code or signal, stderr tail."""
+def describe_failure(name: str, job: JobRecord, scheduler: str, stderr_tail: str,
+                     limit: str | None = None) -> str:
+    """The failure cause: job, scheduler id, final state, exit code or signal, the limit it
+    passed (`limit`, read from its stderr by the adapter), stderr tail."""
     parts = [f"Job {name!r} ({scheduler} job {job.job_id}) ended {job.state.value}"]
     if job.scheduler_state:
         parts.append(f"(scheduler state {job.scheduler_state})")
@@ -439,6 +445,8 @@ def describe_failure(name: str, job: JobRecord, scheduler: str, stderr_tail: str
     text = " ".join(parts)
     if job.reason:
         text += f"; reason: {job.reason}"
+    if limit and "limit" not in (job.reason or ""):
+        text += f"; it passed its {limit}"
     if stderr_tail.strip():
         text += f"\nLast lines of its stderr:\n{stderr_tail.strip()}"
     return text

@@ -58,6 +58,16 @@ class SchedulerUnavailable(SchedulerError):
     the task with back-off for several minutes instead of failing the run."""
 
 
+class RequestRefused(StepclusterError):
+    """A job's request its scheduler cannot take: a resource it cannot express, or an option
+    (in the handler's directives or in scheduler_options) that would break how the job is
+    tracked. `problems` says each, with where it was written."""
+
+    def __init__(self, problems):
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems))
+
+
 class StagingError(StepclusterError):
     """A job's files could not be staged on the head node (missing handler, S3 error...)."""
 

@@ -12,10 +12,10 @@ import io
 import tarfile
 import time
 
-from stepcluster import adoption, decisions, jobscripts, logs, results, staging
+from stepcluster import adoption, decisions, directives, jobrequests, jobscripts, logs, results, staging
 from stepcluster.decisions import JobObservation, Limits
-from stepcluster.errors import (HeadNodeError, InputError, SchedulerError, SchedulerUnavailable, StagingError,
-                               TransientSSHError)
+from stepcluster.errors import (HeadNodeError, InputError, RequestRefused, SchedulerError, SchedulerUnavailable,
+                               StagingError, TransientSSHError)
 from stepcluster.record import ClusterRecord, Run
 from stepcluster.schedulers import Category, CommandOutput, JobStatus, Scheduler, get_scheduler
 from stepcluster.wiring import Wiring
@@ -86,17 +86,23 @@ class HeadNodeWork:
             bundle, fetches = self._stage(run, batch)
         except _NotStaged as exc:
             return decisions.failed_before_submit(run, exc.name, exc.why, now=_now())
-        submissions = []
-        for job in batch:
-            d = jobscripts.job_dir(run.run_dir, job.name)
-            submissions.append((job.name, scheduler.submit_argv(
-                f"{d}/run.sh", job_name=jobscripts.submission_name(run.execution, job.name),
-                workdir=f"{d}/src", stdout=f"{d}/stdout", stderr=f"{d}/stderr")))
         ssh.run(["tar", "-xzf", "-", "-C", run.run_dir], stdin=bundle)
         if fetches:
             failed = self._fetch_on_head_node(ssh, batch, fetches)
             if failed:
                 return decisions.failed_before_submit(run, *failed, now=_now())
+        requests = self._requests(ssh, scheduler, run, batch)
+        refused = next(((name, why) for name, why in requests.items() if isinstance(why, str)), None)
+        if refused:
+            return decisions.failed_before_submit(run, *refused, now=_now())
+        ssh.run(["tar", "-xzf", "-", "-C", run.run_dir], stdin=self._wrappers(run, batch, requests))
+        submissions = []
+        for job in batch:
+            d = jobscripts.job_dir(run.run_dir, job.name)
+            submissions.append((job.name, scheduler.submit_argv(
+                f"{d}/run.sh", job_name=jobscripts.submission_name(run.execution, job.name),
+                workdir=f"{d}/src", stdout=f"{d}/stdout", stderr=f"{d}/stderr",
+                request=requests[job.name].argv)))
         result = self._run_submit_script(ssh, scheduler, run, submissions)
         accepted = {}
         for record in jobscripts.parse_records(result.stdout):
@@ -140,12 +146,41 @@ class HeadNodeWork:
                         staging.add_job_files(tar, w.plan, job, s3_client=w.s3)
                 except StagingError as exc:
                     raise _NotStaged(job.name, str(exc)) from exc
+        return bundle.getvalue(), fetches
+
+    def _requests(self, ssh, scheduler: Scheduler, run: Run, batch) -> dict:
+        """{job name: its JobRequest, or why the scheduler must not be given the job}: the
+        options in each staged handler (read on the head node: an s3_uri job's files arrive
+        only now) and the config's resource keys, checked against the scheduler's rules."""
+        syntax = scheduler.DIRECTIVES
+        script = jobscripts.directive_lines_script(
+            run.run_dir, [(job.name, job.handler) for job in batch], prefix=syntax.prefix,
+            whole_file=syntax.whole_file, max_bytes=directives.MAX_SCRIPT_BYTES)
+        heads = {r.fields[0]: jobscripts.unb64(r.fields[1])
+                 for r in jobscripts.parse_records(ssh.run_script(script).stdout) if r.tag == "head"}
+        requests: dict = {}
+        for job in batch:
+            found = directives.directives_of(directives.parse_candidates(heads.get(job.name, "")), syntax)
+            try:
+                requests[job.name] = jobrequests.request_for(scheduler, job.resources, found, job.handler)
+            except RequestRefused as exc:
+                requests[job.name] = f"{scheduler.name} cannot be given this job: " + "; ".join(exc.problems)
+                continue
+            for note in requests[job.name].overridden:
+                log.info("job %s: %s", job.name, note)
+        return requests
+
+    def _wrappers(self, run: Run, batch, requests) -> bytes:
+        bundle = io.BytesIO()
+        with tarfile.open(fileobj=bundle, mode="w:gz") as tar:
+            for job in batch:
                 wrapper = jobscripts.wrapper_script(
                     run_dir=run.run_dir, name=job.name, handler=job.handler,
                     env={"STEPCLUSTER_JOB_NAME": job.name, "STEPCLUSTER_EXECUTION": run.execution,
-                         "STEPCLUSTER_CLUSTER_NAME": run.cluster_name})
+                         "STEPCLUSTER_CLUSTER_NAME": run.cluster_name},
+                    directives=requests[job.name].directives)
                 _add_bytes(tar, f"jobs/{job.name}/run.sh", wrapper.encode(), 0o755)
-        return bundle.getvalue(), fetches
+        return bundle.getvalue()
 
     def _run_submit_script(self, ssh, scheduler: Scheduler, run: Run, submissions):
         """Submit; where an earlier attempt died while submitting some of these, adopt what the
@@ -190,8 +225,11 @@ class HeadNodeWork:
                                                  limits=limits, scheduler_failure=scheduler_failure)
             failed = decisions.failed_jobs(run, changed)
             tails = self._stderr_tails(ssh, run.run_dir, failed) if failed else {}
+            passed = {name: scheduler.limit_in_stderr(tail, self.wiring.plan.job(name).resources)
+                      for name, tail in tails.items()}
             decision = decisions.decide(run, changed, wait_times=self.wiring.plan.wait_times,
-                                        scheduler=scheduler.name, stderr_tails=tails, now=now, limits=limits)
+                                        scheduler=scheduler.name, stderr_tails=tails, now=now, limits=limits,
+                                        limits_in_stderr={n: p for n, p in passed.items() if p})
             run = decision.run
             if decision.action == decisions.Action.SUBMIT:
                 # Sequential: the next job goes out in this round, on this connection (saves a

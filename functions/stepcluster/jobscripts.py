@@ -59,14 +59,22 @@ def find_run_script(remote_root: str, execution: str) -> str:
             "if [ -d \"$run\" ]; then printf '@@run_dir %s\\n' \"$run\"; fi\n")
 
 
-def wrapper_script(*, run_dir: str, name: str, handler: str, env: Mapping[str, str]) -> str:
-    """The batch script for one job: runs the handler, records exit code and signal."""
+def wrapper_script(*, run_dir: str, name: str, handler: str, env: Mapping[str, str],
+                   directives: Sequence[str] = ()) -> str:
+    """The batch script for one job: runs the handler, records exit code and signal.
+
+    `directives` are the handler's own directive lines (`#SBATCH ...`), placed before the
+    wrapper's first command, where the scheduler reads them as it would in the handler.
+    """
     d = job_dir(run_dir, name)
     exports = "\n".join(f"export {key}={q(value)}" for key, value in sorted(env.items()))
+    carried = "".join(f"{line}\n" for line in directives)
+    if carried:
+        carried = f"# the handler's directives, as it wrote them:\n{carried}"
     return f"""#!/bin/bash
 # stepcluster job wrapper for job {name}: runs the handler in its staged folder and records
 # its exit code in a file, where no scheduler can forget it.
-JOB_DIR={q(d)}
+{carried}JOB_DIR={q(d)}
 {exports}
 export STEPCLUSTER_JOB_DIR="$JOB_DIR" STEPCLUSTER_SOURCE="$JOB_DIR/src" STEPCLUSTER_OUTPUT="$JOB_DIR/output"
 mkdir -p -- "$STEPCLUSTER_OUTPUT"
@@ -189,6 +197,20 @@ def commands_script(commands: Sequence[tuple[str, Sequence[str]]]) -> str:
                      f"printf '@@cmd %s %s %s %s\\n' {q(label)} \"$rc\" \"{out}\" \"{err}\"")
     lines.append('rm -rf "$tmp"')
     return "\n".join(lines) + "\n"
+
+
+def directive_lines_script(run_dir: str, handlers: Iterable[tuple[str, str]], *, prefix: str,
+                           whole_file: bool, max_bytes: int) -> str:
+    """The lines of each staged handler its scheduler reads options from:
+    `@@head NAME B64("NR<TAB>line" lines)` (directives.AWK_CANDIDATES), at most `max_bytes`."""
+    from stepcluster.directives import AWK_CANDIDATES
+
+    # the path is absolute (no "--": mawk, Debian's awk, takes it for a file name)
+    awk = shlex.join(["awk", "-v", f"prefix={prefix}", "-v", f"whole={int(whole_file)}", AWK_CANDIDATES])
+    return "\n".join(
+        f"printf '@@head %s %s\\n' {q(n)} \"$({awk} {q(job_dir(run_dir, n) + '/src/' + h)} 2>/dev/null "
+        f"| head -c {int(max_bytes)} | base64 -w0)\""
+        for n, h in handlers) + "\n"
 
 
 def tails_script(run_dir: str, names: Iterable[str], max_bytes: int) -> str:

@@ -25,6 +25,7 @@ from typing import Callable
 
 from stepcluster.config import JobsConfig, Problem
 from stepcluster.errors import ConfigError, PlanError
+from stepcluster.resources import Resources
 
 PLAN_FORMAT = 1
 PLAN_FILE = "plan.json"
@@ -50,6 +51,7 @@ class PlannedJob:
     s3_uri: str | None = None
     archive: str | None = None  # path relative to the plan folder, for local_path jobs
     package_uri: str | None = None  # where preprocess uploaded that archive (then not bundled)
+    resources: Resources = Resources()
 
     def describe_source(self) -> str:
         return self.s3_uri or self.package_uri or f"local archive {self.archive}"
@@ -58,7 +60,9 @@ class PlannedJob:
         source = {"s3_uri": self.s3_uri} if self.s3_uri else {"archive": self.archive}
         if self.package_uri:
             source["package_uri"] = self.package_uri
-        return {"name": self.name, "handler": self.handler, "wait_time": self.wait_time, **source}
+        # only when set: a seed config's plan (and so its digest) is what it always was
+        request = {"resources": self.resources.to_dict()} if self.resources else {}
+        return {"name": self.name, "handler": self.handler, "wait_time": self.wait_time, **source, **request}
 
 
 @dataclass(frozen=True)
@@ -157,7 +161,8 @@ def write_plan(config: JobsConfig, folder: Path, *, backend: str = "existing",
         jobs, problems = [], []
         for spec in config.jobs:
             if spec.s3_uri:
-                jobs.append(PlannedJob(spec.name, spec.handler, spec.wait_time, s3_uri=spec.s3_uri))
+                jobs.append(PlannedJob(spec.name, spec.handler, spec.wait_time, s3_uri=spec.s3_uri,
+                                       resources=spec.resources))
                 continue
             try:
                 data = pack_local_path(Path(spec.local_path), spec.handler)
@@ -167,12 +172,13 @@ def write_plan(config: JobsConfig, folder: Path, *, backend: str = "existing",
             name = f"{PAYLOAD_DIR}/{hashlib.sha256(data).hexdigest()[:32]}.tar.gz"
             if upload:
                 jobs.append(PlannedJob(spec.name, spec.handler, spec.wait_time, archive=name,
-                                       package_uri=upload(name, data)))
+                                       package_uri=upload(name, data), resources=spec.resources))
                 continue
             target = folder / name
             if not target.exists():
                 target.write_bytes(data)
-            jobs.append(PlannedJob(spec.name, spec.handler, spec.wait_time, archive=name))
+            jobs.append(PlannedJob(spec.name, spec.handler, spec.wait_time, archive=name,
+                                   resources=spec.resources))
         if problems:
             raise ConfigError(problems)
         config_name = None
@@ -274,7 +280,8 @@ def load_plan(folder: Path | str | None = None) -> Plan:
         raise PlanError(f"jobs plan {path} has format {raw.get('format')!r}, expected {PLAN_FORMAT}")
     jobs = tuple(PlannedJob(j["name"], j["handler"], int(j["wait_time"]),
                             s3_uri=j.get("s3_uri"), archive=j.get("archive"),
-                            package_uri=j.get("package_uri")) for j in raw["jobs"])
+                            package_uri=j.get("package_uri"), resources=Resources.from_dict(j.get("resources")))
+                 for j in raw["jobs"])
     return Plan(raw["order"], jobs, raw["digest"], folder, raw.get("backend", "existing"),
                 raw.get("cluster_config"))
 

@@ -264,12 +264,33 @@ def _checked_inputs(config_path, samconfig: Path, given: dict, *, backend: str, 
     cluster = check_cluster_config(backend, cluster_config, iam_mode if iam_mode == "privileged" else "base")
     problems += [p for p in cluster if p.severity == "error"]
     warnings += [p for p in cluster if p.severity != "error"]
+    scheduler = _deployed_scheduler(backend, cluster_config, samconfig) if config and not problems else None
+    if scheduler:
+        from stepcluster.jobrequests import check_config
+        from stepcluster.schedulers import get_scheduler
+
+        refused, overridden = check_config(config, get_scheduler(scheduler))
+        problems += refused
+        warnings += overridden
     if packages_bucket and packages_bucket != "auto" and _bucket_problem(packages_bucket):
         problems.append(Problem("--packages-bucket", None, None, None,
                                 f"invalid bucket name {packages_bucket!r}: {_bucket_problem(packages_bucket)}"))
     if problems:
         raise ConfigError(problems)
     return config, settings, warnings
+
+
+def _deployed_scheduler(backend: str, cluster_config, samconfig: Path) -> str | None:
+    """The scheduler the deployment will submit to, where preprocess can know it: ParallelCluster
+    3 runs Slurm, a cfncluster config names its own, an existing head node's is samconfig's
+    Scheduler parameter (None when none is set yet: then only the run checks the requests)."""
+    if backend == "parallelcluster":
+        return "slurm"
+    if backend == "cfncluster":
+        from stepcluster.clusters.cfncluster_config import cfncluster_scheduler
+        return cfncluster_scheduler(cluster_config)
+    scheduler = read_parameter_overrides(samconfig)[0].get("Scheduler")
+    return scheduler if scheduler in ("slurm", "sge", "torque") else None
 
 
 def _parameter_overrides(plan, config_path, backend: str, settings: dict, given: dict) -> dict[str, str]:

@@ -34,14 +34,16 @@ class ConfigWriter:
         self.folder = folder
 
     def __call__(self, order: str, jobs: dict[str, str], wait_time: int = 1,
-                 wait_times: dict[str, int] | None = None) -> str:
+                 wait_times: dict[str, int] | None = None, keys: dict[str, dict[str, str]] | None = None) -> str:
+        """`keys`: more `[job NAME]` keys per job (resources), written as given."""
         sections = [f"[order]\n{order} = {', '.join(jobs)}\n"]
         for name, body in jobs.items():
             job_folder = self.folder / "jobs" / name
             job_folder.mkdir(parents=True, exist_ok=True)
             (job_folder / "run.sh").write_text("#!/bin/bash\n" + textwrap.dedent(body).strip() + "\n")
             wait = (wait_times or {}).get(name, wait_time)
-            sections.append(f"[job {name}]\nhandler = run.sh\nlocal_path = jobs/{name}\nwait_time = {wait}\n")
+            more = "".join(f"{k} = {v}\n" for k, v in (keys or {}).get(name, {}).items())
+            sections.append(f"[job {name}]\nhandler = run.sh\nlocal_path = jobs/{name}\nwait_time = {wait}\n{more}")
         path = self.folder / "jobs.ini"
         path.write_text("\n".join(sections))
         return str(path)

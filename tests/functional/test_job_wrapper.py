@@ -12,7 +12,7 @@ from functional.test_service import FakeScheduler, local_service
 
 
 class RunsTheWrapper(FakeScheduler):
-    def submit_argv(self, script, *, job_name, workdir, stdout, stderr):
+    def submit_argv(self, script, *, job_name, workdir, stdout, stderr, request=()):
         return ["bash", "-c", 'bash "$1" > "$2" 2> "$3"; echo "id-$4"', "submit",
                 script, stdout, stderr, job_name]
 

@@ -17,6 +17,7 @@ from stepcluster.plan import build_plan
 from stepcluster.record import Run
 from stepcluster.remote.ssh import CommandResult
 from stepcluster.runtime import run_task
+from stepcluster.directives import DirectiveSyntax
 from stepcluster.schedulers import Category, JobStatus, Scheduler
 from stepcluster.settings import Settings
 
@@ -38,10 +39,15 @@ class FakeScheduler(Scheduler):
         self.known.write_text("")
         self.down = folder / "down"                 # exists: the controller does not answer
 
+    DIRECTIVES = DirectiveSyntax("#FAKE", whole_file=False, getopt=True)
+
     def probe_argv(self):
         return ["true"]
 
-    def submit_argv(self, script, *, job_name, workdir, stdout, stderr):
+    def resource_options(self, resources):
+        return [f"--fake-{key}={value}" for key, value in resources.to_dict().items() if key != "scheduler_options"]
+
+    def submit_argv(self, script, *, job_name, workdir, stdout, stderr, request=()):
         # id-JOB for a job's first submission, id-JOB-N for its N-th: a second submission shows;
         # while the test has made `down` exist, the "controller" does not answer
         short = job_name.rsplit("-", 1)[0]

@@ -468,3 +468,22 @@ def test_the_example_without_its_roles_is_refused_in_base_mode_only(tmp_path, ca
     assert not (tmp_path / "plan").exists()
     assert cli.main([*args, "--parallelcluster-iam", "privileged"]) == 0
     assert overrides_in(tmp_path / "s.toml")["ParallelClusterIamMode"] == "privileged"
+
+
+def test_preprocess_checks_the_requests_for_the_scheduler_the_deployment_names(tmp_path):
+    """samconfig's Scheduler (existing head node): a refused directive stops preprocess with its
+    handler's line, and nothing is written; without a Scheduler only the run checks."""
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "run.sh").write_text("#!/bin/bash\n#$ -sync y\necho\n")
+    (tmp_path / "jobs.ini").write_text("[order]\nsequential = a\n\n[job a]\nhandler = run.sh\nlocal_path = job\n")
+    samconfig = tmp_path / "samconfig.toml"
+    samconfig.write_text('version = 0.1\n\n[default.deploy.parameters]\nstack_name = "s"\n'
+                         'parameter_overrides = "Scheduler=\\"sge\\""\n')
+    with pytest.raises(ConfigError) as caught:
+        preprocess(tmp_path / "jobs.ini", plan_dir=tmp_path / "plan", samconfig=samconfig)
+    assert [(Path(p.path).name, p.line) for p in caught.value.problems] == [("run.sh", 2)]
+    assert "-sync y is refused" in caught.value.problems[0].message
+    assert not (tmp_path / "plan").exists()
+    samconfig.write_text('version = 0.1\n\n[default.deploy.parameters]\nstack_name = "s"\n'
+                         'parameter_overrides = "Scheduler=\\"slurm\\""\n')
+    preprocess(tmp_path / "jobs.ini", plan_dir=tmp_path / "plan", samconfig=samconfig)  # #$ means nothing to Slurm

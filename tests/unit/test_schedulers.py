@@ -45,7 +45,7 @@ def status_of(scheduler: str, name: str):
 def one_job_output(scheduler: str, state: str) -> tuple[CommandOutput, str]:
     """The status command's output for one job in `state`, in the scheduler's own format."""
     if scheduler == "slurm":
-        return CommandOutput(f"42|{state}|4294901000|None\n"), "42"
+        return CommandOutput(f"42|{state}|4294901000|UNLIMITED|0|None\n"), "42"
     if scheduler == "sge":
         xml = ("<?xml version='1.0'?>\n<job_info>\n  <queue_info>\n  </queue_info>\n  <job_info>\n"
                f"    <job_list state=\"pending\">\n      <JB_job_number>42</JB_job_number>\n"
@@ -221,7 +221,8 @@ def test_slurm_right_after_submit():
     jobs, st = status_of("slurm", "status_submitted")
     assert st[jobs["too_big"]].category == Category.QUEUED
     assert st[jobs["too_big"]].reason == st[jobs["too_big"]].blocked == "PartitionConfig"
-    assert st[jobs["too_many_nodes"]].blocked == "PartitionConfig"   # PartitionNodeLimit comes later
+    # PartitionConfig at first, PartitionNodeLimit once the scheduler looked again: blocked either way
+    assert st[jobs["too_many_nodes"]].blocked in ("PartitionConfig", "PartitionNodeLimit")
     assert st[jobs["dependency"]].reason == "Dependency"             # not yet known to be never
     assert st[jobs["dependency"]].blocked is None
     assert st[jobs["held"]].reason == st[jobs["held"]].blocked == "JobHeldUser"
@@ -262,6 +263,9 @@ def test_slurm_timeout():
     jobs, st = status_of("slurm", "status_final")
     assert (st[jobs["timeout"]].raw_state, st[jobs["timeout"]].category) == ("TIMEOUT", Category.FAILED)
     assert st[jobs["timeout"]].reason == "TimeLimit"
+    assert st[jobs["timeout"]].limit == "time limit 0:01:00 (Slurm: TIMEOUT)"   # squeue's %l
+    _, out = load("slurm", "accounting_timeout")
+    assert Slurm().parse_accounting(out, jobs["timeout"]).limit == "time limit 0:01:00 (Slurm: TIMEOUT)"
 
 
 def test_slurm_unknown_ids_are_missing_whether_squeue_fails_or_not():
@@ -309,7 +313,7 @@ def test_slurm_accounting_from_scontrol(role, category, raw, code, signal, reaso
 
 
 def slurm_pending(reason: str, priority: str = "4294901000", state: str = "PENDING"):
-    return Slurm().parse_status(CommandOutput(f"42|{state}|{priority}|{reason}\n"), ["42"])["42"]
+    return Slurm().parse_status(CommandOutput(f"42|{state}|{priority}|UNLIMITED|0|{reason}\n"), ["42"])["42"]
 
 
 @pytest.mark.parametrize("code", sorted(slurm_module.BLOCKED_REASONS))
@@ -325,7 +329,7 @@ def test_a_job_whose_nodes_are_down_is_blocked_with_slurms_words():
     """Recorded on the rig: slurmd stopped, the node 'down* Not responding' after SlurmdTimeout,
     the job requeued PENDING with this free-text reason (squeue %r)."""
     text = "Nodes required for job are DOWN, DRAINED or reserved for jobs in higher priority partitions"
-    out = CommandOutput(f"76|PENDING|4294901686|{text}\n")
+    out = CommandOutput(f"76|PENDING|4294901686|UNLIMITED|0|{text}\n")
     [status] = Slurm().parse_status(out, ["76"]).values()
     assert (status.category, status.blocked) == (Category.QUEUED, text)
     assert slurm_pending("NodeDown").blocked == "NodeDown"
@@ -410,7 +414,7 @@ def test_sge_submit_and_job_names():
     g = SGE()
     argv = g.submit_argv("/r/run.sh", job_name="1st-job", workdir="/r/src", stdout="/r/out", stderr="/r/err")
     assert argv == ["qsub", "-terse", "-N", "j1st-job", "-wd", "/r/src", "-o", "/r/out", "-e", "/r/err",
-                    "-S", "/bin/bash", "/r/run.sh"]
+                    "-j", "n", "-S", "/bin/bash", "/r/run.sh"]
     assert g.submit_argv("/s", job_name="abc", workdir="/w", stdout="/o", stderr="/e")[3] == "abc"
     assert g.submit_argv("/s", job_name="_x", workdir="/w", stdout="/o", stderr="/e")[3] == "j_x"
     assert g.submit_argv("/s", job_name="-x", workdir="/w", stdout="/o", stderr="/e")[3] == "j-x"
@@ -663,7 +667,7 @@ def test_torque_submit():
     t = Torque()
     assert t.submit_argv("/r/run.sh", job_name="9lives", workdir="/r/src", stdout="/r/out",
                          stderr="/r/err") == ["qsub", "-N", "j9lives", "-d", "/r/src", "-o", "/r/out",
-                                              "-e", "/r/err", "/r/run.sh"]
+                                              "-e", "/r/err", "-j", "n", "-S", "/bin/bash", "/r/run.sh"]
     doc, out = load("torque", "submit")
     assert t.parse_submit(out) == doc["jobs"]["submitted"]
     _, out = load("torque", "submit_error")
@@ -957,7 +961,7 @@ def test_probe_commands_are_cheap_and_exact():
 
 def test_status_and_accounting_argv_are_exact():
     assert Slurm().status_argv(["1", "22_3"]) == [
-        "squeue", "--noheader", "--states=all", "--jobs=1,22_3", "--format=%i|%T|%Q|%r"]
+        "squeue", "--noheader", "--states=all", "--jobs=1,22_3", "--format=%i|%T|%Q|%l|%m|%r"]
     assert SGE().accounting_argv("148") == ["qacct", "-j", "148"]
     argv = SGE().status_argv(["1", "2"])
     assert argv[:2] == ["sh", "-c"] and argv[3:] == ["sh", "1,2"]
@@ -1002,10 +1006,10 @@ SLURM_ERRORS = [
     ("parse_submit", CommandOutput("1\n2\n", "", 0), None, "sbatch did not print one job id"),
     ("parse_submit", CommandOutput("12\n", "", 1), None, "sbatch did not print one job id"),
     ("parse_status", CommandOutput("", "squeue: error: Unable to contact slurm controller", 1), ["1"], "squeue failed"),
-    ("parse_status", CommandOutput("1|RUNNING|1|None\n", "slurm_load_jobs error: Invalid job id specified", 1),
+    ("parse_status", CommandOutput("1|RUNNING|1|UNLIMITED|0|None\n", "slurm_load_jobs error: Invalid job id specified", 1),
      ["1"], "squeue failed"),
-    ("parse_status", CommandOutput("1|RUNNING|1|None\nnot a row\n"), ["1"], "unexpected squeue line 'not a row'"),
-    ("parse_status", CommandOutput("1|RUNNING|x|None\n"), ["1"], "unexpected squeue line"),
+    ("parse_status", CommandOutput("1|RUNNING|1|UNLIMITED|0|None\nnot a row\n"), ["1"], "unexpected squeue line 'not a row'"),
+    ("parse_status", CommandOutput("1|RUNNING|x|UNLIMITED|0|None\n"), ["1"], "unexpected squeue line"),
     ("parse_accounting", CommandOutput("JobId=7 JobName=x JobState=RUNNING Reason=None\n"), ["7"],
      "scontrol record without JobState/ExitCode"),
     ("parse_accounting", CommandOutput("JobId=7 JobName=x Reason=None ExitCode=0:0\n"), ["7"],
@@ -1092,7 +1096,8 @@ def test_unknown_scheduler_message():
 class _Minimal(Scheduler):
     name = "minimal"
     STATES = {"R": Category.RUNNING}
-    probe_argv = submit_argv = parse_submit = status_argv = parse_status = cancel_argv = lambda *a, **k: None
+    probe_argv = submit_argv = parse_submit = status_argv = parse_status = cancel_argv = resource_options = \
+        lambda *a, **k: None
 
 
 def test_the_defaults_of_a_scheduler_without_history_or_names():
@@ -1123,8 +1128,8 @@ def test_every_status_is_about_the_id_asked_and_missing_ones_are_bare(scheduler,
 
 
 def test_slurm_rows_blank_lines_repeats_and_empty_fields():
-    out = CommandOutput("\n7|RUNNING|1|None\n\n8|PENDING|1|\n7|FAILED|1|None\n9|PENDING|1|(null)\n"
-                        "10||1|None\n11|PENDING|1|  Priority  \n")
+    out = CommandOutput("\n7|RUNNING|1|1:00|0|None\n\n8|PENDING|1|1:00|0|\n7|FAILED|1|1:00|0|None\n"
+                        "9|PENDING|1|1:00|0|(null)\n10||1|||None\n11|PENDING|1|1:00|0|  Priority  \n")
     st = Slurm().parse_status(out, ["7", "8", "9", "10", "11", "12"])
     assert st["7"] == JobStatus("7", Category.RUNNING, "RUNNING")          # the first row of an id counts
     assert st["8"] == JobStatus("8", Category.QUEUED, "PENDING")           # empty reason: none

@@ -24,9 +24,12 @@ import abc
 import enum
 import re
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
-from stepcluster.errors import SchedulerError
+from stepcluster import directives
+from stepcluster.directives import REFUSED, DirectiveSyntax, OptionRule
+from stepcluster.errors import RequestRefused, SchedulerError
+from stepcluster.resources import Resources
 
 
 class Category(str, enum.Enum):
@@ -59,6 +62,9 @@ class JobStatus:
     #: text says why in the scheduler's words: "PartitionConfig", "user hold (hqw)",
     #: "job_state H (Hold_Types u)". The category stays QUEUED: the job is still queued.
     blocked: str | None = None
+    #: set (only for FAILED jobs) when the scheduler ended the job for passing a limit: which
+    #: limit, its value and the scheduler's word, e.g. "time limit 00:01:00 (Slurm: TIMEOUT)"
+    limit: str | None = None
 
 
 @dataclass(frozen=True)
@@ -84,10 +90,12 @@ class Scheduler(abc.ABC):
 
     @abc.abstractmethod
     def submit_argv(self, script: str, *, job_name: str, workdir: str,
-                    stdout: str, stderr: str) -> list[str]:
+                    stdout: str, stderr: str, request: Sequence[str] = ()) -> list[str]:
         """Submit the batch script at path `script` (on the head node).
 
         The job runs in `workdir` with its stdout/stderr going to the given paths (absolute).
+        `request` (from `request_argv`) comes before the options stepcluster tracks the job by,
+        so that those win over it as they win over the script's directives.
         """
 
     #: What the scheduler's commands print when its controller does not answer (data, per
@@ -148,6 +156,65 @@ class Scheduler(abc.ABC):
     def categorize(self, raw_state: str) -> Category:
         """Map a state word through the table; never guesses."""
         return self.STATES.get(raw_state, Category.UNKNOWN)
+
+    # -- what a job asks for ------------------------------------------------------------------
+    #: how the scheduler finds options in a script (see `stepcluster.directives`)
+    DIRECTIVES: DirectiveSyntax
+    #: options stepcluster overrides or refuses, wherever they are written
+    OPTION_RULES: tuple[OptionRule, ...] = ()
+    #: the submit options each resource key becomes: a key the config sets may not be set
+    #: again in scheduler_options (which one would win is the scheduler's secret)
+    RESOURCE_OPTIONS: Mapping[str, tuple[str, ...]] = {}
+
+    @abc.abstractmethod
+    def resource_options(self, resources: Resources) -> list[str]:
+        """The submit options for the config's resource keys (not scheduler_options);
+        RequestRefused when this scheduler cannot express one."""
+
+    def request_problems(self, resources: Resources) -> list[str]:
+        """Everything wrong with the config's request for this scheduler, one message each."""
+        problems = []
+        for option, rule in directives.find(resources.scheduler_options, self.DIRECTIVES, self.OPTION_RULES):
+            problems.append(f"scheduler_options {option!r} is refused: {rule.why}"
+                            if rule.effect == REFUSED else
+                            f"scheduler_options {option!r} is refused: stepcluster sets that option itself: {rule.why}")
+        for key, names in self.RESOURCE_OPTIONS.items():
+            if getattr(resources, key):
+                twice = OptionRule(names, REFUSED, "")
+                for option, _ in directives.find(resources.scheduler_options, self.DIRECTIVES, [twice]):
+                    problems.append(f"scheduler_options {option!r} is refused: the config's {key} "
+                                    "already sets it; set it in one place")
+        try:
+            self.resource_options(resources)
+        except RequestRefused as exc:
+            problems.extend(exc.problems)
+        return list(dict.fromkeys(problems))
+
+    def request_argv(self, resources: Resources) -> list[str]:
+        """The options that ask for `resources`; RequestRefused naming every problem."""
+        problems = self.request_problems(resources)
+        if problems:
+            raise RequestRefused(problems)
+        return [*self.resource_options(resources), *resources.scheduler_options]
+
+    #: What the scheduler (or its job starter) writes into a job's stderr when it stops the job
+    #: for passing a limit: (pattern, the limit in words from the match and the job's request).
+    #: Data per adapter, from the scheduler's own messages; the first match counts.
+    LIMIT_MESSAGES: tuple[tuple[re.Pattern, "Callable[[re.Match, Resources], str]"], ...] = ()
+
+    def limit_in_stderr(self, stderr_tail: str, resources: Resources) -> str | None:
+        """Which limit a failed job passed, its value and the scheduler's words, when its stderr
+        says so ("memory limit 50M (Slurm: 'exceeded memory limit (325697536 > 52428800)')")."""
+        for pattern, describe in self.LIMIT_MESSAGES:
+            m = pattern.search(stderr_tail or "")
+            if m:
+                return describe(m, resources)
+        return None
+
+    def review_directives(self, found: Sequence[directives.Directive]) -> list[directives.Finding]:
+        """What the rules say about the options of a handler's directive lines."""
+        return [directives.Finding(option, rule, d.line, d.text) for d in found
+                for option, rule in directives.find(d.options, self.DIRECTIVES, self.OPTION_RULES)]
 
 
 # -- helpers the adapters share ---------------------------------------------------------------

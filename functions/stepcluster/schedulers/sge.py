@@ -31,7 +31,9 @@ import re
 import xml.etree.ElementTree as ET
 from typing import Sequence
 
-from stepcluster.errors import SchedulerError
+from stepcluster import resources as res
+from stepcluster.directives import OVERRIDDEN, REFUSED, DirectiveSyntax, OptionRule, value_is
+from stepcluster.errors import RequestRefused, SchedulerError
 from stepcluster.schedulers.base import (
     Category, CommandOutput, JobStatus, Scheduler, check_job_ids, letter_first, qdel_argv,
     raw_output, single_job_id,
@@ -143,8 +145,70 @@ _CANCEL_OK = r"does not exist|has registered the job|has deleted job|already in 
 
 
 
+# -- options in scripts and in scheduler_options ---------------------------------------------------
+# qsub(1) (8.1.9): "If the first two characters of a script line either match '#$' or are equal
+# to the prefix string defined with the -C option ... the line is parsed for embedded command
+# flags": every such line of the script, not only a header; then "the command line can be used to
+# override the embedded flags". Options are whole words ("-sync y"): no getopt bundling.
+DIRECTIVES = DirectiveSyntax("#$", whole_file=True, getopt=False, documented="qsub(1) DESCRIPTION")
+OPTION_RULES = (
+    OptionRule(("-o",), OVERRIDDEN, "stdout goes to the job's folder, where stepcluster keeps it"),
+    OptionRule(("-e",), OVERRIDDEN, "stderr goes to the job's folder, where stepcluster keeps it"),
+    OptionRule(("-j",), OVERRIDDEN, "stdout and stderr are kept apart (stderr's tail explains a failure)"),
+    OptionRule(("-N",), OVERRIDDEN, "the job's name on the scheduler is how stepcluster finds it again"),
+    OptionRule(("-wd",), OVERRIDDEN, "the job starts in its staged files' folder ($STEPCLUSTER_SOURCE)"),
+    OptionRule(("-cwd",), OVERRIDDEN, "the job starts in its staged files' folder ($STEPCLUSTER_SOURCE)",
+               takes_value=False),
+    OptionRule(("-S",), OVERRIDDEN, "stepcluster's wrapper runs under bash; the handler's own #! line "
+               "still chooses the handler's interpreter"),
+    OptionRule(("-sync",), REFUSED, "qsub would not return until the job ends: the run needs the job id at once",
+               when=value_is(r"y(es)?")),
+    OptionRule(("-hold_jid", "-hold_jid_ad"), REFUSED, "the run's [order] decides when a job starts"),
+    OptionRule(("-t", "-tc"), REFUSED, "job arrays are not supported yet"),
+    OptionRule(("-h",), REFUSED, "a held job never starts by itself", takes_value=False),
+    OptionRule(("-b",), REFUSED, "the wrapper is a script: -b y would run it as a binary",
+               when=value_is(r"y(es)?")),
+    OptionRule(("-C",), REFUSED, "the directive prefix is #$"),
+    OptionRule(("-@",), REFUSED, "an option file would hide options from these checks"),
+)
+#: h_vmem is set as the job's virtual-memory ulimit (rig: `-pe smp 2 -l h_vmem=100M` gives
+#: `ulimit -v` 204800, per slot times slots), so a job past it is not killed: its allocation fails
+#: and the program says so in its own words, then exits with its own code.
+LIMIT_MESSAGES = (
+    (re.compile(r"MemoryError|Cannot allocate memory|std::bad_alloc|[Oo]ut of memory"),
+     lambda m, r: ("memory limit " + (f"h_vmem={res.memory_text(res.ceil_div(r.memory_kib, r.slots), units='GMK')} "
+                                      "per slot" if r.memory_kib else "h_vmem")
+                   + f" (Grid Engine sets it as the job's virtual-memory ulimit: the allocation failed, {m.group(0)!r})")),
+)
+#: qacct's `failed` codes that mean a limit (sge_status(5) / the execd's failure codes; rig: an
+#: h_rt kill is "failed 37 : qmaster enforced h_rt, h_cpu, or h_vmem limit", exit_status 137)
+LIMIT_FAILURES = {37: "qmaster enforced h_rt, h_cpu, or h_vmem limit"}
+_CATEGORY_LIMIT = re.compile(r"\b(?P<key>h_rt|h_cpu|h_vmem)=(?P<value>[^,\s]+)")
+RESOURCE_OPTIONS = {
+    "tasks": ("-pe",), "cpus_per_task": ("-pe",), "queue": ("-q",),
+}
+
+
 def _ids(job_ids: Sequence[str]) -> list[str]:
     return check_job_ids(job_ids, _JOB_ID, "sge", "Grid Engine")
+
+
+def _limit_failure(failed_code: int, record: dict) -> str | None:
+    """Which limit a qacct record's `failed` code means: the one of the job's h_rt / h_cpu /
+    h_vmem requests (its `category`) that the wall clock or memory use reached, else all of them."""
+    words = LIMIT_FAILURES.get(failed_code)
+    if not words:
+        return None
+    asked = {m.group("key"): m.group("value") for m in _CATEGORY_LIMIT.finditer(record.get("category", ""))}
+    wallclock = re.match(r"\d+", record.get("ru_wallclock", ""))
+    if "h_rt" in asked and asked["h_rt"].isdigit() and wallclock and int(wallclock.group(0)) >= int(asked["h_rt"]):
+        which = f"time limit h_rt={asked['h_rt']}"
+    elif len(asked) == 1:
+        ((key, value),) = asked.items()
+        which = f"{'memory' if key == 'h_vmem' else 'time'} limit {key}={value}"
+    else:
+        which = "limit " + (", ".join(f"{k}={v}" for k, v in asked.items()) or "(h_rt, h_cpu or h_vmem)")
+    return f"{which} (Grid Engine: failed {failed_code}: {words})"
 
 
 class SGE(Scheduler):
@@ -159,14 +223,45 @@ class SGE(Scheduler):
         # asks sge_qmaster (exit 1 when unreachable) and lists the cluster queues: cheap
         return ["qconf", "-sql"]
 
+    DIRECTIVES = DIRECTIVES
+    OPTION_RULES = OPTION_RULES
+    RESOURCE_OPTIONS = RESOURCE_OPTIONS
+    LIMIT_MESSAGES = LIMIT_MESSAGES
+    #: The parallel environment that gives a job several slots on one host (allocation_rule
+    #: $pe_slots; the rig's `smp`). Sites name theirs differently: scheduler_options = -pe NAME N
+    #: (with tasks and cpus_per_task left out) picks another.
+    PARALLEL_ENVIRONMENT = "smp"
+
     def submit_argv(self, script: str, *, job_name: str, workdir: str,
-                    stdout: str, stderr: str) -> list[str]:
+                    stdout: str, stderr: str, request: Sequence[str] = ()) -> list[str]:
         for path in (stdout, stderr):
             if _BAD_OUTPUT_PATH.search(path):
                 raise SchedulerError(f"Grid Engine would misread this output path (: , $ or newline): {path!r}",
                                      scheduler=self.name)
-        return ["qsub", "-terse", "-N", letter_first(job_name), "-wd", workdir,
-                "-o", stdout, "-e", stderr, "-S", "/bin/bash", script]
+        return ["qsub", "-terse", *request, "-N", letter_first(job_name), "-wd", workdir,
+                "-o", stdout, "-e", stderr, "-j", "n", "-S", "/bin/bash", script]
+
+    def resource_options(self, resources: res.Resources) -> list[str]:
+        r, argv, limits = resources, [], []
+        if r.nodes and r.nodes > 1:
+            raise RequestRefused([
+                f"Grid Engine places slots, not nodes: nodes = {r.nodes} cannot be expressed "
+                f"(its parallel environment {self.PARALLEL_ENVIRONMENT!r} keeps a job on one host); ask "
+                "for tasks, or name a parallel environment that spreads slots over hosts in "
+                "scheduler_options (-pe NAME N)"])
+        if r.slots > 1:
+            argv += ["-pe", self.PARALLEL_ENVIRONMENT, str(r.slots)]
+        if r.time_limit:
+            limits.append(f"h_rt={r.time_limit}")
+        if r.memory_kib:
+            # h_vmem is per slot: the node's memory shared among the job's slots (on one host);
+            # sge_types(5) memory units: K M G (1024), no T
+            limits.append(f"h_vmem={res.memory_text(res.ceil_div(r.memory_kib, r.slots), units='GMK')}")
+        if limits:
+            argv += ["-l", ",".join(limits)]
+        if r.queue:
+            argv += ["-q", r.queue]
+        return argv
 
     def parse_submit(self, out: CommandOutput) -> str:
         return single_job_id(out, _SUBMIT, "qsub -terse", self.name)
@@ -278,7 +373,8 @@ class SGE(Scheduler):
         # a job killed by a signal has exit_status 128 + signal; only trusted when Grid Engine
         # itself reports a failure (a script may well `exit 137`)
         signal = code - 128 if failed_code != 0 and code > 128 else None
-        return JobStatus(job_id, Category.FAILED, raw, exit_code=code, signal=signal, reason=reason)
+        return JobStatus(job_id, Category.FAILED, raw, exit_code=code, signal=signal, reason=reason,
+                         limit=_limit_failure(failed_code, record))
 
     def recover_argv(self, job_name: str) -> list[str] | None:
         # every job qstat knows (JB_name), then the accounting file by name for ended ones

@@ -26,6 +26,8 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
+from stepcluster import resources as res
+from stepcluster.directives import OVERRIDDEN, REFUSED, DirectiveSyntax, OptionRule, value_lacks
 from stepcluster.errors import SchedulerError
 from stepcluster.schedulers.base import (
     Category, CommandOutput, JobStatus, Scheduler, check_job_ids, single_job_id, raw_output,
@@ -184,8 +186,10 @@ _REASON_CODE = re.compile(r"^[A-Za-z_]+")
 
 _SUBMIT = re.compile(r"^(?P<id>\d+)(?:;(?P<cluster>\S+))?$")
 _JOB_ID = re.compile(r"^\d+(?:_\d+)?$")
-_STATUS_FORMAT = "%i|%T|%Q|%r"    # id | state | priority | reason (last: it may be free text)
-_ROW = re.compile(r"^(?P<id>[0-9_\[\]\-,%]+)\|(?P<state>[^|]*)\|(?P<priority>\d*)\|(?P<reason>.*)$")
+# id | state | priority | time limit | memory asked for | reason (last: it may be free text)
+_STATUS_FORMAT = "%i|%T|%Q|%l|%m|%r"
+_ROW = re.compile(r"^(?P<id>[0-9_\[\]\-,%]+)\|(?P<state>[^|]*)\|(?P<priority>\d*)\|(?P<time>[^|]*)\|(?P<mem>[^|]*)"
+                  r"\|(?P<reason>.*)$")
 _UNKNOWN_ID = re.compile(r"Invalid job id specified")
 # stderr lines of `scontrol show job` / `sacct` that only mean "I do not know this job"; any
 # other complaint (controller or database unreachable...) is an error, not a missing job
@@ -196,11 +200,83 @@ _SC_STATE = re.compile(r"\sJobState=(?P<state>\S+)")
 _SC_REASON = re.compile(r"\sReason=(?P<reason>\S+)")
 _SC_PRIORITY = re.compile(r"\sPriority=(?P<priority>\d+)")
 _SC_EXIT = re.compile(r"\sExitCode=(?P<code>\d+):(?P<signal>\d+)")
+_SC_TIME = re.compile(r"\sTimeLimit=(?P<time>\S+)")
+_SC_MEM = re.compile(r"\sMinMemory(?:Node|CPU)=(?P<mem>\S+)")
 _SACCT_ROW = re.compile(r"^(?P<id>[^|]+)\|(?P<state>[^|]+)\|(?P<code>\d+):(?P<signal>\d+)$")
 _BAD_PATH = re.compile(r"[%\\\n]")
 _RECOVER_MARK = "@@stepcluster-sacct"   # sbatch expands %j, %x... in -o/-e; "\" turns that off
 
 
+
+
+# -- options in scripts and in scheduler_options ---------------------------------------------------
+# sbatch(1) DESCRIPTION: options "preceded with "#SBATCH" before any executable commands in the
+# script. sbatch will stop processing further #SBATCH directives once the first non-comment
+# non-whitespace line has been reached"; options on the command line override them. Seen on the
+# rig (22.05): "#SBATCH --ntasks=2   # two tasks" is read as --ntasks=2.
+DIRECTIVES = DirectiveSyntax("#SBATCH", whole_file=False, getopt=True, short_flags="HOQsvWhVk",
+                             documented="sbatch(1) DESCRIPTION")
+OPTION_RULES = (
+    OptionRule(("-o", "--output"), OVERRIDDEN, "stdout goes to the job's folder, where stepcluster keeps it"),
+    OptionRule(("-e", "--error"), OVERRIDDEN, "stderr goes to the job's folder, where stepcluster keeps it"),
+    OptionRule(("-D", "--chdir"), OVERRIDDEN, "the job starts in its staged files' folder ($STEPCLUSTER_SOURCE)"),
+    OptionRule(("-J", "--job-name"), OVERRIDDEN, "the job's name on the scheduler is how stepcluster finds it again"),
+    OptionRule(("-W", "--wait"), REFUSED, "sbatch would not return until the job ends: the run needs the job id at once",
+               takes_value=False),
+    OptionRule(("-d", "--dependency"), REFUSED, "the run's [order] decides when a job starts"),
+    OptionRule(("-a", "--array"), REFUSED, "job arrays are not supported yet"),
+    OptionRule(("-H", "--hold"), REFUSED, "a held job never starts by itself", takes_value=False),
+    OptionRule(("--test-only",), REFUSED, "sbatch would submit nothing", takes_value=False),
+    OptionRule(("--wrap",), REFUSED, "the handler is the job's script"),
+    OptionRule(("-M", "--clusters"), REFUSED, "the job must run on the cluster the run created or was given"),
+    OptionRule(("--export",), REFUSED, "without ALL the job loses the submission environment (PATH) the "
+               "wrapper runs with; --export=ALL,NAME=VALUE works", when=value_lacks("ALL")),
+)
+#: slurmstepd's words in the job's stderr (22.05, rig): a step killed by OverMemoryKill is
+#: "StepId=28.batch exceeded memory limit (325697536 > 52428800), being killed" and the job ends
+#: FAILED (Reason JobLaunchFailure), not OUT_OF_MEMORY; a time limit "*** JOB 27 ON localhost
+#: CANCELLED AT ... DUE TO TIME LIMIT ***" (then TIMEOUT, which the status says as well).
+LIMIT_MESSAGES = (
+    (re.compile(r"exceeded memory limit \((?P<used>\d+) > (?P<limit>\d+)\)"),
+     lambda m, r: f"memory limit {res.memory_text(int(m.group('limit')) // 1024)} "
+                  f"(Slurm: {m.group(0)!r})"),
+    (re.compile(r"CANCELLED AT \S+ DUE TO TIME LIMIT"),
+     lambda m, r: f"time limit{' ' + res.hms(r.time_limit) if r.time_limit else ''} (Slurm: {m.group(0)!r})"),
+)
+RESOURCE_OPTIONS = {
+    "nodes": ("-N", "--nodes"), "tasks": ("-n", "--ntasks"), "cpus_per_task": ("-c", "--cpus-per-task"),
+    "memory_kib": ("--mem", "--mem-per-cpu", "--mem-per-gpu"), "time_limit": ("-t", "--time"),
+    "queue": ("-p", "--partition"),
+}
+
+
+#: The states in which Slurm ended a job for passing one of its limits: which limit, and where
+#: its value is (job_state_codes.html: TIMEOUT "terminated upon reaching its time limit",
+#: OUT_OF_MEMORY "experienced out of memory error").
+LIMIT_STATES: dict[str, str] = {"TIMEOUT": "time limit", "OUT_OF_MEMORY": "memory limit"}
+
+
+def limit_passed(raw_state: str, time_limit: str | None, memory: str | None) -> str | None:
+    """"time limit 00:01:00 (Slurm: TIMEOUT)" for a job Slurm ended for a limit; else None."""
+    state = raw_state.split(" ")[0]
+    which = LIMIT_STATES.get(state)
+    if not which:
+        return None
+    value = _duration(time_limit) if state == "TIMEOUT" else memory
+    value = f" {value}" if value and value not in ("0", "UNLIMITED", "(null)") else ""
+    return f"{which}{value} (Slurm: {state})"
+
+
+_DURATION = re.compile(r"(?:(?P<d>\d+)-)?(?:(?:(?P<h>\d+):)?(?P<m>\d+):)?(?P<s>\d+)")
+
+
+def _duration(text: str | None) -> str | None:
+    """Slurm's time forms (squeue "1:00" = M:SS, scontrol "00:01:00", "2-00:00:00") as H:MM:SS."""
+    m = _DURATION.fullmatch(text or "")
+    if not m:
+        return text
+    days, hours, minutes, seconds = (int(m.group(k) or 0) for k in "dhms")
+    return res.hms(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
 
 
 def _reason(text: str | None) -> str | None:
@@ -243,14 +319,37 @@ class Slurm(Scheduler):
         # sinfo asks slurmctld: exits 1 when it cannot be reached
         return ["sinfo", "--noheader", "--summarize"]
 
+    DIRECTIVES = DIRECTIVES
+    OPTION_RULES = OPTION_RULES
+    RESOURCE_OPTIONS = RESOURCE_OPTIONS
+    LIMIT_MESSAGES = LIMIT_MESSAGES
+
     def submit_argv(self, script: str, *, job_name: str, workdir: str,
-                    stdout: str, stderr: str) -> list[str]:
+                    stdout: str, stderr: str, request: Sequence[str] = ()) -> list[str]:
         for path in (stdout, stderr):
             if _BAD_PATH.search(path):
                 raise SchedulerError(f"Slurm would rewrite this output path (%, \\ or newline): {path!r}",
                                      scheduler=self.name)
-        return ["sbatch", "--parsable", "-J", job_name, "-D", workdir,
+        return ["sbatch", "--parsable", *request, "-J", job_name, "-D", workdir,
                 "-o", stdout, "-e", stderr, script]
+
+    def resource_options(self, resources: res.Resources) -> list[str]:
+        r, argv = resources, []
+        if r.nodes:
+            argv.append(f"--nodes={r.nodes}")
+        if r.tasks:
+            argv.append(f"--ntasks={r.tasks}")
+        if r.cpus_per_task:
+            argv.append(f"--cpus-per-task={r.cpus_per_task}")
+        if r.memory_kib:
+            argv.append(f"--mem={res.memory_text(r.memory_kib)}")   # per node, K/M/G/T as Slurm reads them
+        if r.time_limit:
+            # days-hours:minutes:seconds; Slurm counts whole minutes, rounding a part minute up
+            days, rest = divmod(r.time_limit, 86400)
+            argv.append(f"--time={days}-{res.hms(rest)}" if days else f"--time={res.hms(rest)}")
+        if r.queue:
+            argv.append(f"--partition={r.queue}")
+        return argv
 
     def parse_submit(self, out: CommandOutput) -> str:
         return single_job_id(out, _SUBMIT, "sbatch", self.name)
@@ -276,12 +375,13 @@ class Slurm(Scheduler):
             if job_id in wanted and job_id not in found:
                 priority = m.group("priority")
                 found[job_id] = self._status(job_id, m.group("state").strip(), _reason(m.group("reason").strip()),
-                                             priority=int(priority) if priority else None)
+                                             priority=int(priority) if priority else None,
+                                             limits=(m.group("time"), m.group("mem")))
         return {i: found.get(i) or JobStatus(i, Category.MISSING, "") for i in wanted}
 
     def _status(self, job_id: str, raw_state: str, reason: str | None,
                 code: int | None = None, signal: int | None = None,
-                priority: int | None = None) -> JobStatus:
+                priority: int | None = None, limits: tuple[str | None, str | None] = (None, None)) -> JobStatus:
         # "CANCELLED by 1001" (sacct) -> CANCELLED; the raw text is kept
         category = self.categorize(raw_state.split(" ")[0]) if raw_state else Category.UNKNOWN
         if category not in (Category.SUCCEEDED, Category.FAILED, Category.CANCELLED):
@@ -289,8 +389,9 @@ class Slurm(Scheduler):
         elif category == Category.SUCCEEDED and (code or signal):
             category = Category.FAILED   # never call a non-zero exit a success
         blocked = blocked_reason(raw_state, reason, priority) if category == Category.QUEUED else None
+        limit = limit_passed(raw_state, *limits) if category == Category.FAILED else None
         return JobStatus(job_id, category, raw_state, exit_code=code,
-                         signal=signal or None, reason=reason, blocked=blocked)
+                         signal=signal or None, reason=reason, blocked=blocked, limit=limit)
 
     def accounting_argv(self, job_id: str) -> list[str] | None:
         _ids([job_id])
@@ -310,9 +411,11 @@ class Slurm(Scheduler):
                     raise SchedulerError(f"scontrol record without JobState/ExitCode: {raw_output(out)}",
                                          scheduler=self.name, output=out, job_ids=[job_id])
                 priority = _SC_PRIORITY.search(line)
+                time_limit, memory = _SC_TIME.search(line), _SC_MEM.search(line)
                 return self._status(job_id, state.group("state"), _reason(reason and reason.group("reason")),
                                     int(code.group("code")), int(code.group("signal")),
-                                    priority=int(priority.group("priority")) if priority else None)
+                                    priority=int(priority.group("priority")) if priority else None,
+                                    limits=(time_limit and time_limit.group("time"), memory and memory.group("mem")))
         rows = [m for m in map(_SACCT_ROW.fullmatch, (r.strip() for r in records)) if m and m.group("id") == job_id]
         if rows:   # a reused id (state wiped) gives several rows: the last is the newest
             row = rows[-1]

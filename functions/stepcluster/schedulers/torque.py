@@ -27,7 +27,9 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-from stepcluster.errors import SchedulerError
+from stepcluster import resources as res
+from stepcluster.directives import OVERRIDDEN, REFUSED, DirectiveSyntax, OptionRule, value_has
+from stepcluster.errors import RequestRefused, SchedulerError
 from stepcluster.schedulers.base import (
     Category, CommandOutput, JobStatus, Scheduler, check_job_ids, letter_first, qdel_argv,
     raw_output, single_job_id,
@@ -139,6 +141,42 @@ def blocked_reason(state: str, attrs: dict[str, str]) -> str | None:
     return None
 
 
+# -- options in scripts and in scheduler_options ---------------------------------------------------
+# qsub(1B) (Torque): directives are lines starting with "#PBS" (or $PBS_DPREFIX) before the first
+# executable line; "qsub will stop parsing directives at the first executable line" and options on
+# the command line take precedence. Options are getopt short options ("-l walltime=1:00:00").
+DIRECTIVES = DirectiveSyntax("#PBS", whole_file=False, getopt=True, short_flags="hIVxzfnX",
+                             documented="qsub(1B) Torque, 'Script Processing'")
+OPTION_RULES = (
+    OptionRule(("-o",), OVERRIDDEN, "stdout goes to the job's folder, where stepcluster keeps it"),
+    OptionRule(("-e",), OVERRIDDEN, "stderr goes to the job's folder, where stepcluster keeps it"),
+    OptionRule(("-j",), OVERRIDDEN, "stdout and stderr are kept apart (stderr's tail explains a failure)"),
+    OptionRule(("-k",), OVERRIDDEN, "the job's stdout and stderr go straight to its folder"),
+    OptionRule(("-N",), OVERRIDDEN, "the job's name on the scheduler is how stepcluster finds it again"),
+    OptionRule(("-d", "-w"), OVERRIDDEN, "the job starts in its staged files' folder ($STEPCLUSTER_SOURCE)"),
+    OptionRule(("-S",), OVERRIDDEN, "stepcluster's wrapper runs under bash; the handler's own #! line "
+               "still chooses the handler's interpreter"),
+    OptionRule(("-W",), REFUSED, "the run's [order] decides when a job starts, and qsub must return at once",
+               when=value_has(r"(^|,)\s*(depend|block)\s*=")),
+    OptionRule(("-t", "-J"), REFUSED, "job arrays are not supported yet"),
+    OptionRule(("-h",), REFUSED, "a held job never starts by itself", takes_value=False),
+    OptionRule(("-I",), REFUSED, "an interactive job has no script to run", takes_value=False),
+    OptionRule(("-x",), REFUSED, "the wrapper is the job's script", takes_value=False),
+    OptionRule(("-F",), REFUSED, "the wrapper does not pass arguments on: set them in the handler"),
+    OptionRule(("-D",), REFUSED, "a changed root folder hides the job's folder from the wrapper"),
+    OptionRule(("-C",), REFUSED, "the directive prefix is #PBS"),
+)
+RESOURCE_OPTIONS = {"queue": ("-q",)}
+#: pbs_mom's words in the job's stderr when it kills a job over a limit (Torque, src/resmom/
+#: mom_main.c: "=>> PBS: job killed: walltime 65 exceeded limit 60", "... mem 1052672kb exceeded
+#: limit 524288kb"); no Torque server runs here, so only the documented text is matched.
+LIMIT_MESSAGES = (
+    (re.compile(r"PBS: job killed: (?P<what>walltime|mem|vmem|pmem|cput) (?P<used>\S+) exceeded limit (?P<limit>\S+)"),
+     lambda m, r: f"{'time' if m.group('what') in ('walltime', 'cput') else 'memory'} limit "
+                  f"{m.group('what')}={m.group('limit')} (Torque: {m.group(0)!r})"),
+)
+
+
 class Torque(Scheduler):
     name = "torque"
     STATES = STATES
@@ -148,14 +186,41 @@ class Torque(Scheduler):
     def probe_argv(self) -> list[str]:
         return ["qstat", "-B"]   # the server's status: fails when pbs_server does not answer
 
+    DIRECTIVES = DIRECTIVES
+    OPTION_RULES = OPTION_RULES
+    RESOURCE_OPTIONS = RESOURCE_OPTIONS
+    LIMIT_MESSAGES = LIMIT_MESSAGES
+
     def submit_argv(self, script: str, *, job_name: str, workdir: str,
-                    stdout: str, stderr: str) -> list[str]:
+                    stdout: str, stderr: str, request: Sequence[str] = ()) -> list[str]:
         for path in (stdout, stderr):
             if _BAD_OUTPUT_PATH.search(path):
                 raise SchedulerError(f"Torque would misread this output path (: or newline): {path!r}",
                                      scheduler=self.name)
-        return ["qsub", "-N", letter_first(job_name), "-d", workdir,
-                "-o", stdout, "-e", stderr, script]
+        return ["qsub", *request, "-N", letter_first(job_name), "-d", workdir,
+                "-o", stdout, "-e", stderr, "-j", "n", "-S", "/bin/bash", script]
+
+    def resource_options(self, resources: res.Resources) -> list[str]:
+        r, limits = resources, []
+        if r.nodes or r.tasks or r.cpus_per_task:
+            # -l nodes=N:ppn=M: M processors on each of N nodes; one task per node by default,
+            # as Slurm's -N without -n
+            nodes = r.nodes or 1
+            slots = (r.tasks or nodes) * (r.cpus_per_task or 1)
+            if slots % nodes:
+                raise RequestRefused([
+                    f"Torque asks for the same processors on every node (nodes=N:ppn=M): {slots} "
+                    f"CPUs ({r.tasks or nodes} tasks x {r.cpus_per_task or 1}) do not divide evenly over "
+                    f"{nodes} nodes"])
+            limits.append(f"nodes={nodes}:ppn={slots // nodes}")
+        if r.memory_kib:
+            limits.append(f"mem={r.memory_kib * (r.nodes or 1)}kb")   # Torque's mem is the job's total
+        if r.time_limit:
+            limits.append(f"walltime={res.hms(r.time_limit)}")
+        argv = ["-l", ",".join(limits)] if limits else []
+        if r.queue:
+            argv += ["-q", r.queue]
+        return argv
 
     def parse_submit(self, out: CommandOutput) -> str:
         return single_job_id(out, _SUBMIT, "qsub", self.name)
