@@ -248,8 +248,9 @@ SelectTypeParameters=CR_Core_Memory
 # a job without --mem gets (and may use) 1000 MB per CPU: $WIDTH such jobs fit the node at once
 DefMemPerCPU=1000
 # --mem without cgroups: jobacct_gather/linux samples each step's processes every second and
-# OverMemoryKill kills a step whose RSS passes its --mem (state OUT_OF_MEMORY). The limit reaches
-# slurmd only when memory is a consumable resource (CR_Core_Memory, below).
+# OverMemoryKill kills a step whose RSS passes its --mem (the job ends FAILED, signal 9, and
+# slurmstepd writes "exceeded memory limit (USED > LIMIT)" to its stderr). The limit reaches
+# slurmd only when memory is a consumable resource (CR_Core_Memory, above).
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=task=1
 JobAcctGatherParams=OverMemoryKill

@@ -895,11 +895,12 @@ _JOB_VALIDATORS = {
     "time_limit": _resource(resources.parse_time_limit),
     "queue": _resource(resources.parse_queue),
     "scheduler_options": _resource(resources.parse_options),
+    "array": _resource(resources.parse_array),
 }
 #: resource keys -> the fields of `resources.Resources` they fill
 _RESOURCE_FIELDS = {"nodes": "nodes", "tasks": "tasks", "cpus_per_task": "cpus_per_task",
                     "memory": "memory_kib", "time_limit": "time_limit", "queue": "queue",
-                    "scheduler_options": "scheduler_options"}
+                    "scheduler_options": "scheduler_options", "array": "array"}
 ORDER_KEYS = tuple(_ORDER_VALIDATORS)
 JOB_KEYS = tuple(_JOB_VALIDATORS)
 #: Job keys whose validator points out an inline comment itself: the others get a warning when

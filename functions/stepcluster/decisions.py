@@ -63,6 +63,24 @@ class JobObservation:
     started: str = ""                 # the wrapper's start file: epoch seconds, or empty
     result: str = ""                  # the wrapper's result line "EXIT SIGNAL ENDED", or empty
     status: JobStatus | None = None   # the scheduler's answer (its history's, where asked)
+    tasks: "TaskTally | None" = None  # an array job's tasks, as their files show them
+
+
+@dataclass(frozen=True)
+class TaskTally:
+    """An array job's task records on the head node this round (jobscripts.inspect_script)."""
+
+    total: int
+    started: int = 0
+    ended: int = 0
+    failed: int = 0
+    last_ended: str = ""                # epoch of the latest task end
+    failed_task: str | None = None      # the failed task with the lowest index
+    failed_result: str = ""             # its "EXIT SIGNAL ENDED"
+
+    def counts(self) -> dict:
+        out = {"total": self.total, "started": self.started, "ended": self.ended, "failed": self.failed}
+        return {**out, "failed_task": self.failed_task} if self.failed_task else out
 
 
 @dataclass(frozen=True)
@@ -103,7 +121,9 @@ def needs_history(observation: JobObservation) -> bool:
     """Gone from the live queue (or shown done there) without a result: ask the scheduler's
     history (sacct, qacct, qstat -x) for its exit before judging it."""
     category = (observation.status or NOT_LISTED).category
-    return not observation.result and category in (Category.MISSING, Category.SUCCEEDED)
+    ended = observation.result or (observation.tasks is not None and (
+        observation.tasks.failed or observation.tasks.ended >= observation.tasks.total))
+    return not ended and category in (Category.MISSING, Category.SUCCEEDED)
 
 
 def observe(job: JobRecord, name: str, observation: JobObservation, *, scheduler: str,
@@ -112,9 +132,23 @@ def observe(job: JobRecord, name: str, observation: JobObservation, *, scheduler
     know: never guessed to be anything."""
     if observation.started.isdigit():
         job = job.but(started=iso(int(observation.started)))
-    if observation.result:
+    tally = observation.tasks
+    if tally is not None:
+        job = job.but(tasks=tally.counts())
+        if tally.failed:      # one failed task fails the job (the run then cancels the rest)
+            ended = _ended_by_wrapper(job, tally.failed_result)
+            return ended.but(state=JobState.FAILED, reason=(
+                f"task {tally.failed_task} of {tally.total} failed; {tally.failed} failed, "
+                f"{tally.ended} ended so far"))
+        if tally.ended >= tally.total:
+            return _ended_by_wrapper(job, f"0 0 {tally.last_ended}")
+    elif observation.result:
         return _ended_by_wrapper(job, observation.result)
     status = observation.status or NOT_LISTED
+    if tally is not None and status.category == Category.SUCCEEDED:
+        # the scheduler says the array ended well, yet tasks recorded no end: never a success
+        status = JobStatus(status.job_id, Category.FAILED, status.raw_state,
+                           reason=f"{tally.total - tally.ended} of {tally.total} tasks recorded no exit code")
     category = status.category
     if category == Category.UNKNOWN:
         raise SchedulerError(

@@ -8,6 +8,7 @@ imported only here (and only when connecting).
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import tarfile
 import time
@@ -178,7 +179,7 @@ class HeadNodeWork:
                     run_dir=run.run_dir, name=job.name, handler=job.handler,
                     env={"STEPCLUSTER_JOB_NAME": job.name, "STEPCLUSTER_EXECUTION": run.execution,
                          "STEPCLUSTER_CLUSTER_NAME": run.cluster_name},
-                    directives=requests[job.name].directives)
+                    directives=requests[job.name].directives, array=bool(job.resources.array))
                 _add_bytes(tar, f"jobs/{job.name}/run.sh", wrapper.encode(), 0o755)
         return bundle.getvalue()
 
@@ -224,7 +225,7 @@ class HeadNodeWork:
             run, changed = decisions.apply_round(run, observations, scheduler=scheduler.name, now=now,
                                                  limits=limits, scheduler_failure=scheduler_failure)
             failed = decisions.failed_jobs(run, changed)
-            tails = self._stderr_tails(ssh, run.run_dir, failed) if failed else {}
+            tails = self._stderr_tails(ssh, run, failed) if failed else {}
             passed = {name: scheduler.limit_in_stderr(tail, self.wiring.plan.job(name).resources)
                       for name, tail in tails.items()}
             decision = decisions.decide(run, changed, wait_times=self.wiring.plan.wait_times,
@@ -265,13 +266,17 @@ class HeadNodeWork:
         restarting) makes this round one of an outage, not a verdict on the jobs."""
         active = run.active_jobs()
         ids = [run.jobs[n].job_id for n in active]
+        plan = self.wiring.plan
+        arrays = {n: len(plan.job(n).resources.task_ids) for n in active if plan.job(n).resources.array}
         result = ssh.run_script(jobscripts.inspect_script(
-            run.run_dir, active, scheduler.status_argv(ids) if ids else None))
-        files, statuses = {}, {}
+            run.run_dir, active, scheduler.status_argv(ids) if ids else None, arrays=arrays))
+        files, statuses, tallies = {}, {}, {}
         for record in jobscripts.parse_records(result.stdout):
             if record.tag == "job":
                 files[record.fields[0]] = (jobscripts.unb64(record.fields[1]).strip(),
                                            jobscripts.unb64(record.fields[2]).strip())
+            elif record.tag == "tasks" and record.fields[0] in arrays:
+                tallies[record.fields[0]] = _tally(arrays[record.fields[0]], record.fields[1:])
             elif record.tag == "status":
                 answer = jobscripts.command_output(record, 0)
                 try:
@@ -284,23 +289,23 @@ class HeadNodeWork:
                         raise                       # it answered, with something unreadable
                     log.warning("%s did not answer (exit %s): %s", scheduler.name, answer.exit_code,
                                 (answer.stderr or answer.stdout).strip()[:300])
-                    return self._files_only(active, files), answer.stderr or answer.stdout
+                    return self._files_only(active, files, tallies), answer.stderr or answer.stdout
         observations = {}
         for name in active:
             started, result_line = files.get(name, ("", ""))
             observations[name] = JobObservation(started, result_line,
-                                                statuses.get(run.jobs[name].job_id))
+                                                statuses.get(run.jobs[name].job_id), tallies.get(name))
         gone = [run.jobs[n].job_id for n in active if decisions.needs_history(observations[n])]
         history = self._accounting(ssh, scheduler, gone)
         for name in active:
             known = history.get(run.jobs[name].job_id)
             if known is not None:
-                observations[name] = JobObservation(observations[name].started, observations[name].result, known)
+                observations[name] = dataclasses.replace(observations[name], status=known)
         return observations, None
 
     @staticmethod
-    def _files_only(active: list[str], files: dict) -> dict[str, JobObservation]:
-        return {name: JobObservation(*files.get(name, ("", ""))) for name in active}
+    def _files_only(active: list[str], files: dict, tallies: dict) -> dict[str, JobObservation]:
+        return {name: JobObservation(*files.get(name, ("", "")), tasks=tallies.get(name)) for name in active}
 
     def _accounting(self, ssh, scheduler: Scheduler, ids: list[str]) -> dict[str, JobStatus]:
         commands = [(i, scheduler.accounting_argv(i)) for i in ids]
@@ -317,8 +322,9 @@ class HeadNodeWork:
                     history[job_id] = status
         return history
 
-    def _stderr_tails(self, ssh, run_dir: str, names: list[str]) -> dict[str, str]:
-        out = ssh.run_script(jobscripts.tails_script(run_dir, names, STDERR_TAIL_BYTES), check=False)
+    def _stderr_tails(self, ssh, run: Run, names: list[str]) -> dict[str, str]:
+        tasks = {n: run.jobs[n].tasks["failed_task"] for n in names if (run.jobs[n].tasks or {}).get("failed_task")}
+        out = ssh.run_script(jobscripts.tails_script(run.run_dir, names, STDERR_TAIL_BYTES, tasks), check=False)
         return {r.fields[0]: jobscripts.unb64(r.fields[1]) for r in jobscripts.parse_records(out.stdout)
                 if r.tag == "tail" and len(r.fields) > 1}
 
@@ -495,6 +501,15 @@ class HeadNodeWork:
             silent = False
             said = ", ".join(f"job {i} is {statuses[i].raw_state}" for i in sorted(left.values()))
         return decisions.Cancellation({n: i for n, i in jobs.items() if n not in left}, left, said, silent)
+
+
+def _tally(total: int, fields) -> decisions.TaskTally:
+    """An `@@tasks` record (jobscripts.inspect_script): STARTED ENDED FAILED LAST TASK EXIT SIGNAL ENDED."""
+    f = [*fields, *["-"] * 8][:8]
+    count = lambda text: int(text) if text.isdigit() else 0   # noqa: E731 (no result file yet: empty)
+    failed_task = f[4] if f[4] != "-" else None
+    return decisions.TaskTally(total, count(f[0]), count(f[1]), count(f[2]), f[3] if f[3] != "-" else "",
+                               failed_task, " ".join(f[5:8]) if failed_task else "")
 
 
 class _NotStaged(Exception):

@@ -60,11 +60,13 @@ def find_run_script(remote_root: str, execution: str) -> str:
 
 
 def wrapper_script(*, run_dir: str, name: str, handler: str, env: Mapping[str, str],
-                   directives: Sequence[str] = ()) -> str:
+                   directives: Sequence[str] = (), array: bool = False) -> str:
     """The batch script for one job: runs the handler, records exit code and signal.
 
     `directives` are the handler's own directive lines (`#SBATCH ...`), placed before the
     wrapper's first command, where the scheduler reads them as it would in the handler.
+    `array`: each task keeps its own record in RUN/jobs/NAME/TASK/ (started, result, stdout,
+    stderr, output/), its index in $STEPCLUSTER_TASK_ID; the job's `started` is its first task's.
     """
     d = job_dir(run_dir, name)
     exports = "\n".join(f"export {key}={q(value)}" for key, value in sorted(env.items()))
@@ -76,10 +78,12 @@ def wrapper_script(*, run_dir: str, name: str, handler: str, env: Mapping[str, s
 # its exit code in a file, where no scheduler can forget it.
 {carried}JOB_DIR={q(d)}
 {exports}
-export STEPCLUSTER_JOB_DIR="$JOB_DIR" STEPCLUSTER_SOURCE="$JOB_DIR/src" STEPCLUSTER_OUTPUT="$JOB_DIR/output"
+export STEPCLUSTER_JOB_DIR="$JOB_DIR" STEPCLUSTER_SOURCE="$JOB_DIR/src"
+{_TASK_RECORD if array else 'REC_DIR=$JOB_DIR'}
+export STEPCLUSTER_OUTPUT="$REC_DIR/output"
 mkdir -p -- "$STEPCLUSTER_OUTPUT"
-date +%s > "$JOB_DIR/started"
-record() {{ printf '%s %s %s\\n' "$1" "$2" "$(date +%s)" > "$JOB_DIR/result.tmp" && mv -f -- "$JOB_DIR/result.tmp" "$JOB_DIR/result"; }}
+date +%s > "$REC_DIR/started"
+record() {{ printf '%s %s %s\\n' "$1" "$2" "$(date +%s)" > "$REC_DIR/result.tmp" && mv -f -- "$REC_DIR/result.tmp" "$REC_DIR/result"; }}
 cd "$STEPCLUSTER_SOURCE" || {{ echo "stepcluster: cannot enter $STEPCLUSTER_SOURCE" >&2; record 127 0; exit 127; }}
 handler={q(handler)}
 # "./": a handler named like an option ("--version", "-x.sh") stays a path for every command
@@ -107,6 +111,17 @@ if [ "$rc" -gt 128 ] && [ "$rc" -lt 160 ]; then signal=$((rc - 128)); fi
 record "$rc" "$signal"
 exit "$rc"
 """
+
+
+#: An array task's record folder, from the scheduler's own task index (sbatch(1)
+#: SLURM_ARRAY_TASK_ID, qsub(1) SGE_TASK_ID, Torque PBS_ARRAYID); its streams go there too (the
+#: scheduler's -o/-e are one file for the whole array).
+_TASK_RECORD = r"""task=${SLURM_ARRAY_TASK_ID:-${SGE_TASK_ID:-${PBS_ARRAYID:-}}}
+case $task in ''|*[!0-9]*) echo "stepcluster: an array task without a task index (got '$task')" >&2; exit 127;; esac
+[ -e "$JOB_DIR/started" ] || date +%s > "$JOB_DIR/started"
+REC_DIR=$JOB_DIR/$task
+mkdir -p -- "$REC_DIR" && exec > "$REC_DIR/stdout" 2> "$REC_DIR/stderr"
+export STEPCLUSTER_TASK_ID=$task"""
 
 
 def b64(command: str) -> str:
@@ -169,23 +184,40 @@ def recovery_script(run_dir: str, adopted: Mapping[str, str], not_submitted: Ite
     return "\n".join(lines) + "\n"
 
 
-def inspect_script(run_dir: str, names: Iterable[str], status_argv: Sequence[str] | None) -> str:
+def inspect_script(run_dir: str, names: Iterable[str], status_argv: Sequence[str] | None,
+                   arrays: Iterable[str] = ()) -> str:
     """One round's look at jobs: their files, then one scheduler status command for all.
 
     Prints `@@job NAME B64(started) B64(result)` per job, then
-    `@@status RC B64(stdout) B64(stderr)` when a status command is given.
+    `@@status RC B64(stdout) B64(stderr)` when a status command is given. For each job of
+    `arrays`, also `@@tasks NAME STARTED ENDED FAILED LAST_ENDED TASK RC SIGNAL ENDED`: how many
+    tasks started, ended and failed, when the last one ended, and the failed task with the
+    lowest index ("-" fields when none): counts, whatever the array's size.
     """
     lines = ["set -u"]
+    arrays = set(arrays)
     for name in names:
         d = job_dir(run_dir, name)
         lines.append(f"printf '@@job %s %s %s\\n' {q(name)} \"{b64(q(d + '/started'))}\" "
                      f"\"{b64(q(d + '/result'))}\"")
+        if name in arrays:
+            lines.append(f"set -- {q(d)}/[0-9]*/started; [ -e \"$1\" ] && n=$# || n=0; "
+                         f"printf '@@tasks %s %s %s\\n' {q(name)} \"$n\" \"$(awk {q(_TALLY)} "
+                         f"{q(d)}/[0-9]*/result 2>/dev/null || true)\"")
     if status_argv:
         tmp = '"$tmp"'
         lines.append(f"tmp=$(mktemp -d); {shlex.join(status_argv)} > {tmp}/out 2> {tmp}/err; rc=$?; "
                      f"printf '@@status %s %s %s\\n' \"$rc\" \"{b64(tmp + '/out')}\" \"{b64(tmp + '/err')}\"; "
                      f"rm -rf {tmp}")
     return "\n".join(lines) + "\n"
+
+
+#: awk over an array's task result files ("EXIT SIGNAL ENDED", one line each, in TASK/result):
+#: "ENDED FAILED LAST_ENDED TASK EXIT SIGNAL TASK_ENDED" of the failed task with the lowest index.
+_TALLY = ('FNR == 1 { n++; k = FILENAME; sub(/\\/result$/, "", k); sub(/.*\\//, "", k); '
+          'if ($3 + 0 > last) last = $3 + 0; '
+          'if ($1 != "0") { f++; if (t == "" || k + 0 < t + 0) { t = k; r = $1 " " $2 " " $3 } } } '
+          'END { printf "%d %d %s %s %s\\n", n, f, (last ? last : "-"), (t == "" ? "-" : t), (r == "" ? "- - -" : r) }')
 
 
 def commands_script(commands: Sequence[tuple[str, Sequence[str]]]) -> str:
@@ -213,10 +245,16 @@ def directive_lines_script(run_dir: str, handlers: Iterable[tuple[str, str]], *,
         for n, h in handlers) + "\n"
 
 
-def tails_script(run_dir: str, names: Iterable[str], max_bytes: int) -> str:
-    """The last `max_bytes` of each job's stderr: `@@tail NAME B64(text)`."""
+def tails_script(run_dir: str, names: Iterable[str], max_bytes: int,
+                 tasks: Mapping[str, str] | None = None) -> str:
+    """The last `max_bytes` of each job's stderr (of its task `tasks[name]`, for an array job:
+    then the scheduler's own stderr file of the array after it): `@@tail NAME B64(text)`."""
+    def files(n):
+        own = q(job_dir(run_dir, n) + "/stderr")
+        task = (tasks or {}).get(n)
+        return f"{q(job_dir(run_dir, n) + '/' + task + '/stderr')} {own}" if task else own
     return "\n".join(
-        f"printf '@@tail %s %s\\n' {q(n)} \"$(tail -c {int(max_bytes)} -- {q(job_dir(run_dir, n) + '/stderr')} 2>/dev/null | base64 -w0)\""
+        f"printf '@@tail %s %s\\n' {q(n)} \"$(cat -- {files(n)} 2>/dev/null | tail -c {int(max_bytes)} | base64 -w0)\""
         for n in names) + "\n"
 
 
@@ -252,7 +290,8 @@ RESULT_FILES = ("stdout", "stderr", "result", "output")
 
 
 def results_script(run_dir: str, names: Iterable[str]) -> str:
-    """Stream a tar.gz of every existing NAME/{stdout,stderr,result,output} on stdout.
+    """Stream a tar.gz of every existing NAME/{stdout,stderr,result,output} (and, of an array
+    job, NAME/TASK/{...}) on stdout.
 
     Prints nothing when there is nothing to collect. tar's complaints go to a file beside the
     run (stderr is not read while the stream is).
@@ -260,6 +299,9 @@ def results_script(run_dir: str, names: Iterable[str]) -> str:
     lines = [f"cd {q(run_dir + '/jobs')} || exit 3", "files=()"]
     wanted = " ".join(q(f"{n}/{f}") for n in names for f in RESULT_FILES)
     lines.append(f"for f in {wanted}; do [ -e \"$f\" ] && files+=(\"$f\"); done")
+    # an array job's tasks: NAME/TASK/{stdout,stderr,result,output} (the glob matches no other)
+    tasks = " ".join(f"{q(n)}/[0-9]*/{f}" for n in names for f in RESULT_FILES)
+    lines.append(f"for f in {tasks}; do [ -e \"$f\" ] && files+=(\"$f\"); done")
     lines.append('[ ${#files[@]} -gt 0 ] || exit 0')
     lines.append('exec tar -czf - -- "${files[@]}" 2> ../collect.err')
     return "\n".join(lines) + "\n"

@@ -111,6 +111,9 @@ class JobRecord:
     blocked_since: int | None = None     # epoch: first round the scheduler said it cannot start
     results: str | None = None           # s3:// prefix of its kept results (while the payload allows)
     kept: bool | None = None             # its results are in the artifacts bucket (not copied again)
+    #: an array job's counts (never per-task detail: that is on the head node, then in the
+    #: results): {"total", "started", "ended", "failed"[, "failed_task"]}
+    tasks: dict | None = None
 
     @classmethod
     def from_dict(cls, data: Any, name: str = "?") -> JobRecord:

@@ -11,6 +11,8 @@ file:line like every other key:
     memory = 4G            per node: an integer with unit K, M, G or T (powers of 1024)
     time_limit = 90        minutes; or HH:MM:SS; or D-HH:MM:SS
     queue = long           Slurm partition, Grid Engine queue, PBS queue
+    array = 1-100%10       a job array: 1-100, 1-100:2, 1,3,7 (and ranges in a list); %N: at most
+                           N tasks at once
     scheduler_options = --gres=gpu:1 --constraint="a100"   split as a shell would, never run by one
 """
 
@@ -25,9 +27,14 @@ MAX_COUNT = 1_000_000
 MAX_MEMORY_KIB = 1024 ** 4            # 1 PiB per node
 MAX_TIME_LIMIT = 366 * 24 * 3600      # a year: no run outlives Step Functions' own year
 MAX_OPTIONS_CHARS = 4096
+#: Tasks of one array: the payload holds counts, never per-task detail, so this bounds only what
+#: a typo can ask for (Slurm's own MaxArraySize defaults to 1001, indices 0..1000).
+MAX_ARRAY_TASKS = 100_000
+MAX_ARRAY_INDEX = 10_000_000
 UNITS_KIB = {"K": 1, "M": 1024, "G": 1024 ** 2, "T": 1024 ** 3}
 
 _COUNT = re.compile(r"[0-9]{1,7}")
+_ARRAY_PART = re.compile(r"(?P<a>[0-9]{1,8})(?:-(?P<b>[0-9]{1,8})(?::(?P<step>[0-9]{1,8}))?)?")
 _MEMORY = re.compile(r"([0-9]{1,13})\s*([KMGTkmgt])(?:i?[Bb])?")
 _MINUTES = re.compile(r"[0-9]{1,6}")
 _HMS = re.compile(r"(?:(?P<d>[0-9]{1,3})-)?(?P<h>[0-9]{1,4}):(?P<m>[0-5][0-9]):(?P<s>[0-5][0-9])")
@@ -46,9 +53,15 @@ class Resources:
     time_limit: int | None = None       # seconds
     queue: str | None = None
     scheduler_options: tuple[str, ...] = ()
+    array: str | None = None            # the array's task indices, as parse_array wrote them
 
     def __bool__(self) -> bool:
         return any(getattr(self, f.name) for f in fields(self))
+
+    @property
+    def task_ids(self) -> list[int]:
+        """The array's task indices ([] when the job is no array)."""
+        return array_indices(self.array) if self.array else []
 
     @property
     def slots(self) -> int:
@@ -106,6 +119,44 @@ def parse_queue(text: str) -> tuple[str | None, str | None]:
         return text, None
     return None, (f"must be a queue or partition name (letters, digits, _ . @ -, at most 128, "
                   f"starting with a letter or digit), got {text!r}")
+
+
+def parse_array(text: str) -> tuple[str | None, str | None]:
+    """`1-100`, `1-100:2`, `1,3,7`, `1-3,10`, each with an optional `%N` (tasks at once)."""
+    spec, _, cap = text.replace(" ", "").partition("%")
+    parts = [_ARRAY_PART.fullmatch(p) for p in spec.split(",")]
+    hint = f"must be task indices like 1-100, 1-100:2 or 1,3,7, optionally %N (at most N at once), got {text!r}"
+    if not spec or not all(parts) or (cap and not cap.isdigit()) or (cap == "" and "%" in text):
+        return None, hint
+    count = 0
+    for m in parts:
+        a, b, step = int(m["a"]), int(m["b"] if m["b"] is not None else m["a"]), int(m["step"] or 1)
+        if b < a or step < 1 or b > MAX_ARRAY_INDEX:
+            return None, f"{m.group(0)!r}: a range goes up (A-B with A <= B <= {MAX_ARRAY_INDEX:,}), by a step of 1 or more"
+        count += (b - a) // step + 1
+    if count > MAX_ARRAY_TASKS:
+        return None, f"asks for {count:,} tasks: at most {MAX_ARRAY_TASKS:,}"
+    if cap and not 1 <= int(cap) <= MAX_ARRAY_TASKS:
+        return None, f"%{cap}: at most 1 to {MAX_ARRAY_TASKS:,} tasks at once"
+    return spec + (f"%{int(cap)}" if cap else ""), None
+
+
+def array_indices(spec: str) -> list[int]:
+    """The task indices of a spec parse_array accepted, sorted, each once."""
+    ids: set[int] = set()
+    for m in map(_ARRAY_PART.fullmatch, spec.partition("%")[0].split(",")):
+        a, b, step = int(m["a"]), int(m["b"] if m["b"] is not None else m["a"]), int(m["step"] or 1)
+        ids.update(range(a, b + 1, step))
+    return sorted(ids)
+
+
+def array_parts(spec: str) -> tuple[list[tuple[int, int, int]], int | None]:
+    """([(first, last, step)], tasks at once or None) of a spec parse_array accepted."""
+    ranges, _, cap = spec.partition("%")
+    parts = []
+    for m in map(_ARRAY_PART.fullmatch, ranges.split(",")):
+        parts.append((int(m["a"]), int(m["b"] if m["b"] is not None else m["a"]), int(m["step"] or 1)))
+    return parts, int(cap) if cap else None
 
 
 def parse_options(text: str) -> tuple[tuple[str, ...] | None, str | None]:

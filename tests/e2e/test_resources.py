@@ -7,8 +7,9 @@ import functools
 import pytest
 
 from stepcluster.local import runner
+from stepcluster.schedulers import Category
 
-from .test_workflows import jobs_by_name
+from .test_workflows import jobs_by_name, scheduler_view
 
 pytestmark = pytest.mark.e2e
 run_local = functools.partial(runner.run_local, timeout=240)
@@ -95,3 +96,56 @@ def test_a_job_past_its_memory_limit_fails_the_run_saying_so(scheduler, said, lo
     report = run_local(config, "res-mem", scheduler=scheduler, cluster=local_cluster)
     assert report.status == "FAILED" and jobs_by_name(report)["hungry"]["state"] == "FAILED"
     assert said in report.cause, report.cause
+
+
+SWEEP = """
+echo "task $STEPCLUSTER_TASK_ID of the sweep"
+echo "value $(( STEPCLUSTER_TASK_ID * STEPCLUSTER_TASK_ID ))" > "$STEPCLUSTER_OUTPUT/value.txt"
+if [ "$STEPCLUSTER_TASK_ID" = 5 ]; then sleep 3; echo "task 5: diverged" >&2; exit 3; fi
+sleep 1
+"""
+
+
+@pytest.mark.parametrize("scheduler, index", [("slurm", "SLURM_ARRAY_TASK_ID"), ("sge", "SGE_TASK_ID")])
+def test_an_array_of_eight_with_one_failing_task_names_it_and_keeps_the_others_results(
+        scheduler, index, local_cluster, write_config, tmp_path):
+    config = write_config("sequential", {"sweep": SWEEP + f'[ "${index}" = "$STEPCLUSTER_TASK_ID" ] || exit 9\n'},
+                          keys={"sweep": {"array": "1-8"}})
+    report = run_local(config, "res-array", scheduler=scheduler, cluster=local_cluster,
+                       artifacts_dir=tmp_path / "artifacts")
+    assert report.status == "FAILED"
+    job = jobs_by_name(report)["sweep"]
+    assert job["state"] == "FAILED" and job["exit_code"] == 3
+    assert "task 5 of 8 failed" in report.cause and "with exit code 3" in report.cause, report.cause
+    assert "task 5: diverged" in report.cause                     # that task's own stderr
+    kept = tmp_path / "artifacts" / report.execution_arn.split(":")[-1] / "sweep"
+    for task in (1, 2, 3, 4, 6, 7, 8):                            # each task's own record and results
+        assert (kept / str(task) / "stdout").read_text() == f"task {task} of the sweep\n"
+        assert (kept / str(task) / "output" / "value.txt").read_text() == f"value {task * task}\n"
+        assert (kept / str(task) / "result").read_text().split()[:2] == ["0", "0"]
+    assert (kept / "5" / "result").read_text().split()[:2] == ["3", "0"]
+
+
+@pytest.mark.parametrize("scheduler", ["slurm", "sge"])
+def test_a_cancelled_array_leaves_no_task_running(scheduler, local_cluster, write_config, head_node):
+    config = write_config("parallel", {"sweep": "sleep 120", "breaks": "sleep 3; exit 1"},
+                          keys={"sweep": {"array": "1-6%3"}})
+    report = run_local(config, "res-array-cancel", scheduler=scheduler, cluster=local_cluster)
+    assert report.status == "FAILED" and "Job 'breaks'" in report.cause
+    sweep = jobs_by_name(report)["sweep"]
+    assert sweep["state"] == "CANCELLED" and sweep["job_id"]
+    # asked in the scheduler's own words, not through the adapter under test: no task listed
+    listing = {"slurm": f"squeue --noheader --jobs={sweep['job_id']} --states=PENDING,RUNNING,COMPLETING --format=%i",
+               "sge": f"qstat -u '*' | awk '$1 == {sweep['job_id']}'"}[scheduler]
+    left = head_node.run_script(listing, check=False)
+    assert left.exit_code == 0 and left.stdout.strip() == "", left.stdout
+    assert scheduler_view(head_node, scheduler, [sweep["job_id"]])[sweep["job_id"]].category not in (
+        Category.QUEUED, Category.RUNNING)
+
+
+def test_the_resources_example_runs(local_cluster, tmp_path):
+    report = run_local("examples/resources.ini", "res-example", scheduler="slurm", cluster=local_cluster,
+                       artifacts_dir=tmp_path / "artifacts")
+    assert report.status == "SUCCEEDED", report.cause
+    summary = stdout_of(tmp_path / "artifacts", report, "summary")
+    assert summary[:4] == ["solve", "with", "4", "ranks:"] and "10000" in summary

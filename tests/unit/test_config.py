@@ -994,7 +994,7 @@ EXACT_EXPECTED = {
     'order missing, problems without a line first': [
         "jobs.ini: [order] section is missing: add [order] with 'sequential = a, "
         "b' or 'parallel = a, b'",
-        'jobs.ini:4: [job a] bogus: unknown key (allowed: handler, s3_uri, local_path, wait_time, nodes, tasks, cpus_per_task, memory, time_limit, queue, scheduler_options)',
+        'jobs.ini:4: [job a] bogus: unknown key (allowed: handler, s3_uri, local_path, wait_time, nodes, tasks, cpus_per_task, memory, time_limit, queue, scheduler_options, array)',
     ],
     'unlisted job': [
         "jobs.ini:6: warning: [job b] job 'b' is not listed in [order] sequential"
@@ -1028,12 +1028,12 @@ EXACT_EXPECTED = {
         'le text is used as the value',
     ],
     'no warning for unknown or multi-line keys': [
-        'jobs.ini:5: [job a] bogus: unknown key (allowed: handler, s3_uri, local_path, wait_time, nodes, tasks, cpus_per_task, memory, time_limit, queue, scheduler_options)',
+        'jobs.ini:5: [job a] bogus: unknown key (allowed: handler, s3_uri, local_path, wait_time, nodes, tasks, cpus_per_task, memory, time_limit, queue, scheduler_options, array)',
         'jobs.ini:6: [job a] local_path: must be on one line (line 7 is indented '
         'deeper, so it is read as a continuation of this value)',
     ],
     'unknown key without hint': [
-        'jobs.ini:6: [job a] zzz: unknown key (allowed: handler, s3_uri, local_path, wait_time, nodes, tasks, cpus_per_task, memory, time_limit, queue, scheduler_options)',
+        'jobs.ini:6: [job a] zzz: unknown key (allowed: handler, s3_uri, local_path, wait_time, nodes, tasks, cpus_per_task, memory, time_limit, queue, scheduler_options, array)',
     ],
     'unknown key in order without hint': [
         'jobs.ini:3: [order] zzz: unknown key (allowed: sequential, parallel)',

@@ -94,3 +94,65 @@ def test_bad_values_are_problems_with_their_line(tmp_path):
         parse_jobs_config(text, "jobs.ini", tmp_path)
     assert [(p.line, p.key) for p in caught.value.problems] == [
         (7, "nodes"), (8, "memory"), (9, "time_limit"), (10, "queue"), (11, "scheduler_options")]
+
+
+@pytest.mark.parametrize("text, count", [("1-8", 8), ("1-100:2%5", 50), ("1,3,7", 3), ("1-3,10", 4), ("0", 1)])
+def test_arrays(text, count):
+    from stepcluster.resources import array_indices, parse_array
+
+    spec, problem = parse_array(text)
+    assert problem is None and len(array_indices(spec)) == count
+
+
+@pytest.mark.parametrize("text", ["5-1", "1-200000", "x", "1-8%", "1-8%0", "1-8:0", ""])
+def test_bad_arrays(text):
+    from stepcluster.resources import parse_array
+
+    assert parse_array(text)[0] is None
+
+
+def test_array_translation():
+    assert get_scheduler("slurm").request_argv(Resources(array="1-100:2%5")) == ["--array=1-100:2%5"]
+    assert get_scheduler("sge").request_argv(Resources(array="1-100:2%5")) == ["-t", "1-100:2", "-tc", "5"]
+    assert get_scheduler("torque").request_argv(Resources(array="1,3,7%2")) == ["-t", "1,3,7%2"]
+    assert "one range of task indices from 1" in get_scheduler("sge").request_problems(Resources(array="1,3"))[0]
+    assert "takes no step" in get_scheduler("torque").request_problems(Resources(array="1-9:2"))[0]
+
+
+def test_an_arrays_tasks_speak_for_it_in_squeue():
+    from stepcluster.schedulers import Category, CommandOutput
+
+    slurm = get_scheduler("slurm")
+    rows = "50_1|COMPLETED|1|1:00|0|None\n50_2|RUNNING|1|1:00|0|None\n50_[3-8%2]|PENDING|1|1:00|0|JobArrayTaskLimit\n"
+    assert slurm.parse_status(CommandOutput(rows), ["50"])["50"].category == Category.RUNNING
+    rows = "50_1|COMPLETED|1|1:00|0|None\n50_2|TIMEOUT|1|1:00|0|TimeLimit\n"
+    status = slurm.parse_status(CommandOutput(rows), ["50"])["50"]
+    assert status.category == Category.FAILED and status.limit == "time limit 0:01:00 (Slurm: TIMEOUT)"
+    assert slurm.parse_status(CommandOutput("50_1|COMPLETED|1|1:00|0|None\n"), ["50"])["50"].category == \
+        Category.SUCCEEDED
+    assert slurm.parse_status(CommandOutput("51_1|RUNNING|1|1:00|0|None\n"), ["50"])["50"].category == \
+        Category.MISSING
+
+
+def test_a_failed_task_fails_the_array_and_every_task_must_succeed():
+    from stepcluster.decisions import JobObservation, Limits, TaskTally, observe
+    from stepcluster.record import JobRecord, JobState
+    from stepcluster.schedulers import Category, JobStatus
+
+    job, limits = JobRecord(state=JobState.RUNNING, job_id="50"), Limits(600)
+    running = JobStatus("50", Category.RUNNING, "RUNNING")
+    seen = observe(job, "sweep", JobObservation("100", "", running, TaskTally(8, 8, 4, 0)),
+                   scheduler="slurm", now=200, limits=limits)
+    assert seen.state == JobState.RUNNING and seen.tasks == {"total": 8, "started": 8, "ended": 4, "failed": 0}
+    seen = observe(job, "sweep", JobObservation("100", "", running, TaskTally(8, 8, 6, 1, "150", "5", "3 0 150")),
+                   scheduler="slurm", now=200, limits=limits)
+    assert (seen.state, seen.exit_code, seen.tasks["failed_task"]) == (JobState.FAILED, 3, "5")
+    assert seen.reason == "task 5 of 8 failed; 1 failed, 6 ended so far"
+    done = observe(job, "sweep", JobObservation("100", "", JobStatus("50", Category.MISSING, ""), TaskTally(8, 8, 8, 0, "160")),
+                   scheduler="slurm", now=200, limits=limits)
+    assert done.state == JobState.SUCCEEDED
+    # the scheduler's history says the array ended well, but two tasks left no record
+    gone = observe(job, "sweep", JobObservation("100", "", JobStatus("50", Category.SUCCEEDED, "COMPLETED"),
+                                                TaskTally(8, 8, 6, 0, "160")),
+                   scheduler="slurm", now=200, limits=limits)
+    assert gone.state == JobState.FAILED and "2 of 8 tasks recorded no exit code" in gone.reason

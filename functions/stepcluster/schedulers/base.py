@@ -233,6 +233,17 @@ def check_job_ids(job_ids: Sequence[str], pattern: re.Pattern, scheduler: str, l
     return ids
 
 
+#: Which task of an array speaks for it: one still running, else one queued (the array goes on),
+#: else one that failed, else one cancelled, else (every task succeeded) any.
+_ARRAY_PRECEDENCE = (Category.RUNNING, Category.QUEUED, Category.UNKNOWN, Category.FAILED,
+                     Category.CANCELLED, Category.SUCCEEDED, Category.MISSING)
+
+
+def array_status(tasks: Sequence[JobStatus]) -> JobStatus:
+    """One status for an array job from its tasks' (all with the array's id)."""
+    return min(tasks, key=lambda t: _ARRAY_PRECEDENCE.index(t.category))
+
+
 def raw_output(out: CommandOutput) -> str:
     """A command's output as it goes into an error message: exit code, stdout, stderr."""
     return f"(exit {out.exit_code})\nstdout:\n{out.stdout}\nstderr:\n{out.stderr}"

@@ -164,7 +164,7 @@ OPTION_RULES = (
     OptionRule(("-sync",), REFUSED, "qsub would not return until the job ends: the run needs the job id at once",
                when=value_is(r"y(es)?")),
     OptionRule(("-hold_jid", "-hold_jid_ad"), REFUSED, "the run's [order] decides when a job starts"),
-    OptionRule(("-t", "-tc"), REFUSED, "job arrays are not supported yet"),
+    OptionRule(("-t", "-tc"), REFUSED, "an array is the config's `array` key (stepcluster keeps each task's record)"),
     OptionRule(("-h",), REFUSED, "a held job never starts by itself", takes_value=False),
     OptionRule(("-b",), REFUSED, "the wrapper is a script: -b y would run it as a binary",
                when=value_is(r"y(es)?")),
@@ -185,7 +185,7 @@ LIMIT_MESSAGES = (
 LIMIT_FAILURES = {37: "qmaster enforced h_rt, h_cpu, or h_vmem limit"}
 _CATEGORY_LIMIT = re.compile(r"\b(?P<key>h_rt|h_cpu|h_vmem)=(?P<value>[^,\s]+)")
 RESOURCE_OPTIONS = {
-    "tasks": ("-pe",), "cpus_per_task": ("-pe",), "queue": ("-q",),
+    "tasks": ("-pe",), "cpus_per_task": ("-pe",), "queue": ("-q",), "array": ("-t", "-tc"),
 }
 
 
@@ -261,7 +261,19 @@ class SGE(Scheduler):
             argv += ["-l", ",".join(limits)]
         if r.queue:
             argv += ["-q", r.queue]
+        if r.array:
+            argv += self._array_options(r.array)
         return argv
+
+    @staticmethod
+    def _array_options(spec: str) -> list[str]:
+        # qsub(1): "-t n[-m[:s]]", one range of indices from 1; "-tc max_running_tasks"
+        parts, cap = res.array_parts(spec)
+        if len(parts) != 1 or parts[0][0] < 1:
+            raise RequestRefused([f"Grid Engine takes one range of task indices from 1 (-t n-m:s): array = {spec} "
+                                  "cannot be expressed; write it as one range"])
+        first, last, step = parts[0]
+        return ["-t", f"{first}-{last}:{step}", *(["-tc", str(cap)] if cap else [])]
 
     def parse_submit(self, out: CommandOutput) -> str:
         return single_job_id(out, _SUBMIT, "qsub -terse", self.name)

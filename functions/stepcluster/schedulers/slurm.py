@@ -9,7 +9,7 @@ Observed on Slurm 22.05 (the local rig) and recorded in tests/fixtures/scheduler
 - Finished jobs stay visible to `squeue -t all` and `scontrol show job` for MinJobAge seconds
   (default 300), then only `sacct` (slurmdbd) knows them.
 - `scancel` exits 0 for finished and unknown ids.
-- Impossible requests (rig: one node, 32 CPUs, RealMemory=1000, EnforcePartLimits=NO, the
+- Impossible requests (rig: one node, 32 CPUs, RealMemory=32000, EnforcePartLimits=NO, the
   default): sbatch REFUSES at submit `--mem` above RealMemory and `--tmp` above TmpDisk
   ("Memory specification can not be satisfied" / "Requested node configuration is not
   available", exit 1), an unknown partition, feature (-C) or gres; it ACCEPTS `-c 64` (pending,
@@ -30,7 +30,7 @@ from stepcluster import resources as res
 from stepcluster.directives import OVERRIDDEN, REFUSED, DirectiveSyntax, OptionRule, value_lacks
 from stepcluster.errors import SchedulerError
 from stepcluster.schedulers.base import (
-    Category, CommandOutput, JobStatus, Scheduler, check_job_ids, single_job_id, raw_output,
+    Category, CommandOutput, JobStatus, Scheduler, array_status, check_job_ids, single_job_id, raw_output,
 )
 
 # Job state words as printed by `squeue -o %T`, `scontrol show job` (JobState=) and `sacct`
@@ -224,7 +224,7 @@ OPTION_RULES = (
     OptionRule(("-W", "--wait"), REFUSED, "sbatch would not return until the job ends: the run needs the job id at once",
                takes_value=False),
     OptionRule(("-d", "--dependency"), REFUSED, "the run's [order] decides when a job starts"),
-    OptionRule(("-a", "--array"), REFUSED, "job arrays are not supported yet"),
+    OptionRule(("-a", "--array"), REFUSED, "an array is the config's `array` key (stepcluster keeps each task's record)"),
     OptionRule(("-H", "--hold"), REFUSED, "a held job never starts by itself", takes_value=False),
     OptionRule(("--test-only",), REFUSED, "sbatch would submit nothing", takes_value=False),
     OptionRule(("--wrap",), REFUSED, "the handler is the job's script"),
@@ -246,7 +246,7 @@ LIMIT_MESSAGES = (
 RESOURCE_OPTIONS = {
     "nodes": ("-N", "--nodes"), "tasks": ("-n", "--ntasks"), "cpus_per_task": ("-c", "--cpus-per-task"),
     "memory_kib": ("--mem", "--mem-per-cpu", "--mem-per-gpu"), "time_limit": ("-t", "--time"),
-    "queue": ("-p", "--partition"),
+    "queue": ("-p", "--partition"), "array": ("-a", "--array"),
 }
 
 
@@ -349,6 +349,8 @@ class Slurm(Scheduler):
             argv.append(f"--time={days}-{res.hms(rest)}" if days else f"--time={res.hms(rest)}")
         if r.queue:
             argv.append(f"--partition={r.queue}")
+        if r.array:
+            argv.append(f"--array={r.array}")   # sbatch(1) reads the same syntax: 1-8:2, 1,3,7, %N
         return argv
 
     def parse_submit(self, out: CommandOutput) -> str:
@@ -361,6 +363,7 @@ class Slurm(Scheduler):
     def parse_status(self, out: CommandOutput, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         wanted = [str(i) for i in job_ids]
         found: dict[str, JobStatus] = {}
+        tasks: dict[str, list[JobStatus]] = {}
         if out.exit_code != 0 and not (_UNKNOWN_ID.search(out.stderr) and not out.stdout.strip()):
             raise SchedulerError(f"squeue failed: {raw_output(out)}", scheduler=self.name, output=out,
                                  job_ids=wanted)
@@ -372,11 +375,21 @@ class Slurm(Scheduler):
                 raise SchedulerError(f"unexpected squeue line {line!r}: {raw_output(out)}",
                                      scheduler=self.name, output=out, job_ids=wanted)
             job_id = m.group("id")
-            if job_id in wanted and job_id not in found:
+            # an array's tasks are rows "ID_TASK" (or "ID_[2-8%2]" while pending): they stand
+            # for the array ID, which has no row of its own
+            array_id = job_id.split("_", 1)[0] if "_" in job_id else None
+            if (job_id in wanted and job_id not in found) or array_id in wanted:
                 priority = m.group("priority")
-                found[job_id] = self._status(job_id, m.group("state").strip(), _reason(m.group("reason").strip()),
-                                             priority=int(priority) if priority else None,
-                                             limits=(m.group("time"), m.group("mem")))
+                status = self._status(array_id or job_id, m.group("state").strip(),
+                                      _reason(m.group("reason").strip()),
+                                      priority=int(priority) if priority else None,
+                                      limits=(m.group("time"), m.group("mem")))
+                if array_id:
+                    tasks.setdefault(array_id, []).append(status)
+                else:
+                    found[job_id] = status
+        for array_id, rows in tasks.items():
+            found.setdefault(array_id, array_status(rows))
         return {i: found.get(i) or JobStatus(i, Category.MISSING, "") for i in wanted}
 
     def _status(self, job_id: str, raw_state: str, reason: str | None,

@@ -158,7 +158,7 @@ OPTION_RULES = (
                "still chooses the handler's interpreter"),
     OptionRule(("-W",), REFUSED, "the run's [order] decides when a job starts, and qsub must return at once",
                when=value_has(r"(^|,)\s*(depend|block)\s*=")),
-    OptionRule(("-t", "-J"), REFUSED, "job arrays are not supported yet"),
+    OptionRule(("-t", "-J"), REFUSED, "an array is the config's `array` key (stepcluster keeps each task's record)"),
     OptionRule(("-h",), REFUSED, "a held job never starts by itself", takes_value=False),
     OptionRule(("-I",), REFUSED, "an interactive job has no script to run", takes_value=False),
     OptionRule(("-x",), REFUSED, "the wrapper is the job's script", takes_value=False),
@@ -166,7 +166,7 @@ OPTION_RULES = (
     OptionRule(("-D",), REFUSED, "a changed root folder hides the job's folder from the wrapper"),
     OptionRule(("-C",), REFUSED, "the directive prefix is #PBS"),
 )
-RESOURCE_OPTIONS = {"queue": ("-q",)}
+RESOURCE_OPTIONS = {"queue": ("-q",), "array": ("-t", "-J")}
 #: pbs_mom's words in the job's stderr when it kills a job over a limit (Torque, src/resmom/
 #: mom_main.c: "=>> PBS: job killed: walltime 65 exceeded limit 60", "... mem 1052672kb exceeded
 #: limit 524288kb"); no Torque server runs here, so only the documented text is matched.
@@ -220,6 +220,14 @@ class Torque(Scheduler):
         argv = ["-l", ",".join(limits)] if limits else []
         if r.queue:
             argv += ["-q", r.queue]
+        if r.array:
+            # qsub(1B) Torque: "-t array_request": indices and ranges, "%N" slot limit; no steps
+            parts, cap = res.array_parts(r.array)
+            if any(step != 1 for _, _, step in parts):
+                raise RequestRefused([f"Torque's -t takes no step: array = {r.array} cannot be expressed; "
+                                      "list the indices instead"])
+            argv += ["-t", ",".join(f"{a}-{b}" if b != a else str(a) for a, b, _ in parts)
+                     + (f"%{cap}" if cap else "")]
         return argv
 
     def parse_submit(self, out: CommandOutput) -> str:
