@@ -57,7 +57,8 @@ def check_config(config: JobsConfig, scheduler: Scheduler) -> tuple[list[Problem
         handler = _local_handler(job.local_path, job.handler)
         if handler is None:
             continue
-        data = handler.read_bytes()[:directives.MAX_SCRIPT_BYTES]
+        with handler.open("rb") as file:
+            data = file.read(directives.MAX_SCRIPT_BYTES)
         if not directives.is_script(data):
             continue
         found = directives.read_directives(data.decode(errors="replace"), scheduler.DIRECTIVES)
