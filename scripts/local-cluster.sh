@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A real single-node HPC head node on loopback, for tests and the demo (Debian 12, as root, no systemd):
 #   OpenSSH on 127.0.0.1:2222 (key-only user `hpc`), munge, Slurm (slurmctld + slurmd), and
-#   Son of Grid Engine (sge_qmaster + sge_execd, queue all.q).
+#   Son of Grid Engine (sge_qmaster + sge_execd, queue all.q, parallel environment smp), with
+#   Open MPI for MPI jobs.
 #
 # usage: scripts/local-cluster.sh up|down|status|stop DAEMON|start DAEMON
 #   up      idempotent: returns at once when everything already runs and answers; otherwise
@@ -28,8 +29,10 @@ JOB_USER=hpc
 WIDTH=32                                   # CPUs of the Slurm node, slots of SGE's all.q
 export SGE_ROOT=/var/lib/gridengine SGE_CELL=default
 SGE_SPOOL=/var/spool/gridengine
+# openmpi-bin, libopenmpi-dev: mpicc and mpirun for the MPI jobs of the end-to-end tests (Open
+# MPI 4.1 runs ranks under sbatch --ntasks and Grid Engine's -pe smp as it is, no MCA settings)
 PKGS="openssh-server openssh-client curl munge slurmctld slurmd slurm-client
-      gridengine-master gridengine-exec gridengine-client"
+      gridengine-master gridengine-exec gridengine-client openmpi-bin libopenmpi-dev"
 SELF_HASH=$(sha256sum "$0" | cut -c1-16)   # a changed script re-applies its configuration
 
 # daemon name (as in /proc/PID/comm) and its pid file, in stop order

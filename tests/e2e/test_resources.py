@@ -149,3 +149,31 @@ def test_the_resources_example_runs(local_cluster, tmp_path):
     assert report.status == "SUCCEEDED", report.cause
     summary = stdout_of(tmp_path / "artifacts", report, "summary")
     assert summary[:4] == ["solve", "with", "4", "ranks:"] and "10000" in summary
+
+
+MPI_HELLO = r"""
+#include <mpi.h>
+#include <stdio.h>
+int main(int argc, char **argv) {
+    int rank, size, sum = 0;
+    MPI_Init(&argc, &argv);
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    MPI_Reduce(&rank, &sum, 1, MPI_INT, MPI_SUM, 0, MPI_COMM_WORLD);
+    if (rank == 0) printf("%d ranks, sum of ranks %d\n", size, sum);
+    MPI_Finalize();
+    return 0;
+}
+"""
+
+
+@pytest.mark.parametrize("scheduler", ["slurm", "sge"])
+def test_an_mpi_job_runs_its_ranks_on_the_tasks_it_asked_for(scheduler, local_cluster, write_config, tmp_path):
+    """Open MPI (Debian's) built and run in the job: ranks = tasks, whatever the scheduler."""
+    config = write_config("sequential", {"mpi": 'mpicc -o hello hello.c && mpirun -np "${SLURM_NTASKS:-$NSLOTS}" ./hello'},
+                          keys={"mpi": {"tasks": "3"}})
+    (tmp_path / "jobs" / "mpi" / "hello.c").write_text(MPI_HELLO)
+    report = run_local(config, "res-mpi", scheduler=scheduler, cluster=local_cluster,
+                       artifacts_dir=tmp_path / "artifacts")
+    assert report.status == "SUCCEEDED", report.cause
+    assert " ".join(stdout_of(tmp_path / "artifacts", report, "mpi")) == "3 ranks, sum of ranks 3"
