@@ -505,10 +505,10 @@ class HeadNodeWork:
 
 def _tally(total: int, fields) -> decisions.TaskTally:
     """An `@@tasks` record (jobscripts.inspect_script): STARTED ENDED FAILED LAST TASK EXIT SIGNAL ENDED."""
-    f = [*fields, *["-"] * 8][:8]
-    count = lambda text: int(text) if text.isdigit() else 0   # noqa: E731 (no result file yet: empty)
+    f = [*fields, *["-"] * 8][:8]   # no result file yet: the awk printed nothing
+    started, ended, failed = (int(text) if text.isdigit() else 0 for text in f[:3])
     failed_task = f[4] if f[4] != "-" else None
-    return decisions.TaskTally(total, count(f[0]), count(f[1]), count(f[2]), f[3] if f[3] != "-" else "",
+    return decisions.TaskTally(total, started, ended, failed, f[3] if f[3] != "-" else "",
                                failed_task, " ".join(f[5:8]) if failed_task else "")
 
 

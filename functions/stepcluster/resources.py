@@ -121,19 +121,27 @@ def parse_queue(text: str) -> tuple[str | None, str | None]:
                   f"starting with a letter or digit), got {text!r}")
 
 
+def _ranges(spec: str) -> list[tuple[int, int, int]] | None:
+    """(first, last, step) of each comma-separated part of `spec` (no %N); None if one is not
+    `A`, `A-B` or `A-B:S`."""
+    parts = []
+    for m in map(_ARRAY_PART.fullmatch, spec.split(",")):
+        if not m:
+            return None
+        parts.append((int(m["a"]), int(m["b"] if m["b"] is not None else m["a"]), int(m["step"] or 1)))
+    return parts
+
+
 def parse_array(text: str) -> tuple[str | None, str | None]:
     """`1-100`, `1-100:2`, `1,3,7`, `1-3,10`, each with an optional `%N` (tasks at once)."""
-    spec, _, cap = text.replace(" ", "").partition("%")
-    parts = [_ARRAY_PART.fullmatch(p) for p in spec.split(",")]
-    hint = f"must be task indices like 1-100, 1-100:2 or 1,3,7, optionally %N (at most N at once), got {text!r}"
-    if not spec or not all(parts) or (cap and not cap.isdigit()) or (cap == "" and "%" in text):
-        return None, hint
-    count = 0
-    for m in parts:
-        a, b, step = int(m["a"]), int(m["b"] if m["b"] is not None else m["a"]), int(m["step"] or 1)
+    spec, percent, cap = text.replace(" ", "").partition("%")
+    parts = _ranges(spec) if spec else None
+    if parts is None or (percent and not cap.isdigit()):
+        return None, f"must be task indices like 1-100, 1-100:2 or 1,3,7, optionally %N (at most N at once), got {text!r}"
+    for written, (a, b, step) in zip(spec.split(","), parts):
         if b < a or step < 1 or b > MAX_ARRAY_INDEX:
-            return None, f"{m.group(0)!r}: a range goes up (A-B with A <= B <= {MAX_ARRAY_INDEX:,}), by a step of 1 or more"
-        count += (b - a) // step + 1
+            return None, f"{written!r}: a range goes up (A-B with A <= B <= {MAX_ARRAY_INDEX:,}), by a step of 1 or more"
+    count = sum((b - a) // step + 1 for a, b, step in parts)
     if count > MAX_ARRAY_TASKS:
         return None, f"asks for {count:,} tasks: at most {MAX_ARRAY_TASKS:,}"
     if cap and not 1 <= int(cap) <= MAX_ARRAY_TASKS:
@@ -143,20 +151,14 @@ def parse_array(text: str) -> tuple[str | None, str | None]:
 
 def array_indices(spec: str) -> list[int]:
     """The task indices of a spec parse_array accepted, sorted, each once."""
-    ids: set[int] = set()
-    for m in map(_ARRAY_PART.fullmatch, spec.partition("%")[0].split(",")):
-        a, b, step = int(m["a"]), int(m["b"] if m["b"] is not None else m["a"]), int(m["step"] or 1)
-        ids.update(range(a, b + 1, step))
-    return sorted(ids)
+    parts, _ = array_parts(spec)
+    return sorted({i for a, b, step in parts for i in range(a, b + 1, step)})
 
 
 def array_parts(spec: str) -> tuple[list[tuple[int, int, int]], int | None]:
     """([(first, last, step)], tasks at once or None) of a spec parse_array accepted."""
     ranges, _, cap = spec.partition("%")
-    parts = []
-    for m in map(_ARRAY_PART.fullmatch, ranges.split(",")):
-        parts.append((int(m["a"]), int(m["b"] if m["b"] is not None else m["a"]), int(m["step"] or 1)))
-    return parts, int(cap) if cap else None
+    return _ranges(ranges), int(cap) if cap else None
 
 
 def parse_options(text: str) -> tuple[tuple[str, ...] | None, str | None]:
