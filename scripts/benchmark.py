@@ -1,13 +1,37 @@
 #!/usr/bin/env python3
-"""What a run costs, counted (not timed): history events, state transitions, Lambda calls and
-SSH connections per execution, for the example workflow and for wide parallel runs.
+"""What a run costs, counted, and how far it is from the floor, measured in the same run.
 
-Usage: .venv/bin/python scripts/benchmark.py [--scheduler slurm|sge] [--backend existing|cfncluster] [--json]
-Needs the local cluster (make cluster-up). Wall-clock seconds are printed for information only.
+Usage: .venv/bin/python scripts/benchmark.py [--scheduler slurm|sge] [--quick] [--long] [--json]
+
+Needs the local cluster (make cluster-up). Each case runs the real definition in moto's
+interpreter with the project's handlers, on the local Slurm (or Grid Engine) over SSH, and
+prints what Step Functions bills and limits (history events, state transitions), Lambda calls,
+SSH connections, wall time, and, where there is one, the floor: the same jobs run by a script
+on one SSH connection that submits with sbatch (qsub) and asks squeue (qstat) every 0.1 s.
+
+Cases:
+  history   one `sleep 60` job at wait_time 10: events per hour of run, with no poll window
+            (each round looks once, the Wait state waits wait_time) and with one; the projection
+            to the deployed 720 s window is events per round x 3600 / 720. --long also runs a
+            `sleep 900` job under the 720 s window itself (15 minutes).
+  lag       20 x `sleep 1`, sequential and parallel: wall time against the floor, and how long
+            after each handler ended the round that reported it returned.
+  wide      1,000 x `true`, parallel: Submit Jobs, a polling round, Release Head Node (results
+            kept), and the largest state payload (the limit is 256 KiB).
+  follow    200 x `true`, sequential: CPU seconds of this whole process (run-local and the
+            handlers it hosts), whose history reading must stay O(new events).
+--quick runs history and lag only.
+
+Wall-clock figures are measurements on this machine, printed; no test depends on them.
 """
+
+from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
+import statistics
 import sys
 import tempfile
 import time
@@ -16,67 +40,263 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "functions"))
 
-from stepcluster.local.runner import run_local  # noqa: E402
+from stepcluster.local.runner import LocalCluster, run_local  # noqa: E402
 
-#: Step Functions Standard: 25,000 history events per execution.
+#: Step Functions Standard: 25,000 history events per execution; 256 KiB per state's payload.
 HISTORY_LIMIT = 25_000
+PAYLOAD_LIMIT = 256 * 1024
+DEPLOYED_WINDOW = 720   # template.yaml: PollWindowSeconds' default
+FLOOR_POLL_SECONDS = 0.1
 
 
-def parallel_config(folder: Path, count: int, command: str, wait_time: int) -> Path:
-    job = folder / f"job-{count}"          # one folder per case: the cases are built up front
+# -- configs -----------------------------------------------------------------------------------
+def config(folder: Path, label: str, count: int, command: str, wait_time: int, order: str,
+           stamps: Path | None = None) -> Path:
+    """COUNT jobs running COMMAND; with `stamps`, each handler writes the epoch it ended
+    (to the nanosecond) to STAMPS/NAME, for the lag figures."""
+    job = folder / label
     job.mkdir(parents=True, exist_ok=True)
-    (job / "run.sh").write_text(f"#!/bin/bash\n{command}\n")  # shared by all jobs of the case
-    names = [f"job{i:04d}" for i in range(count)]
-    text = "[order]\nparallel = " + ", ".join(names) + "\n" + "".join(
+    stamp = (f'\ndate +%s.%N > {shlex.quote(str(stamps))}/"$(basename "$STEPCLUSTER_JOB_DIR")"'
+             if stamps else "")
+    (job / "run.sh").write_text(f"#!/bin/bash\n{command}{stamp}\n")
+    names = [f"job{i:05d}" for i in range(count)]
+    text = f"[order]\n{order} = " + ", ".join(names) + "\n" + "".join(
         f"\n[job {n}]\nhandler = run.sh\nlocal_path = {job.name}\nwait_time = {wait_time}\n" for n in names)
-    path = folder / f"parallel-{count}.ini"
+    path = folder / f"{label}.ini"
     path.write_text(text)
     return path
 
 
-def example_as_parallel(folder: Path) -> Path:
-    text = (ROOT / "examples" / "jobs.ini").read_text().replace("sequential =", "parallel =")
-    text = text.replace("local_path = jobs/", f"local_path = {ROOT}/examples/jobs/")
-    path = folder / "example-parallel.ini"
-    path.write_text(text)
-    return path
+def stamp_folder(folder: Path, label: str) -> Path:
+    stamps = folder / f"{label}-ends"
+    stamps.mkdir()
+    stamps.chmod(0o777)          # the rig's jobs run as its own user
+    return stamps
+
+
+# -- the floor ---------------------------------------------------------------------------------
+class Floor:
+    """The same jobs with nothing around them: one SSH connection, submit, ask every 0.1 s."""
+
+    def __init__(self, scheduler: str, cluster: LocalCluster):
+        import io
+
+        import paramiko
+
+        self.scheduler = scheduler
+        self.client = paramiko.SSHClient()
+        self.client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # the local rig only
+        key = paramiko.Ed25519Key.from_private_key(io.StringIO(cluster.private_key))
+        self.client.connect(cluster.host, port=cluster.port, username=cluster.user, pkey=key,
+                            look_for_keys=False, allow_agent=False)
+        self.home = self.run("echo $HOME").strip()
+
+    def run(self, command: str) -> str:
+        _, out, err = self.client.exec_command(command)
+        text = out.read().decode()
+        out.channel.recv_exit_status()
+        return text
+
+    def put(self, path: str, text: str) -> None:
+        self.run(f"mkdir -p {shlex.quote(os.path.dirname(path))} && cat > {shlex.quote(path)} <<'EOF'\n{text}EOF")
+
+    def submit(self, script: str, count: int) -> list[str]:
+        if self.scheduler == "slurm":
+            one = f"sbatch --parsable -o /dev/null -e /dev/null {shlex.quote(script)}"
+        else:
+            one = f"qsub -terse -o /dev/null -e /dev/null -S /bin/bash {shlex.quote(script)}"
+        out = self.run(f"for i in $(seq {count}); do {one}; done")
+        return [line.split(";")[0] for line in out.split()]
+
+    def live(self, ids: list[str]) -> set[str]:
+        if self.scheduler == "slurm":
+            out = self.run(f"squeue -h -o %i -j {','.join(ids)} 2>/dev/null")
+        else:
+            out = self.run("qstat 2>/dev/null | awk 'NR > 2 {print $1}'")
+        return set(out.split()) & set(ids)
+
+    def wait(self, ids: list[str]) -> None:
+        while self.live(ids):
+            time.sleep(FLOOR_POLL_SECONDS)
+
+    def jobs(self, command: str, count: int, parallel: bool) -> float:
+        script = f"{self.home}/stepcluster-floor/run.sh"
+        self.put(script, f"#!/bin/bash\n{command}\n")
+        began = time.monotonic()
+        if parallel:
+            self.wait(self.submit(script, count))
+        else:
+            for _ in range(count):
+                self.wait(self.submit(script, 1))
+        return time.monotonic() - began
+
+    def close(self) -> None:
+        self.run("rm -rf ~/stepcluster-floor")
+        self.client.close()
+
+
+# -- reading a run -----------------------------------------------------------------------------
+def reported_lags(report, stamps: Path) -> list[float]:
+    """Per job: seconds from its handler's end to the end of the Poll Jobs round that
+    reported it ended."""
+    ends = {p.name: float(p.read_text()) for p in stamps.iterdir() if p.read_text().strip()}
+    seen = {}
+    for event in report.events:
+        if event["type"] == "TaskStateExited" and event["stateExitedEventDetails"]["name"] == "Poll Jobs":
+            run = json.loads(event["stateExitedEventDetails"]["output"]).get("run", {})
+            for name, job in run.get("jobs", {}).items():
+                if job.get("state") == "SUCCEEDED" and name not in seen:
+                    seen[name] = event["timestamp"].timestamp()
+    return [seen[n] - ends[n] for n in ends if n in seen]
+
+
+def largest_payload(report) -> int:
+    return max((len(e["stateExitedEventDetails"].get("output") or "")
+                for e in report.events if e["type"].endswith("StateExited")), default=0)
+
+
+def poll_events(report) -> int:
+    """History events of the polling rounds: from the first Poll Jobs to the last round's Choice."""
+    kinds = {"Poll Jobs", "Wait For Jobs", "Are Jobs Done?"}
+    count, inside = 0, None
+    for event in report.events:
+        details = event.get("stateEnteredEventDetails") or event.get("stateExitedEventDetails")
+        if details:
+            inside = details["name"] in kinds
+        if inside:
+            count += 1
+    return count
+
+
+def execute(config_path: Path, scheduler: str, **overrides):
+    began_wall, began_cpu = time.monotonic(), time.process_time()
+    report = run_local(str(config_path), "bench", scheduler=scheduler,
+                       settings_overrides={k: str(v) for k, v in overrides.items()})
+    report.seconds = time.monotonic() - began_wall
+    report.cpu_seconds = time.process_time() - began_cpu
+    return report
+
+
+def row(case: str, report=None, **figures) -> dict:
+    out = {"case": case}
+    if report is not None:
+        out.update(status=report.status, **report.counts,
+                   poll_rounds=report.invocations.get("PollJobsFunction", 0),
+                   seconds=round(report.seconds, 2))
+    out.update(figures)
+    return out
+
+
+# -- the cases ---------------------------------------------------------------------------------
+def history_case(folder: Path, scheduler: str, long: bool) -> list[dict]:
+    rows = []
+    cfg = config(folder, "history", 1, "sleep 60", 10, "sequential")
+    for window in (0, 20):
+        report = execute(cfg, scheduler, poll_window_seconds=window)
+        events, rounds = poll_events(report), report.invocations.get("PollJobsFunction", 0)
+        per_round = events / max(rounds, 1)
+        rows.append(row(f"1 x sleep 60, wait_time 10, PollWindowSeconds {window}", report,
+                        poll_events=events, events_per_round=round(per_round, 1),
+                        events_per_hour=round(events / 60 * 3600),
+                        events_per_hour_at_720=round(per_round * 3600 / DEPLOYED_WINDOW) if window else None))
+    if long:
+        cfg = config(folder, "history-long", 1, "sleep 900", 10, "sequential")
+        report = execute(cfg, scheduler)
+        events = poll_events(report)
+        rows.append(row("1 x sleep 900, wait_time 10, PollWindowSeconds 720", report,
+                        poll_events=events, events_per_hour=round(events / 900 * 3600)))
+    return rows
+
+
+def lag_case(folder: Path, scheduler: str, floor: Floor) -> list[dict]:
+    rows = []
+    for order in ("sequential", "parallel"):
+        for window in (0, DEPLOYED_WINDOW):
+            label = f"lag-{order}-{window}"
+            stamps = stamp_folder(folder, label)
+            cfg = config(folder, label, 20, "sleep 1", 10, order, stamps)
+            report = execute(cfg, scheduler, poll_window_seconds=window)
+            lags = reported_lags(report, stamps)
+            floor_seconds = floor.jobs("sleep 1", 20, order == "parallel")
+            rows.append(row(f"20 x sleep 1, {order}, wait_time 10, PollWindowSeconds {window}", report,
+                            floor_seconds=round(floor_seconds, 2),
+                            ratio=round(report.seconds / floor_seconds, 2),
+                            reported_after_median=round(statistics.median(lags), 2) if lags else None,
+                            reported_after_max=round(max(lags), 2) if lags else None))
+    return rows
+
+
+def wide_case(folder: Path, scheduler: str, floor: Floor, count: int = 1000) -> list[dict]:
+    cfg = config(folder, f"wide-{count}", count, "true", 2, "parallel")
+    report = execute(cfg, scheduler)
+    d = report.durations
+    polls = d.get("PollJobsFunction", [])
+    floor_seconds = floor.jobs("true", count, parallel=True)
+    return [row(f"{count} x true, parallel, wait_time 2", report,
+                submit_s=round(sum(d.get("SubmitJobsFunction", [])), 2),
+                poll_round_median_s=round(statistics.median(polls), 2) if polls else None,
+                poll_round_max_s=round(max(polls), 2) if polls else None,
+                release_s=round(sum(d.get("ReleaseHeadNodeFunction", [])), 2),
+                largest_payload_bytes=largest_payload(report),
+                payload_bytes_per_job=round(largest_payload(report) / count),
+                floor_seconds=round(floor_seconds, 2), ratio=round(report.seconds / floor_seconds, 2))]
+
+
+def follow_case(folder: Path, scheduler: str, count: int = 200) -> list[dict]:
+    cfg = config(folder, f"follow-{count}", count, "true", 1, "sequential")
+    report = execute(cfg, scheduler)
+    return [row(f"{count} x true, sequential: run-local's CPU", report,
+                cpu_seconds=round(report.cpu_seconds, 1))]
+
+
+COLUMNS = ["status", "history_events", "state_transitions", "lambda_invocations", "ssh_connections",
+           "poll_rounds", "seconds"]
+
+
+def print_rows(rows: list[dict]) -> None:
+    for r in rows:
+        print(f"\n{r['case']}")
+        print("  " + "  ".join(f"{k}={r[k]}" for k in COLUMNS if k in r))
+        extra = {k: v for k, v in r.items() if k not in COLUMNS and k != "case" and v is not None}
+        if extra:
+            print("  " + "  ".join(f"{k}={v}" for k, v in extra.items()))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scheduler", default="slurm", choices=["slurm", "sge"])
-    parser.add_argument("--backend", default="existing", choices=["existing", "cfncluster"])
+    parser.add_argument("--quick", action="store_true", help="the history and lag cases only")
+    parser.add_argument("--long", action="store_true", help="also a 15-minute job under the 720 s window")
+    parser.add_argument("--only", choices=["history", "lag", "wide", "follow"])
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        cases = [
-            ("example, sequential (3 jobs)", ROOT / "examples" / "jobs.ini"),
-            ("example, parallel (3 jobs)", example_as_parallel(folder)),
-            ("20 x sleep 5, parallel, wait_time 1", parallel_config(folder, 20, "sleep 5", 1)),
-            ("100 x sleep 5, parallel, wait_time 1", parallel_config(folder, 100, "sleep 5", 1)),
-            ("1000 x true, parallel, wait_time 2", parallel_config(folder, 1000, "true", 2)),
-        ]
-        for label, config in cases:
-            start = time.monotonic()
-            report = run_local(str(config), "bench", scheduler=args.scheduler, backend=args.backend)
-            counts = report.counts
-            polls = report.invocations.get("PollJobsFunction", 0)
-            rows.append({"case": label, "status": report.status, **counts, "poll_rounds": polls,
-                         "events_per_poll_round": round(counts["history_events"] / max(polls, 1), 1),
-                         "seconds": round(time.monotonic() - start, 1)})
+    floor = Floor(args.scheduler, LocalCluster())
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            folder.chmod(0o755)
+            wanted = [args.only] if args.only else (["history", "lag"] if args.quick else
+                                                    ["history", "lag", "wide", "follow"])
+            for case in wanted:
+                if case == "history":
+                    rows += history_case(folder, args.scheduler, args.long)
+                elif case == "lag":
+                    rows += lag_case(folder, args.scheduler, floor)
+                elif case == "wide":
+                    rows += wide_case(folder, args.scheduler, floor)
+                else:
+                    rows += follow_case(folder, args.scheduler)
+    finally:
+        floor.close()
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        keys = ["status", "history_events", "state_transitions", "lambda_invocations",
-                "ssh_connections", "poll_rounds", "seconds"]
-        print(f"{'case':<40} " + " ".join(f"{k:>18}" for k in keys))
-        for row in rows:
-            print(f"{row['case']:<40} " + " ".join(f"{row[k]!s:>18}" for k in keys))
-        print(f"\n(history limit per execution: {HISTORY_LIMIT:,} events; one polling round = "
-              "Wait + Task + Choice = 3 transitions)")
-    return 0 if all(r["status"] == "SUCCEEDED" for r in rows) else 1
+        print_rows(rows)
+        print(f"\n(limits: {HISTORY_LIMIT:,} history events per execution, {PAYLOAD_LIMIT:,} bytes per "
+              f"state payload; floor: one SSH connection, {'sbatch/squeue' if args.scheduler == 'slurm' else 'qsub/qstat'}"
+              f" every {FLOOR_POLL_SECONDS} s)")
+    return 0 if all(r.get("status", "SUCCEEDED") == "SUCCEEDED" for r in rows) else 1
 
 
 if __name__ == "__main__":

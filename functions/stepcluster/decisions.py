@@ -52,7 +52,7 @@ class Action(str, enum.Enum):
     FINISH = "FINISH"    # keep the results, tear down, succeed
 
 
-PHASE_ACTIONS = {Phase.RUNNING: Action.WAIT, Phase.NEXT: Action.SUBMIT,
+PHASE_ACTIONS = {Phase.RUNNING: Action.WAIT, Phase.WATCHING: Action.WAIT, Phase.NEXT: Action.SUBMIT,
                  Phase.FAILED: Action.FAIL, Phase.SUCCEEDED: Action.FINISH}
 
 
@@ -92,6 +92,13 @@ class Limits:
     missing_min_polls: int = MISSING_MIN_POLLS
     scheduler_outage_seconds: int = SCHEDULER_OUTAGE_SECONDS
     max_run_seconds: int | None = None   # MaxRunMinutes: from the run's `started_at`
+    #: PollWindowSeconds: how long one round may watch on the head node before it reports
+    #: (0: it looks once and the definition's Wait state waits `wait_seconds`, as before).
+    poll_window_seconds: int = 0
+
+    @property
+    def watching(self) -> bool:
+        return self.poll_window_seconds > 0
 
 
 @dataclass(frozen=True)
@@ -292,7 +299,7 @@ def decide(run: Run, changed: Sequence[str], *, wait_times: Mapping[str, int], s
         run.phase = Phase.FAILED
         run.failure = {"Error": "RunTimeLimitReached", "Cause": _over_time(run, limits, scheduler)}
     elif run.active_jobs():
-        run.phase = Phase.RUNNING
+        run.phase = Phase.WATCHING if limits is not None and limits.watching else Phase.RUNNING
     elif run.order == "sequential" and run.next < len(run.jobs):
         run.phase = Phase.NEXT
     else:
@@ -340,6 +347,41 @@ def wait_seconds(run: Run, wait_times: Mapping[str, int]) -> int:
     return wait
 
 
+def next_look(run: Run, changed: Sequence[str], *, now: int, wait_times: Mapping[str, int],
+              window_left: float, limits: Limits, scheduler: str, silent_at_start: bool = False) -> float:
+    """Seconds until a watching round looks at its jobs again; 0: the round reports now.
+
+    A round reports as soon as one of its jobs changed state (it started, or ended: its
+    results are kept and, sequential, the next job goes out) or the run has something else to
+    act on (a failure, a limit passed, an outage gone on too long), when the scheduler stopped
+    or started answering (`silent_at_start`: it was silent when the round began), and when its
+    window is spent. Between looks the round waits for a start or result file on the head node
+    (`jobscripts.watch_script`), so a job's end is seen within a fraction of a second, and the
+    scheduler is asked every `wait_time`, as without a window.
+    """
+    if window_left <= 0 or changed or (run.scheduler_silent_since is not None) != silent_at_start:
+        return 0
+    probe = decide(run, changed, wait_times=wait_times, scheduler=scheduler, now=now, limits=limits)
+    if probe.action != Action.WAIT:
+        return 0
+    waits = [wait_times[name] for name in run.active_jobs()]
+    look = min(min(waits), window_left)
+    left = _time_left(run, now, limits)
+    if left is not None:
+        look = min(look, left)
+    deadlines = [j.blocked_since + limits.blocked_job_timeout_seconds - now
+                 for j in run.jobs.values() if j.state.active and j.blocked_since is not None]
+    if run.scheduler_silent_since is not None:
+        deadlines.append(run.scheduler_silent_since + limits.scheduler_outage_seconds - now)
+    return max(0, min([look, *deadlines]))
+
+
+def unkept_jobs(run: Run) -> list[str]:
+    """Jobs that ended and whose results are not kept yet (a round that ran out of time left
+    them to the next one)."""
+    return [n for n, j in run.jobs.items() if j.state.ended and j.job_id and not j.kept]
+
+
 def next_batch(run: Run, plan_order: Sequence[str]) -> tuple[Run, list[str]]:
     """The jobs Submit Jobs sends now: the next one (sequential, advancing `next`) or every job
     not started yet (parallel)."""
@@ -351,12 +393,14 @@ def next_batch(run: Run, plan_order: Sequence[str]) -> tuple[Run, list[str]]:
     return run, [name for name in plan_order if run.jobs[name].state == JobState.NOT_STARTED]
 
 
-def submitted(run: Run, job_ids: Mapping[str, str], *, wait_times: Mapping[str, int]) -> Run:
-    """The record once the scheduler accepted these jobs."""
+def submitted(run: Run, job_ids: Mapping[str, str], *, wait_times: Mapping[str, int],
+              watching: bool = False) -> Run:
+    """The record once the scheduler accepted these jobs (`watching`: the next round waits on
+    the head node, so the definition goes straight to it)."""
     run = run.copy()
     for name, job_id in job_ids.items():
         run.jobs[name] = run.jobs[name].but(job_id=job_id, state=JobState.PENDING)
-    run.phase = Phase.RUNNING
+    run.phase = Phase.WATCHING if watching else Phase.RUNNING
     run.wait_seconds = wait_seconds(run, wait_times)
     return run
 

@@ -17,7 +17,7 @@ from stepcluster import adoption, decisions, directives, jobrequests, jobscripts
 from stepcluster.decisions import JobObservation, Limits
 from stepcluster.errors import (HeadNodeError, InputError, RequestRefused, SchedulerError, SchedulerUnavailable,
                                StagingError, TransientSSHError)
-from stepcluster.record import ClusterRecord, Run
+from stepcluster.record import ClusterRecord, JobState, Run
 from stepcluster.schedulers import Category, CommandOutput, JobStatus, Scheduler, get_scheduler
 from stepcluster.wiring import Wiring
 
@@ -31,6 +31,12 @@ CANCEL_CHECK_PAUSES = (0, 1, 3)
 #: Release Head Node tries to connect again after these pauses before it reports the head node
 #: unreachable (and returns, so that the cluster is still deleted and the cause says what is left).
 RELEASE_CONNECT_PAUSES = (5, 15)
+#: A watching round submits the next sequential job and keeps the ended jobs' results itself
+#: only if it reported within this many seconds: the rest of the function's 900 s is theirs
+#: (a window is at most 780 s). Later, Submit Jobs and the next round do them.
+ROUND_WORK_SECONDS = 120
+#: How often a watching round looks for a result file on the head node (a file test).
+WATCH_TICK_SECONDS = 0.2
 
 
 def _now() -> int:
@@ -127,7 +133,8 @@ class HeadNodeWork:
         if missing:
             raise SchedulerError(f"the submit script reported nothing for jobs {missing}: {result.tail()}",
                                  scheduler=scheduler.name)
-        return decisions.submitted(run, accepted, wait_times=self.wiring.plan.wait_times)
+        return decisions.submitted(run, accepted, wait_times=self.wiring.plan.wait_times,
+                                   watching=self.limits().watching)
 
     def _stage(self, run: Run, batch) -> tuple[bytes, list[str]]:
         """The batch's files and wrappers as one tar (and the scripts that make the head node
@@ -215,15 +222,23 @@ class HeadNodeWork:
 
     # -- Poll Jobs -------------------------------------------------------------------------
     def poll_jobs(self, run: Run) -> Run:
-        """One round: one SSH connection, every job in flight."""
+        """One round: one SSH connection, every job in flight.
+
+        With a poll window (PollWindowSeconds) the round stays on the head node until a job
+        starts or ends, the run has something else to act on, or the window is spent: it looks
+        (files and one scheduler query) every `wait_time`, and in between waits for a start or
+        result file (`jobscripts.watch_script`), so the state machine sees a round per event,
+        not per `wait_time`. The next sequential job is submitted, and the ended jobs' results kept,
+        in the round only while it has time for them under the function's timeout; otherwise
+        Submit Jobs and the next round do it."""
         scheduler = self.scheduler(run)
+        limits = self.limits()
+        began = time.monotonic()
         with self.connect(run) as ssh:
-            observations, scheduler_failure = self._observe(ssh, scheduler, run)
-            settings = self.wiring.settings
-            limits = Limits(settings.blocked_job_timeout_seconds, max_run_seconds=settings.max_run_minutes * 60)
+            if limits.watching and decisions.unkept_jobs(run):
+                run = self._keep(ssh, run, decisions.unkept_jobs(run))    # left by the last round
+            run, changed = self._watch(ssh, scheduler, run, limits, began)
             now = _now()
-            run, changed = decisions.apply_round(run, observations, scheduler=scheduler.name, now=now,
-                                                 limits=limits, scheduler_failure=scheduler_failure)
             failed = decisions.failed_jobs(run, changed)
             tails = self._stderr_tails(ssh, run, failed) if failed else {}
             passed = {name: scheduler.limit_in_stderr(tail, self.wiring.plan.job(name).resources)
@@ -232,14 +247,53 @@ class HeadNodeWork:
                                         scheduler=scheduler.name, stderr_tails=tails, now=now, limits=limits,
                                         limits_in_stderr={n: p for n, p in passed.items() if p})
             run = decision.run
-            if decision.action == decisions.Action.SUBMIT:
+            in_time = time.monotonic() - began <= ROUND_WORK_SECONDS
+            if decision.action == decisions.Action.SUBMIT and in_time:
                 # Sequential: the next job goes out in this round, on this connection (saves a
                 # Submit Jobs state, a Lambda call and an SSH connection per job).
                 run = self._submit(run, ssh)
             ended = decisions.ended_jobs(run, changed)
-            if ended:
+            if ended and (in_time or not limits.watching):
                 run = self._keep(ssh, run, ended)
         return run
+
+    def limits(self) -> Limits:
+        settings = self.wiring.settings
+        return Limits(settings.blocked_job_timeout_seconds, max_run_seconds=settings.max_run_minutes * 60,
+                      poll_window_seconds=settings.poll_window_seconds)
+
+    def _watch(self, ssh, scheduler: Scheduler, run: Run, limits: Limits, began: float) -> tuple[Run, list[str]]:
+        """Look at the jobs until `decisions.next_look` says the round reports (at once,
+        without a window): the record after the last look, and every job that changed."""
+        changed: list[str] = []
+        silent_at_start = run.scheduler_silent_since is not None
+        while True:
+            observations, scheduler_failure = self._observe(ssh, scheduler, run)
+            now = _now()
+            run, new = decisions.apply_round(run, observations, scheduler=scheduler.name, now=now,
+                                             limits=limits, scheduler_failure=scheduler_failure)
+            changed += [name for name in new if name not in changed]
+            look = decisions.next_look(run, changed, now=now, wait_times=self.wiring.plan.wait_times,
+                                       window_left=limits.poll_window_seconds - (time.monotonic() - began),
+                                       limits=limits, scheduler=scheduler.name,
+                                       silent_at_start=silent_at_start)
+            if look <= 0:
+                return run, changed
+            self._wait_for_an_end(ssh, run, max(1, round(look)))
+
+    def _wait_for_an_end(self, ssh, run: Run, seconds: int) -> None:
+        plan = self.wiring.plan
+        active = run.active_jobs()
+        arrays = {n: (run.jobs[n].tasks or {}).get("ended", 0) for n in active if plan.job(n).resources.array}
+        pending = [n for n in active if n not in arrays and run.jobs[n].state == JobState.PENDING]
+        script = jobscripts.watch_script(run.run_dir, [n for n in active if n not in arrays], arrays,
+                                         seconds, WATCH_TICK_SECONDS, pending=pending)
+        seen = jobscripts.parse_records(ssh.run_script(script, timeout=seconds + 60).stdout)
+        if jobscripts.Record("watch", ("gone",)) in seen:
+            # Removed under a round that was waiting: the run's cleanup (an abort) went first.
+            # Nothing may be submitted or kept into a folder that is gone.
+            raise HeadNodeError(f"the run's folder {run.run_dir} is gone from the head node "
+                                "(the run was cleaned up while this round waited)")
 
     def _keep(self, ssh, run: Run, names: list[str]) -> Run:
         """Keep the results of the jobs that ended in this round, now: whatever happens to the
@@ -272,9 +326,10 @@ class HeadNodeWork:
             run.run_dir, active, scheduler.status_argv(ids) if ids else None, arrays=arrays))
         files, statuses, tallies = {}, {}, {}
         for record in jobscripts.parse_records(result.stdout):
-            if record.tag == "job":
-                files[record.fields[0]] = (jobscripts.unb64(record.fields[1]).strip(),
-                                           jobscripts.unb64(record.fields[2]).strip())
+            if record.tag in ("started", "result") and record.fields:
+                started, result_line = files.get(record.fields[0], ("", ""))
+                value = " ".join(record.fields[1:]).strip()
+                files[record.fields[0]] = (value, result_line) if record.tag == "started" else (started, value)
             elif record.tag == "tasks" and record.fields[0] in arrays:
                 tallies[record.fields[0]] = _tally(arrays[record.fields[0]], record.fields[1:])
             elif record.tag == "status":

@@ -188,28 +188,61 @@ def inspect_script(run_dir: str, names: Iterable[str], status_argv: Sequence[str
                    arrays: Iterable[str] = ()) -> str:
     """One round's look at jobs: their files, then one scheduler status command for all.
 
-    Prints `@@job NAME B64(started) B64(result)` per job, then
+    Prints `@@started NAME EPOCH` and `@@result NAME EXIT SIGNAL ENDED` for each job whose
+    wrapper wrote them (first line, as written: the caller checks it), then
     `@@status RC B64(stdout) B64(stderr)` when a status command is given. For each job of
     `arrays`, also `@@tasks NAME STARTED ENDED FAILED LAST_ENDED TASK RC SIGNAL ENDED`: how many
     tasks started, ended and failed, when the last one ended, and the failed task with the
     lowest index ("-" fields when none): counts, whatever the array's size.
+
+    The per-job part uses only bash builtins (`[ -e ]`, `read`): a round over 1,000 jobs
+    starts no process per job.
     """
+    names = list(names)
+    arrays = [n for n in names if n in set(arrays)]
     lines = ["set -u"]
-    arrays = set(arrays)
-    for name in names:
-        d = job_dir(run_dir, name)
-        lines.append(f"printf '@@job %s %s %s\\n' {q(name)} \"{b64(q(d + '/started'))}\" "
-                     f"\"{b64(q(d + '/result'))}\"")
-        if name in arrays:
-            lines.append(f"set -- {q(d)}/[0-9]*/started; [ -e \"$1\" ] && n=$# || n=0; "
+    if names:
+        # a file's first line, as written (an empty file too: it is present), its characters
+        # other than digits and spaces shown as "?" so that a record stays one line
+        each = ("for f in started result; do [ -e \"$n/$f\" ] || continue; v=; IFS= read -r v < \"$n/$f\"; "
+                "printf '@@%s %s %s\\n' \"$f\" \"$n\" \"${v//[!0-9 ]/?}\"; done")
+        lines.append(f"if cd {q(run_dir + '/jobs')} 2>/dev/null; then for n in {' '.join(q(n) for n in names)}; do {each}; done")
+        for name in arrays:
+            lines.append(f"  set -- {q(name)}/[0-9]*/started; [ -e \"$1\" ] && n=$# || n=0; "
                          f"printf '@@tasks %s %s %s\\n' {q(name)} \"$n\" \"$(awk {q(_TALLY)} "
-                         f"{q(d)}/[0-9]*/result 2>/dev/null || true)\"")
+                         f"{q(name)}/[0-9]*/result 2>/dev/null || true)\"")
+        lines.append("fi")
     if status_argv:
         tmp = '"$tmp"'
         lines.append(f"tmp=$(mktemp -d); {shlex.join(status_argv)} > {tmp}/out 2> {tmp}/err; rc=$?; "
                      f"printf '@@status %s %s %s\\n' \"$rc\" \"{b64(tmp + '/out')}\" \"{b64(tmp + '/err')}\"; "
                      f"rm -rf {tmp}")
     return "\n".join(lines) + "\n"
+
+
+def watch_script(run_dir: str, names: Iterable[str], arrays: Mapping[str, int], seconds: int,
+                 tick: float, pending: Iterable[str] = ()) -> str:
+    """Wait on the head node, at most `seconds`, for a job to end (a result file of one of
+    `names`, or more task results of an array job of `arrays` than the count given) or to
+    start (a start file of one of `pending`).
+
+    Looks every `tick` seconds with bash builtins only (a file test is no load on anything);
+    prints `@@watch changed` as soon as it sees one, `@@watch quiet` when the time is up, and
+    `@@watch gone` when the run's folder is (the run was cleaned up meanwhile: an abort).
+    """
+    checks = [f"for n in {' '.join(q(n) for n in names)}; do [ -e \"$n/result\" ] && return 0; done"] if names else []
+    pending = list(pending)
+    if pending:
+        checks.append(f"for n in {' '.join(q(n) for n in pending)}; do [ -e \"$n/started\" ] && return 0; done")
+    checks += [f"set -- {q(name)}/[0-9]*/result; [ -e \"$1\" ] && [ $# -gt {int(count)} ] && return 0"
+               for name, count in arrays.items()]
+    return "\n".join([
+        f"jobs={q(run_dir + '/jobs')}; cd \"$jobs\" 2>/dev/null || {{ echo '@@watch gone'; exit 0; }}",
+        "changed() { " + "; ".join(checks + ["return 1"]) + "; }",
+        f"end=$((SECONDS + {int(seconds)}))",
+        "while [ $SECONDS -lt $end ]; do changed && { echo '@@watch changed'; exit 0; }; "
+        f"[ -d \"$jobs\" ] || {{ echo '@@watch gone'; exit 0; }}; sleep {tick:g}; done",
+        "if changed; then echo '@@watch changed'; else echo '@@watch quiet'; fi"]) + "\n"
 
 
 #: awk over an array's task result files ("EXIT SIGNAL ENDED", one line each, in TASK/result):

@@ -57,6 +57,8 @@ class Phase(str, enum.Enum):
 
     READY = "READY"          # the cluster is being made or is ready; nothing submitted yet
     RUNNING = "RUNNING"      # jobs in flight: wait, then poll
+    WATCHING = "WATCHING"    # jobs in flight, and the round waits for them on the head node:
+                             # poll again at once (PollWindowSeconds > 0)
     NEXT = "NEXT"            # sequential: the next job is to be submitted (by Submit Jobs)
     SUCCEEDED = "SUCCEEDED"  # every job succeeded: keep the results, tear down
     FAILED = "FAILED"        # a job failed (`failure` says which and why): cancel, tear down

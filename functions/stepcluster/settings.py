@@ -35,6 +35,7 @@ class Settings:
     artifacts_bucket: str | None = None   # where each job's results are kept after the run
     blocked_job_timeout_seconds: int = 600  # a job that cannot start by itself fails after this
     max_run_minutes: int = 10080  # a run still going this long after its start is ended (a week)
+    poll_window_seconds: int = 720  # a polling round waits on the head node this long at most (0: no)
     staging: str = "ssh"  # "ssh": files go through the function; "head-node": it downloads them
     release_function: str | None = None  # the abort cleanup of a created cluster calls it first
 

@@ -27,9 +27,10 @@ def event(name: str) -> dict:
 
 @pytest.fixture
 def lambda_environment(local_cluster, tmp_path):
-    """The environment the template gives the functions, with the example plan deployed."""
+    """The environment the template gives the functions, with the example plan deployed; a
+    polling round looks once (PollWindowSeconds=0), as events/README.md invokes it."""
     plan = build_plan(load_jobs_config(ROOT / "examples" / "jobs.ini"), tmp_path)
-    with local_environment(str(tmp_path), local_cluster, "slurm", {}), mock_aws():
+    with local_environment(str(tmp_path), local_cluster, "slurm", {"poll_window_seconds": 0}), mock_aws():
         secret = boto3.client("secretsmanager").create_secret(
             Name="head-node-key", SecretString=local_cluster.private_key)
         os.environ["STEPCLUSTER_SSH_KEY_SECRET_ID"] = secret["ARN"]

@@ -127,9 +127,10 @@ def test_a_failing_parallel_job_cancels_the_others_on_the_scheduler(
 
 def test_each_job_is_polled_at_its_wait_time_the_smallest_while_several_run(
         local_cluster, write_config):
+    """PollWindowSeconds=0: the seed's loop, a Wait state of wait_time between rounds."""
     config = write_config("parallel", {"quick": "sleep 1", "slow": "sleep 7"},
                           wait_times={"quick": 1, "slow": 3})
-    report = run_local(config, "waits", cluster=local_cluster)
+    report = run_local(config, "waits", cluster=local_cluster, settings_overrides={"poll_window_seconds": 0})
 
     assert report.status == "SUCCEEDED", report.cause
     waits = [json.loads(e["stateEnteredEventDetails"]["input"])["run"]["wait_seconds"]
@@ -265,7 +266,11 @@ def test_an_aborted_run_on_an_existing_head_node_is_released_by_the_cleanup(
         local_cluster, write_config, head_node):
     """Abort skips the teardown states; the EventBridge cleanup cancels the run's jobs, keeps
     the results of what ran (it has no run record: it reads the run's folder) and removes the
-    folder (the head node itself stays). Before, it kept nothing, not even a finished job's."""
+    folder (the head node itself stays). Before, it kept nothing, not even a finished job's.
+
+    The cleanup runs here once the execution has ended, so its rounds look once
+    (PollWindowSeconds=0): a watching round would wait for `long` in the stopped execution. In
+    AWS the rule's cleanup runs meanwhile, and ends that round (test_interrupt.py does so)."""
     import boto3
 
     from handlers import cluster
@@ -289,7 +294,7 @@ def test_an_aborted_run_on_an_existing_head_node_is_released_by_the_cleanup(
         seen["x"] = s3.get_object(Bucket=runner.ARTIFACTS_BUCKET, Key=f"{prefix}/quick/output/x")["Body"].read()
 
     report = run_local(config, "abort", cluster=local_cluster, on_start=abort_once_quick_has_ended,
-                       on_finish=cleanup)
+                       on_finish=cleanup, settings_overrides={"poll_window_seconds": 0})
     assert report.status == "ABORTED"
     assert seen["result"]["released"] == {"run_dir": run_dir_of(report), "removed": True}
     assert not remote_exists(head_node, run_dir_of(report))

@@ -3,7 +3,10 @@ scheduler whose answers the test writes: the poll's rules one by one."""
 
 import dataclasses
 import re
+import shutil
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,7 @@ from functional.test_results import LocalStream
 from stepcluster import adoption, decisions, headnode
 from stepcluster import service as service_module
 from stepcluster.config import parse_jobs_config
-from stepcluster.errors import InputError, PlanError, SchedulerError, TransientSSHError
+from stepcluster.errors import HeadNodeError, InputError, PlanError, SchedulerError, TransientSSHError
 from stepcluster.plan import build_plan
 from stepcluster.record import Run
 from stepcluster.remote.ssh import CommandResult
@@ -146,11 +149,11 @@ class AsTheStateMachineCalls:
         setattr(owner, name, value)
 
 
-def local_service(tmp_path, plan, scheduler):
+def local_service(tmp_path, plan, scheduler, poll_window_seconds=0):
     """A RunService for an existing Slurm head node whose SSH is a local bash and whose
-    scheduler is `scheduler`."""
+    scheduler is `scheduler`; its rounds look once (no poll window) unless told."""
     settings = Settings("existing", "slurm", "127.0.0.1", 22, "hpc", "SHA256:x", "secret",
-                        remote_root=str(tmp_path / "remote"))
+                        remote_root=str(tmp_path / "remote"), poll_window_seconds=poll_window_seconds)
     svc = AsTheStateMachineCalls(service_module.RunService(settings, plan=plan, private_key=lambda _: "key"))
     svc.connect = lambda run: LocalBash()
     svc.scheduler = lambda run: scheduler
@@ -164,13 +167,13 @@ def world(tmp_path, monkeypatch):
         (jobs / name).mkdir(parents=True)
         (jobs / name / "run.sh").write_text("true\n")
 
-    def make(order="sequential"):
+    def make(order="sequential", poll_window_seconds=0):
         text = f"[order]\n{order} = a, b, c\n" + "".join(
             f"\n[job {n}]\nhandler = run.sh\nlocal_path = jobs/{n}\nwait_time = {w}\n"
             for n, w in (("a", 5), ("b", 2), ("c", 9)))
         plan = build_plan(parse_jobs_config(text, str(tmp_path / "jobs.ini"), tmp_path), tmp_path / "plan")
         scheduler = FakeScheduler(tmp_path)
-        svc = local_service(tmp_path, plan, scheduler)
+        svc = local_service(tmp_path, plan, scheduler, poll_window_seconds)
         run = svc.create_cluster({"input": {"cluster_name": "c1"}, "execution": "exec-1",
                                   "plan_digest": plan.digest})
         return svc, scheduler, svc.prepare_head_node(run)
@@ -208,6 +211,75 @@ def test_sequential_advances_one_job_at_a_time_at_its_own_wait_time(world):
     assert run["jobs"]["a"]["ended"] == "2023-11-14T22:13:20Z"
     assert run["jobs"]["b"]["state"] == "PENDING" and run["wait_seconds"] == 2
     assert run["jobs"]["c"] == {"state": "NOT_STARTED"}
+
+
+def test_a_watching_round_reports_when_a_job_ends_not_at_its_window(world):
+    svc, scheduler, run = world(poll_window_seconds=60)
+    run = svc.submit_jobs(run)
+    assert run["phase"] == "WATCHING"       # the definition goes straight to Poll Jobs
+    scheduler.status_file.write_text("id-a Q\n")
+    threading.Timer(1.0, finish, (run, "a", 0)).start()
+    began = time.monotonic()
+    run = svc.poll_jobs(run)
+    took = time.monotonic() - began
+    assert run["jobs"]["a"]["state"] == "SUCCEEDED" and run["jobs"]["b"]["state"] == "PENDING"
+    assert run["phase"] == "WATCHING"
+    assert 0.9 < took < 4                 # seen at its result file (a 0.2 s tick), not after 5 s or 60 s
+    assert run["polls"] == 2              # the scheduler asked at the start and after the end
+
+
+def test_a_watching_round_reports_starts_then_waits_its_window_asking_every_wait_time(world):
+    svc, scheduler, run = world("parallel", poll_window_seconds=5)
+    run = svc.submit_jobs(run)
+    scheduler.status_file.write_text("id-a R\nid-b Q\nid-c Q\n")
+    began = time.monotonic()
+    run = svc.poll_jobs(run)               # a started: reported at once
+    assert time.monotonic() - began < 2 and run["jobs"]["a"]["state"] == "RUNNING"
+    assert run["polls"] == 1
+    for name in ("b", "c"):                # and so are b and c when their start files appear
+        threading.Timer(0.5, Path(run["cluster"]["run_dir"], "jobs", name, "started").write_text,
+                        ("1700000000\n",)).start()
+    threading.Timer(0.4, scheduler.status_file.write_text, ("id-a R\nid-b R\nid-c R\n",)).start()
+    began = time.monotonic()
+    run = svc.poll_jobs(run)
+    assert time.monotonic() - began < 3 and {j["state"] for j in run["jobs"].values()} == {"RUNNING"}
+    assert run["polls"] == 1 + 2           # a look at the start, one when the files appeared
+    began = time.monotonic()
+    run = svc.poll_jobs(run)               # nothing changes: the whole window
+    took = time.monotonic() - began
+    assert 4 <= took < 8
+    assert run["phase"] == "WATCHING" and {j["state"] for j in run["jobs"].values()} == {"RUNNING"}
+    assert run["polls"] == 3 + 4           # at 0, 2 and 4 s (b's wait_time is 2), and at the window's end
+
+
+def test_a_watching_round_stops_when_the_run_is_cleaned_up_under_it(world):
+    svc, scheduler, run = world(poll_window_seconds=60)
+    run = svc.submit_jobs(run)
+    scheduler.status_file.write_text("id-a Q\n")
+    threading.Timer(0.5, shutil.rmtree, (run["cluster"]["run_dir"],)).start()
+    began = time.monotonic()
+    with pytest.raises(HeadNodeError, match="gone from the head node"):
+        svc.poll_jobs(run)
+    assert time.monotonic() - began < 4
+    assert scheduler.submissions() == [s for s in scheduler.submissions() if s.startswith("a-")]
+
+
+def test_a_watching_round_leaves_late_work_to_submit_jobs_and_the_next_round(world, monkeypatch):
+    monkeypatch.setattr(headnode, "ROUND_WORK_SECONDS", 0)     # as if the end came late in the window
+    svc, scheduler, run = world(poll_window_seconds=60)
+    run = svc.submit_jobs(run)
+    scheduler.status_file.write_text("id-a R\n")
+    finish(run, "a", 0)
+    kept = []
+    monkeypatch.setattr(svc.head_node, "_keep", lambda ssh, run, names: kept.append(names) or run)
+    run = svc.poll_jobs(run)
+    assert run["phase"] == "NEXT" and run["jobs"]["b"]["state"] == "NOT_STARTED" and kept == []
+    run = svc.submit_jobs(run)
+    assert run["jobs"]["b"]["state"] == "PENDING"
+    scheduler.status_file.write_text("id-b R\n")
+    finish(run, "b", 0)
+    svc.poll_jobs(run)
+    assert kept[0] == ["a"]               # the next round keeps what the last one left first
 
 
 def test_the_result_file_wins_over_what_the_scheduler_shows(world):

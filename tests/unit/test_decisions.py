@@ -464,3 +464,62 @@ def test_an_outage_round_sees_every_job_with_a_result_whatever_its_place():
     after, changed = d.apply_round(run, observations, scheduler="slurm", now=NOW, limits=LIMITS,
                                    scheduler_failure="down")
     assert changed == ["b", "c"] and after.jobs["a"].state == JobState.RUNNING
+
+
+# -- a round that watches on the head node (PollWindowSeconds) ----------------------------------
+WATCH = Limits(blocked_job_timeout_seconds=600, max_run_seconds=3600, poll_window_seconds=720)
+
+
+def look(run, changed=(), window_left=700.0, limits=WATCH, now=NOW, **kw):
+    return d.next_look(run, list(changed), now=now, wait_times=WAITS, window_left=window_left,
+                       limits=limits, scheduler="slurm", **kw)
+
+
+def test_a_watching_round_looks_again_at_the_smallest_wait_time_in_flight():
+    run = run_of("parallel", a="RUNNING", b="PENDING", c="SUCCEEDED")
+    run.started_at = NOW
+    assert look(run) == 2
+    assert look(run, window_left=1.5) == 1.5         # never past its window ...
+    assert look(run, window_left=0) == 0
+    run.started_at = NOW - 3600 + 1                   # ... nor past MaxRunMinutes
+    assert look(run) == 1
+
+
+def test_a_watching_round_reports_a_change_an_end_a_failure_or_the_scheduler_going_silent():
+    run = run_of("parallel", a="RUNNING", b="PENDING", c="SUCCEEDED")
+    assert look(run, changed=["b"]) == 0              # started (or any other change)
+    assert look(run, changed=["c"]) == 0              # ended
+    run.scheduler_silent_since = NOW - 10
+    assert look(run) == 0                             # the scheduler stopped answering: say so
+    assert look(run, silent_at_start=True) == 2       # still silent: wait it out, look every wait_time
+    run.scheduler_silent_since = NOW - 899            # ... but not past the outage limit
+    assert look(run, silent_at_start=True) == 1
+    assert look(run_of("parallel", a="RUNNING"), silent_at_start=True) == 0   # answering again
+
+
+def test_a_watching_round_comes_back_when_a_blocked_job_reaches_its_timeout():
+    run = run_of("parallel", a="PENDING", b="PENDING")
+    run.jobs["a"] = run.jobs["a"].but(blocked_since=NOW - 599)
+    assert look(run) == 1
+    run.jobs["a"] = run.jobs["a"].but(blocked_since=NOW - 700)   # past it: report now
+    assert look(run) == 0
+
+
+def test_no_jobs_in_flight_means_reporting_now():
+    assert look(run_of("sequential", next_=1, a="SUCCEEDED", b="NOT_STARTED")) == 0
+    assert look(run_of("parallel", a="SUCCEEDED", b="SUCCEEDED")) == 0
+
+
+def test_a_watching_run_goes_straight_back_to_poll_jobs():
+    run = run_of("parallel", a="RUNNING", b="PENDING")
+    decision = d.decide(run, [], wait_times=WAITS, scheduler="slurm", now=NOW, limits=WATCH)
+    assert (decision.run.phase, decision.action) == (Phase.WATCHING, Action.WAIT)
+    assert d.decide(run, [], wait_times=WAITS, scheduler="slurm", now=NOW, limits=LIMITS).run.phase == Phase.RUNNING
+    submitted = d.submitted(run_of("parallel", a="NOT_STARTED"), {"a": "9"}, wait_times=WAITS, watching=True)
+    assert submitted.phase == Phase.WATCHING
+
+
+def test_jobs_left_unkept_are_the_ended_ones_not_kept():
+    run = run_of("parallel", a="SUCCEEDED", b="FAILED", c="RUNNING")
+    run.jobs["a"] = run.jobs["a"].but(kept=True)
+    assert d.unkept_jobs(run) == ["b"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import shutil
 import re
 import subprocess
 import tarfile
@@ -440,20 +441,72 @@ def test_inspect_reports_each_jobs_files_then_one_status(box, tmp_path):
                                            ["squeue", "--jobs=1,2", *AWKWARD]))
     assert (p.returncode, p.stderr) == (0, "")
     assert records(p.stdout) == [
-        Record("job", ("done", enc("100\n"), enc("3 0 200\n"))),
-        Record("job", ("running", enc("150\n"), "")),
-        Record("job", ("queued", "", "")),
+        Record("started", ("done", "100")), Record("result", ("done", "3", "0", "200")),
+        Record("started", ("running", "150")),
         Record("status", ("1", enc("|".join(["--jobs=1,2", *AWKWARD]) + "|\n"), enc("complaint\n")))]
     assert list(box.tmp.iterdir()) == []          # its scratch folder removed
 
 
 def test_inspect_without_a_status_command_only_reads_files(box):
-    box.job("a")
+    (box.job("a") / "result").write_text("")
     for argv in (None, []):
         p = box.bash(jobscripts.inspect_script(box.run_dir, ["a"], argv))
-        assert (p.returncode, records(p.stdout)) == (0, [Record("job", ("a", "", ""))])
+        assert (p.returncode, records(p.stdout)) == (0, [Record("result", ("a", ""))])
     p = box.bash(jobscripts.inspect_script(box.run_dir, [], ["sh", "-c", "echo 7"]))
     assert records(p.stdout) == [Record("status", ("0", enc("7\n"), ""))]
+
+
+def test_inspect_shows_a_written_over_result_on_one_line_and_no_other_folder(box, tmp_path):
+    (box.job("a") / "result").write_text("oops $(rm -rf /) @@status 0\nsecond line\n")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "result").write_text("0 0 1\n")          # not this run's: never read
+    p = box.bash(jobscripts.inspect_script(box.run_dir, ["a", "b"], None))
+    assert records(p.stdout) == [Record("result", ("a", *"???? ???? ??? ?? ???????? 0".split()))]
+    p = box.bash(jobscripts.inspect_script(str(tmp_path / "gone"), ["b"], None))
+    assert records(p.stdout) == []                      # a run folder gone: nothing, not b's
+
+
+def test_inspect_of_a_thousand_jobs_starts_no_process_per_job(box):
+    names = [f"j{i}" for i in range(1000)]
+    for name in names[:500]:
+        (box.job(name) / "started").write_text("100\n")
+    box.command("awk", "echo called >> \"$HOME/calls\"; exec /usr/bin/awk \"$@\"\n")
+    for tool in ("cat", "base64", "head"):
+        box.command(tool, f"echo {tool} >> \"$HOME/calls\"; exit 1\n")
+    p = box.bash(jobscripts.inspect_script(box.run_dir, names, None))
+    assert len(records(p.stdout, "started")) == 500
+    assert not (box.home / "calls").exists()
+
+
+def test_watch_returns_when_a_result_appears_and_not_before(box):
+    import threading
+    import time as clock
+
+    box.job("a"), box.job("b"), box.job("arr")
+    (Path(jobscripts.job_dir(box.run_dir, "arr")) / "1").mkdir()
+    (Path(jobscripts.job_dir(box.run_dir, "arr")) / "1" / "result").write_text("0 0 1\n")
+    quiet = box.bash(jobscripts.watch_script(box.run_dir, ["a", "b"], {"arr": 1}, 1, 0.1))
+    assert records(quiet.stdout) == [Record("watch", ("quiet",))]
+    # a task result beyond the count given is an end, as is a job's result file
+    (Path(jobscripts.job_dir(box.run_dir, "arr")) / "2").mkdir()
+    (Path(jobscripts.job_dir(box.run_dir, "arr")) / "2" / "result").write_text("0 0 1\n")
+    assert records(box.bash(jobscripts.watch_script(box.run_dir, [], {"arr": 1}, 5, 0.1)).stdout) == \
+        [Record("watch", ("changed",))]
+    writer = threading.Timer(0.5, lambda: (Path(jobscripts.job_dir(box.run_dir, "b")) / "result").write_text("0 0 1\n"))
+    began = clock.monotonic()
+    writer.start()
+    p = box.bash(jobscripts.watch_script(box.run_dir, ["a", "b"], {"arr": 2}, 30, 0.1))
+    assert records(p.stdout) == [Record("watch", ("changed",))]
+    assert clock.monotonic() - began < 10            # seen long before its 30 s window
+    # a start file of a job still pending is a change too (of a running one: no)
+    (Path(jobscripts.job_dir(box.run_dir, "a")) / "started").write_text("1\n")
+    assert records(box.bash(jobscripts.watch_script(box.run_dir, [], {}, 1, 0.1, pending=["b"])).stdout) == \
+        [Record("watch", ("quiet",))]
+    assert records(box.bash(jobscripts.watch_script(box.run_dir, [], {}, 5, 0.1, pending=["a"])).stdout) == \
+        [Record("watch", ("changed",))]
+    shutil.rmtree(box.run_dir)
+    assert records(box.bash(jobscripts.watch_script(box.run_dir, ["a"], {}, 5, 0.1)).stdout) == \
+        [Record("watch", ("gone",))]
 
 
 def test_commands_run_in_order_each_answer_labelled(box):

@@ -53,7 +53,7 @@ def test_a_created_run_without_jobs_still_lists_them():
     ("run", "not a run record"),
     ({"cluster_name": "c"}, "not a run record"),
     ({**CREATED, "keep_clsuter": True}, "keep_clsuter"),
-    ({**CREATED, "phase": "DONE"}, "the run's phase is 'DONE', not one of READY, RUNNING, NEXT"),
+    ({**CREATED, "phase": "DONE"}, "the run's phase is 'DONE', not one of READY, RUNNING, WATCHING, NEXT"),
     ({**CREATED, "jobs": {"a": {"state": "FINISHED"}}}, "job 'a''s state is 'FINISHED'"),
     ({**CREATED, "jobs": {"a": {"state": "PENDING", "jobid": "1"}}}, "job 'a' has fields this version does not know: jobid"),
     ({**CREATED, "jobs": {"a": "PENDING"}}, "job 'a' of the run record is not an object"),
@@ -79,7 +79,7 @@ def test_job_states_and_phases_are_the_words_the_definition_branches_on():
     assert [s.value for s in JobState] == ["NOT_STARTED", "PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"]
     assert [s.name for s in JobState if s.active] == ["PENDING", "RUNNING"]
     assert [s.name for s in JobState if s.ended] == ["SUCCEEDED", "FAILED", "CANCELLED"]
-    assert [p.value for p in Phase] == ["READY", "RUNNING", "NEXT", "SUCCEEDED", "FAILED"]
+    assert [p.value for p in Phase] == ["READY", "RUNNING", "WATCHING", "NEXT", "SUCCEEDED", "FAILED"]
     definition = json.loads(read_definition())
     read = {c["StringEquals"] for s in definition["States"].values() for c in s.get("Choices", [])
             if c.get("Variable") == "$.run.phase"}

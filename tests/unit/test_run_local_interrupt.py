@@ -89,8 +89,11 @@ class Follower:
 class Endpoint:
     """The cluster function: writes the manifest a real cleanup writes; or is interrupted."""
 
-    def __init__(self, interrupt=False):
-        self.calls, self.interrupt = [], interrupt
+    def __init__(self, interrupt=False, in_flight=()):
+        self.calls, self.interrupt, self.in_flight = [], interrupt, set(in_flight)
+
+    def calls_in_flight(self):
+        return self.in_flight
 
     def invoke(self, name, event):
         self.calls.append((name, event))
@@ -118,6 +121,18 @@ def local_functions(monkeypatch):
     with mock_aws():
         boto3.client("s3").create_bucket(Bucket=runner.ARTIFACTS_BUCKET)
         yield
+
+
+def test_a_polling_round_waiting_on_the_head_node_is_not_waited_for_the_cleanup_ends_it(local_functions):
+    sfn, follower, progress = Sfn(), Follower(), []
+    endpoint = Endpoint(in_flight={"PollJobsFunction"})
+    invoke, seen_running = endpoint.invoke, []
+    endpoint.invoke = lambda name, event: seen_running.append(sfn.described) or invoke(name, event)
+    described, result = runner._interrupted(sfn, ARN, follower, endpoint, progress.append)
+    assert seen_running == [1]            # cleaned up while the execution still ran
+    [(name, event)] = endpoint.calls
+    assert name == "ClusterFunction" and event["detail"]["status"] == "ABORTED"
+    assert sfn.described >= 3 and described["status"] == "ABORTED"   # the cleanup first, then its end
 
 
 def test_the_first_ctrl_c_stops_the_execution_then_plays_the_rules_event_and_says_what_it_did(local_functions):

@@ -12,6 +12,7 @@ import importlib
 import json
 import logging
 import threading
+import time
 import traceback
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,11 +31,14 @@ FUNCTIONS = {
 
 
 class LocalLambdaEndpoint:
-    """Serve FUNCTIONS on 127.0.0.1 (a free port); count invocations per function."""
+    """Serve FUNCTIONS on 127.0.0.1 (a free port); count invocations per function and time
+    each (`durations`: seconds per call, for `make benchmark`)."""
 
     def __init__(self, functions: dict[str, str] | None = None):
         self.functions = dict(functions or FUNCTIONS)
         self.invocations: dict[str, int] = {}
+        self.durations: dict[str, list[float]] = {}
+        self.in_flight: dict[str, int] = {}   # calls not returned yet, per function
         self.fault = None  # tests: callable(name, event) raising to simulate a Lambda failure
         self.after = None  # tests: callable(name, event, result) -> result, to alter an answer
         self._lock = threading.Lock()
@@ -45,6 +49,10 @@ class LocalLambdaEndpoint:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def calls_in_flight(self) -> set[str]:
+        with self._lock:
+            return {name for name, count in self.in_flight.items() if count}
 
     @property
     def total_invocations(self) -> int:
@@ -64,7 +72,15 @@ class LocalLambdaEndpoint:
         if self.fault:
             self.fault(name, event)
         module = importlib.import_module(self.functions[name])
-        result = module.handler(event, None)
+        began = time.monotonic()
+        with self._lock:
+            self.in_flight[name] = self.in_flight.get(name, 0) + 1
+        try:
+            result = module.handler(event, None)
+        finally:
+            with self._lock:
+                self.durations.setdefault(name, []).append(time.monotonic() - began)
+                self.in_flight[name] -= 1
         return self.after(name, event, result) if self.after else result
 
     def _make_handler(self):

@@ -8,6 +8,7 @@ and a private key read from moto's Secrets Manager) to the local cluster's head 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from stepcluster.plan import build_plan
 from stepcluster.remote import ssh
 
 REGION = "us-east-1"
+log = logging.getLogger(__name__)
 ACCOUNT = "123456789012"
 DEFAULT_RIG = "/tmp/stepcluster-rig"
 ARTIFACTS_BUCKET = "stepcluster-local-artifacts"
@@ -78,6 +80,7 @@ class RunReport:
     events: list[dict] = field(default_factory=list, repr=False)
     interrupted: bool = False    # stopped by a Ctrl-C (the CLI exits 130)
     cleanup: dict | None = None  # then: what the cluster function's cleanup returned
+    durations: dict = field(default_factory=dict, repr=False)  # function: [seconds per call]
 
     def to_dict(self) -> dict:
         report = {"status": self.status, "error": self.error, "cause": self.cause, "jobs": self.jobs,
@@ -345,11 +348,13 @@ def _execute(plan, cluster, cluster_name, execution_input, endpoint, progress, t
         "ssh_connections": ssh.connections_opened - ssh_before,
     }
     status, error, cause = described["status"], described.get("error"), described.get("cause")
+    if interrupted and status == "RUNNING":
+        status = "ABORTED"      # stopped: AWS says so at once, moto once its Lambda call returns
     if interrupted:
         # moto's StopExecution drops the error and cause it is given; AWS would show them
         error, cause = error or INTERRUPTED_ERROR, cause or INTERRUPTED_CAUSE
     return RunReport(status, cause, error, jobs, counts, arn, output, dict(endpoint.invocations), events,
-                     interrupted, cleanup)
+                     interrupted, cleanup, {k: list(v) for k, v in endpoint.durations.items()})
 
 
 def _follow(sfn, arn, follower, timeout, interrupt: threading.Event) -> dict:
@@ -419,6 +424,10 @@ def _interrupted(sfn, arn, follower, endpoint, progress, artifacts_dir=None) -> 
         sfn.stop_execution(executionArn=arn, error=INTERRUPTED_ERROR, cause=INTERRUPTED_CAUSE)
         deadline = time.monotonic() + STOP_WAIT_SECONDS
         while (described := sfn.describe_execution(executionArn=arn))["status"] == "RUNNING":
+            if endpoint.calls_in_flight() == {"PollJobsFunction"}:
+                # A polling round waiting on the head node (PollWindowSeconds): it ends when
+                # the cleanup below cancels its jobs or removes the run's folder.
+                break
             if time.monotonic() > deadline:
                 follower.say(f"  the execution has not ended after {STOP_WAIT_SECONDS} s "
                              "(a Lambda call still running): cleaning up anyway")
@@ -442,6 +451,12 @@ def _interrupted(sfn, arn, follower, endpoint, progress, artifacts_dir=None) -> 
             return described, None
         for line in _describe_cleanup(result, name):
             follower.say(f"  {line}")
+        if described["status"] == "RUNNING":
+            # a polling round that was waiting on the head node ends now that its folder is gone
+            deadline = time.monotonic() + STOP_WAIT_SECONDS
+            while (described := sfn.describe_execution(executionArn=arn))["status"] == "RUNNING" \
+                    and time.monotonic() < deadline:
+                time.sleep(0.2)
         return described, result
     except KeyboardInterrupt:
         raise _left_behind(name, progress, artifacts_dir) from None
@@ -556,6 +571,16 @@ class _HistoryFollower:
         self._t0 = time.monotonic()
 
     def update(self) -> None:
+        """Report the events added since the last call: O(new events) when moto's history
+        can be read in place (`_moto_events_after`), else one full read."""
+        new = _moto_events_after(self.arn, len(self.events))
+        if new is None:
+            new = self._all_events()[len(self.events):]
+        for event in new:
+            self._report(event)
+        self.events.extend(new)
+
+    def _all_events(self) -> list[dict]:
         events, token = [], None
         while True:
             page = self.sfn.get_execution_history(executionArn=self.arn, maxResults=1000,
@@ -563,10 +588,7 @@ class _HistoryFollower:
             events.extend(page["events"])
             token = page.get("nextToken")
             if not token:
-                break
-        for event in events[len(self.events):]:
-            self._report(event)
-        self.events = events
+                return events
 
     def say(self, text: str) -> None:
         self.progress(f"[{time.monotonic() - self._t0:6.1f}s] {text}")
@@ -603,6 +625,29 @@ class _HistoryFollower:
             self.say(f"execution FAILED: {details.get('error')}: {details.get('cause')}")
         elif kind == "ExecutionSucceeded":
             self.say("execution SUCCEEDED")
+
+
+def _moto_events_after(arn: str, seen: int) -> list[dict] | None:
+    """The execution's history events after the first `seen`, read from moto's interpreter in
+    this process; None where that is not possible (then the API is read).
+
+    moto's GetExecutionHistory deep-copies the whole history on every call and ignores
+    maxResults and reverseOrder, so following a run through it costs O(history) per look: for
+    200 sequential jobs, more CPU than the handlers it hosts. The interpreter appends events to
+    one list under a lock; this copies only the new ones. tests/unit/test_run_local_history.py
+    fails if a moto release moves that list, rather than this silently falling back."""
+    try:
+        from moto.stepfunctions.parser.models import stepfunctions_parser_backends
+
+        backend = stepfunctions_parser_backends[ACCOUNT][REGION]
+        manager = backend.describe_execution(arn).exec_worker.env.event_manager
+        with manager._mutex:
+            return copy.deepcopy(manager._history_event_list[seen:])
+    except (ImportError, AttributeError, KeyError, TypeError):
+        return None
+    except Exception as exc:  # noqa: BLE001 - moto's own "no such execution", whatever its class
+        log.debug("moto's history not readable in place: %s: %s", type(exc).__name__, exc)
+        return None
 
 
 @contextlib.contextmanager

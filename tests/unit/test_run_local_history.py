@@ -1,0 +1,39 @@
+"""run-local follows an execution by reading moto's history in place: only the new events."""
+
+import json
+import time
+
+from moto import mock_aws
+
+from stepcluster.local import runner
+
+DEFINITION = {"StartAt": "One", "States": {
+    "One": {"Type": "Pass", "Result": {"n": 1}, "Next": "Two"},
+    "Two": {"Type": "Wait", "Seconds": 1, "Next": "Three"},
+    "Three": {"Type": "Pass", "End": True}}}
+
+
+def test_the_events_read_in_place_are_the_apis_and_only_the_new_ones(monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
+        sfn = runner.boto3_client("stepfunctions")
+        machine = sfn.create_state_machine(name="m", definition=json.dumps(DEFINITION),
+                                           roleArn=f"arn:aws:iam::{runner.ACCOUNT}:role/r")["stateMachineArn"]
+        arn = sfn.start_execution(stateMachineArn=machine, name="e")["executionArn"]
+        seen = []
+        follower = runner._HistoryFollower(sfn, arn, seen.append)
+        calls = []
+        monkeypatch.setattr(follower, "_all_events", lambda: calls.append(1) or [])
+        while sfn.describe_execution(executionArn=arn)["status"] == "RUNNING":
+            follower.update()
+            time.sleep(0.1)
+        follower.update()
+        api = sfn.get_execution_history(executionArn=arn)["events"]
+        assert calls == []                                   # never the full read
+        assert [(e["id"], e["type"]) for e in follower.events] == [(e["id"], e["type"]) for e in api]
+        assert follower.events[2]["stateExitedEventDetails"]["output"] == \
+            api[2]["stateExitedEventDetails"]["output"]
+        assert runner._moto_events_after(arn, len(api)) == []
+        assert [e["id"] for e in runner._moto_events_after(arn, len(api) - 2)] == [e["id"] for e in api[-2:]]
+        assert runner._moto_events_after(arn.replace(":e", ":nope"), 0) is None
