@@ -12,11 +12,12 @@ from __future__ import annotations
 import base64
 import io
 import os
-import shutil
 import re
+import shutil
 import subprocess
 import tarfile
 import time
+from shlex import quote as q
 from pathlib import Path
 
 import pytest
@@ -341,7 +342,7 @@ def test_submit_records_each_answer_and_never_submits_twice(box, tmp_path):
             ("b-2", fake_submit(log, stdout="102;cluster\n"))]
     for name, _ in jobs:
         box.job(name)
-    script = jobscripts.submit_script(box.run_dir, jobs)
+    script = jobscripts.submit_script(box.run_dir, jobs, concurrency=1)     # the log in order
     p = box.bash(script)
     assert (p.returncode, p.stderr) == (0, "")
     assert records(p.stdout) == [Record("submit", ("a", "0", enc("101\n"), enc("note\n"))),
@@ -366,7 +367,7 @@ def test_submit_stops_at_the_first_refusal_and_retries_it_later(box, tmp_path):
     jobs = [("first", fake_submit(log, stdout="1\n")),
             ("refused", fake_submit(log, rc=1, stderr="sbatch: error: Batch job submission failed\n")),
             ("never", fake_submit(log, stdout="3\n"))]
-    p = box.bash(jobscripts.submit_script(box.run_dir, jobs))
+    p = box.bash(jobscripts.submit_script(box.run_dir, jobs, concurrency=1))
     assert p.returncode == 0
     assert records(p.stdout) == [
         Record("submit", ("first", "0", enc("1\n"), "")),
@@ -376,12 +377,29 @@ def test_submit_stops_at_the_first_refusal_and_retries_it_later(box, tmp_path):
     assert len(log.read_text().splitlines()) == 2
     # next attempt: the refused job is submitted again (its rc is not 0), then the rest
     jobs[1] = ("refused", fake_submit(log, stdout="2\n"))
-    p = box.bash(jobscripts.submit_script(box.run_dir, jobs))
+    p = box.bash(jobscripts.submit_script(box.run_dir, jobs, concurrency=1))
     assert records(p.stdout, "submit") == [
         Record("submit", ("first", "0", enc("1\n"), "")),
         Record("submit", ("refused", "0", enc("2\n"), "")),
         Record("submit", ("never", "0", enc("3\n"), ""))]
     assert len(log.read_text().splitlines()) == 4
+
+
+def test_submit_sends_a_batch_at_once_reports_it_whole_and_stops_after_a_refusal(box, tmp_path):
+    log = tmp_path / "submits.log"
+    names = [f"j{i}" for i in range(7)]
+    for name in names:
+        box.job(name)
+    slow = ["bash", "-c", f'sleep 1; echo "$PWD" >> {q(str(log))}; echo 5']
+    jobs = [(n, slow) for n in names[:4]] + [("refused", fake_submit(log, rc=1))] + [(n, slow) for n in names[4:]]
+    box.job("refused")
+    began = time.monotonic()
+    p = box.bash(jobscripts.submit_script(box.run_dir, jobs, concurrency=5))
+    assert time.monotonic() - began < 3.5                   # 5 at once, not one after the other
+    got = records(p.stdout)
+    assert [(r.fields[0], r.fields[1]) for r in got] == [(n, "0") for n in names[:4]] + [("refused", "1")]
+    assert len(log.read_text().splitlines()) == 5           # the batch after the refusal never went
+    assert not Path(jobscripts.job_dir(box.run_dir, "j4"), "submit.intent").exists()
 
 
 @pytest.mark.parametrize("rc", [2, 127, 255])

@@ -32,6 +32,7 @@ def test_the_events_read_in_place_are_the_apis_and_only_the_new_ones(monkeypatch
         api = sfn.get_execution_history(executionArn=arn)["events"]
         assert calls == []                                   # never the full read
         assert [(e["id"], e["type"]) for e in follower.events] == [(e["id"], e["type"]) for e in api]
+        assert [e["timestamp"].timestamp() for e in follower.events] == [e["timestamp"].timestamp() for e in api]
         assert follower.events[2]["stateExitedEventDetails"]["output"] == \
             api[2]["stateExitedEventDetails"]["output"]
         assert runner._moto_events_after(arn, len(api)) == []

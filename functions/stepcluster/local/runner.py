@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
@@ -642,12 +643,16 @@ def _moto_events_after(arn: str, seen: int) -> list[dict] | None:
         backend = stepfunctions_parser_backends[ACCOUNT][REGION]
         manager = backend.describe_execution(arn).exec_worker.env.event_manager
         with manager._mutex:
-            return copy.deepcopy(manager._history_event_list[seen:])
+            new = copy.deepcopy(manager._history_event_list[seen:])
     except (ImportError, AttributeError, KeyError, TypeError):
         return None
     except Exception as exc:  # noqa: BLE001 - moto's own "no such execution", whatever its class
         log.debug("moto's history not readable in place: %s: %s", type(exc).__name__, exc)
         return None
+    for event in new:      # kept as ISO text inside; the API (and so its readers) gives datetimes
+        if isinstance(event.get("timestamp"), str):
+            event["timestamp"] = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00"))
+    return new
 
 
 @contextlib.contextmanager
