@@ -249,7 +249,9 @@ def test_a_watching_round_reports_starts_then_waits_its_window_asking_every_wait
     took = time.monotonic() - began
     assert 4 <= took < 8
     assert run["phase"] == "WATCHING" and {j["state"] for j in run["jobs"].values()} == {"RUNNING"}
-    assert run["polls"] == 3 + 4           # at 0, 2 and 4 s (b's wait_time is 2), and at the window's end
+    # at 0, 2 and 4 s (b's wait_time is 2) and at the window's end: about one look per wait_time
+    # (a loaded machine may add one), never one per 0.2 s tick
+    assert 3 + 3 <= run["polls"] <= 3 + 5
 
 
 def test_a_watching_round_stops_when_the_run_is_cleaned_up_under_it(world):

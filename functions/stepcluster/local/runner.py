@@ -435,6 +435,7 @@ def _interrupted(sfn, arn, follower, endpoint, progress, artifacts_dir=None) -> 
                 break
             time.sleep(0.2)
         follower.update()
+        follower.stopped = described["status"] == "RUNNING"
         if described["status"] == "SUCCEEDED":     # it ended by itself meanwhile: no rule fires
             follower.say("execution SUCCEEDED before it could be stopped: nothing to clean up")
             return described, None
@@ -453,11 +454,14 @@ def _interrupted(sfn, arn, follower, endpoint, progress, artifacts_dir=None) -> 
         for line in _describe_cleanup(result, name):
             follower.say(f"  {line}")
         if described["status"] == "RUNNING":
-            # a polling round that was waiting on the head node ends now that its folder is gone
+            # A polling round that was waiting on the head node ends now that its folder is
+            # gone. moto then ends the stopped execution as that call's error would; AWS shows
+            # it ABORTED from the stop on, and so does the report.
             deadline = time.monotonic() + STOP_WAIT_SECONDS
             while (described := sfn.describe_execution(executionArn=arn))["status"] == "RUNNING" \
                     and time.monotonic() < deadline:
                 time.sleep(0.2)
+            described = {**described, "status": "ABORTED"}
         return described, result
     except KeyboardInterrupt:
         raise _left_behind(name, progress, artifacts_dir) from None
@@ -570,6 +574,7 @@ class _HistoryFollower:
         self._job_states: dict[str, str] = {}
         self._silent_since: int | None = None
         self._t0 = time.monotonic()
+        self.stopped = False     # after a Ctrl-C's StopExecution: only ExecutionAborted ends it
 
     def update(self) -> None:
         """Report the events added since the last call: O(new events) when moto's history
@@ -621,6 +626,8 @@ class _HistoryFollower:
                         if job.get("exit_code") is not None:
                             detail += f", exit code {job['exit_code']}"
                         self.say(f"  job {name}: {job['state']}{detail}")
+        elif self.stopped and kind in ("ExecutionFailed", "ExecutionSucceeded"):
+            return           # moto ending a stopped execution as its last Lambda call ended
         elif kind == "ExecutionFailed":
             details = event.get("executionFailedEventDetails", {})
             self.say(f"execution FAILED: {details.get('error')}: {details.get('cause')}")

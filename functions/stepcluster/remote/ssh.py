@@ -33,6 +33,8 @@ log = logs.logger(__name__)
 _counter_lock = threading.Lock()
 #: Connections opened by this process: run-local and the benchmark report it.
 connections_opened = 0
+#: Seconds between SSH keepalive messages on an otherwise quiet connection.
+KEEPALIVE_SECONDS = 30
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,10 @@ class HeadNodeConnection:
         except (OSError, socket.timeout, paramiko.SSHException, EOFError) as exc:
             client.close()
             raise TransientSSHError(f"cannot reach head node {self.where}: {exc}") from None
+        # A polling round may wait minutes on one quiet command (PollWindowSeconds): keepalives
+        # keep a NAT or firewall on the way (AWS NAT gateways drop a flow idle for 350 s) from
+        # forgetting the connection meanwhile.
+        client.get_transport().set_keepalive(KEEPALIVE_SECONDS)
         with _counter_lock:
             connections_opened += 1
         self._client = client
