@@ -461,7 +461,7 @@ def _interrupted(sfn, arn, follower, endpoint, progress, artifacts_dir=None) -> 
             while (described := sfn.describe_execution(executionArn=arn))["status"] == "RUNNING" \
                     and time.monotonic() < deadline:
                 time.sleep(0.2)
-            described = {**described, "status": "ABORTED"}
+            described = {**described, "status": "ABORTED", "error": INTERRUPTED_ERROR, "cause": INTERRUPTED_CAUSE}
         return described, result
     except KeyboardInterrupt:
         raise _left_behind(name, progress, artifacts_dir) from None
