@@ -235,8 +235,9 @@ class HeadNodeWork:
         limits = self.limits()
         began = time.monotonic()
         with self.connect(run) as ssh:
-            if limits.watching and decisions.unkept_jobs(run):
-                run = self._keep(ssh, run, decisions.unkept_jobs(run))    # left by the last round
+            left = decisions.unkept_jobs(run) if limits.watching else []
+            if left:
+                run = self._keep(ssh, run, left)    # left by the last round, out of time for them
             run, changed = self._watch(ssh, scheduler, run, limits, began)
             now = _now()
             failed = decisions.failed_jobs(run, changed)
