@@ -51,7 +51,8 @@ test: install cluster-up
 	cat $$rest/log; rm -rf $$rest; \
 	[ $$e2e -eq 0 ] && [ $$others -eq 0 ]
 
-benchmark: install cluster-up
+# build first: its packages case measures what `sam build` ships.
+benchmark: install cluster-up build
 	$(BIN)/python scripts/benchmark.py
 
 # Time, CPU and peak memory of each function's work (template.yaml's MemorySize/Timeout quote

@@ -21,6 +21,10 @@ Cases:
             kept), and the largest state payload (the limit is 256 KiB).
   follow    200 x `true`, sequential: CPU seconds of this whole process (run-local and the
             handlers it hosts), whose history reading must stay O(new events).
+  packages  what `sam build` ships each python3.11 function (its package and layers, bytes) and
+            its cold start's imports from those files alone, with and without the build's
+            bytecode, beside the floor (the interpreter importing boto3 alone):
+            scripts/measure_packages.py on .aws-sam/build (`make benchmark` builds first).
 --quick runs history and lag only.
 
 Wall-clock figures are measurements on this machine, printed; no test depends on them.
@@ -261,6 +265,26 @@ def follow_case(folder: Path, scheduler: str, count: int = 200) -> list[dict]:
                 cpu_seconds=round(report.cpu_seconds, 1))]
 
 
+def packages_case() -> list[dict]:
+    import measure_packages
+
+    build = ROOT / ".aws-sam" / "build"
+    if not (build / "template.yaml").is_file():
+        raise SystemExit(f"no `sam build` output in {build}: run `make build` (make benchmark does)")
+    report = measure_packages.measure(build)
+    floor = report["floor_import_boto3_ms"]["median"]
+    rows = []
+    for name, r in report["functions"].items():
+        rows.append({"case": f"{name}: package and cold-start imports",
+                     "package_mb": round(r["package_bytes"] / 1e6, 2),
+                     "with_layers_mb": round(r["total_bytes"] / 1e6, 2), "layers": ",".join(r["layers"]),
+                     "imports_ms_median": r["import_ms"]["median"], "imports_ms_worst": r["import_ms"]["worst"],
+                     "without_bytecode_ms": r["import_ms_without_bytecode"]["median"],
+                     "floor_ms": floor, "ratio": round(r["import_ms"]["median"] / floor, 2),
+                     "clients_ms": r["clients_ms"]["median"]})
+    return rows
+
+
 COLUMNS = ["status", "history_events", "state_transitions", "lambda_invocations", "ssh_connections",
            "poll_rounds", "seconds"]
 
@@ -268,7 +292,8 @@ COLUMNS = ["status", "history_events", "state_transitions", "lambda_invocations"
 def print_rows(rows: list[dict]) -> None:
     for r in rows:
         print(f"\n{r['case']}")
-        print("  " + "  ".join(f"{k}={r[k]}" for k in COLUMNS if k in r))
+        if any(k in r for k in COLUMNS):
+            print("  " + "  ".join(f"{k}={r[k]}" for k in COLUMNS if k in r))
         extra = {k: v for k, v in r.items() if k not in COLUMNS and k != "case" and v is not None}
         if extra:
             print("  " + "  ".join(f"{k}={v}" for k, v in extra.items()))
@@ -279,7 +304,7 @@ def main() -> int:
     parser.add_argument("--scheduler", default="slurm", choices=["slurm", "sge"])
     parser.add_argument("--quick", action="store_true", help="the history and lag cases only")
     parser.add_argument("--long", action="store_true", help="also a 15-minute job under the 720 s window")
-    parser.add_argument("--only", choices=["history", "lag", "wide", "follow"])
+    parser.add_argument("--only", choices=["history", "lag", "wide", "follow", "packages"])
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     rows = []
@@ -289,7 +314,7 @@ def main() -> int:
             folder = Path(tmp)
             folder.chmod(0o755)
             wanted = [args.only] if args.only else (["history", "lag"] if args.quick else
-                                                    ["history", "lag", "wide", "follow"])
+                                                    ["history", "lag", "wide", "follow", "packages"])
             for case in wanted:
                 if case == "history":
                     rows += history_case(folder, args.scheduler, args.long)
@@ -297,6 +322,8 @@ def main() -> int:
                     rows += lag_case(folder, args.scheduler, floor)
                 elif case == "wide":
                     rows += wide_case(folder, args.scheduler, floor)
+                elif case == "packages":
+                    rows += packages_case()
                 else:
                     rows += follow_case(folder, args.scheduler)
     finally:

@@ -393,7 +393,9 @@ def test_parallelcluster_versions_are_the_ones_the_code_lists(template):
 
 def test_cfncluster_layer_is_attached_only_for_cfncluster(template):
     props = template["Resources"]["ClusterFunction"]["Properties"]
-    assert [unwrap_if(layer) for layer in props["Layers"]] == [("UseCfncluster", {"Ref": "CfnclusterLayer"})]
+    # SshLayer: cryptography makes the run's key, paramiko cleans up on an existing head node
+    assert [unwrap_if(layer) for layer in props["Layers"]] == [("UseCfncluster", {"Ref": "CfnclusterLayer"}),
+                                                               (None, {"Ref": "SshLayer"})]
     layer = template["Resources"]["CfnclusterLayer"]
     assert layer["Condition"] == "UseCfncluster" and layer["Metadata"]["BuildMethod"] == "python3.11"
     requirements = (ROOT / layer["Properties"]["ContentUri"] / "requirements.txt").read_text().split()
@@ -1028,12 +1030,20 @@ def built_paths(build_dir) -> dict[str, Path]:
             if r["Type"] in ("AWS::Serverless::Function", "AWS::Serverless::LayerVersion")}
 
 
-def test_sam_build_ships_the_package_and_paramiko(builds):
+def test_sam_build_ships_the_package_with_bytecode_and_paramiko_in_the_ssh_layer(builds):
     paths = built_paths(builds["default"])
     for name, module in SHARED_CODE_FUNCTIONS.items():
         code = paths[name]
-        for path in ("stepcluster/__init__.py", "paramiko/__init__.py", f"handlers/{module}.py"):
+        for path in ("stepcluster/__init__.py", "stepcluster/remote/ssh.py", f"handlers/{module}.py"):
             assert (code / path).is_file(), f"{name}: no {path} in {code}"
+        # run-local's engine and the CLI are no function's; paramiko comes from SshLayer
+        for path in ("stepcluster/local", "stepcluster/cli.py", "paramiko", "cryptography"):
+            assert not (code / path).exists(), f"{name} ships {path}"
+        assert_compiled(code)
+    ssh = paths["SshLayer"] / "python"
+    for path in ("paramiko/__init__.py", "cryptography/__init__.py", "nacl/__init__.py", "bcrypt/__init__.py"):
+        assert (ssh / path).is_file(), f"SshLayer: no python/{path}"
+    assert_compiled(ssh)
     # CfnclusterLayer holds only what pip installs from layers/cfncluster/requirements.txt
     # (botocore's CA bundle, test certificates of `future`): no project file reaches it.
     for name, code in paths.items():
@@ -1046,6 +1056,89 @@ def test_sam_build_ships_the_package_and_paramiko(builds):
     layer = paths["CfnclusterLayer"] / "python"
     for path in ("cfncluster/cfncluster.py", "pkg_resources/__init__.py"):
         assert (layer / path).is_file(), f"CfnclusterLayer: no {path}"
+
+
+def assert_compiled(folder: Path) -> None:
+    """Every module in `folder` has a CPython 3.11 pyc that loads whatever the source's mtime
+    (PEP 552 unchecked-hash: flags 0b01), so a cold start on Lambda's read-only disk compiles
+    nothing."""
+    import importlib.util
+
+    magic = importlib.util.MAGIC_NUMBER
+    assert sys.version_info[:2] == (3, 11), "the build compiles for python3.11: run the tests on it"
+    sources = [p for p in folder.rglob("*.py") if "__pycache__" not in p.parts]
+    assert sources, folder
+    for source in sources:
+        pyc = Path(importlib.util.cache_from_source(str(source)))
+        assert pyc.is_file(), f"no bytecode for {source}"
+        header = pyc.read_bytes()[:8]
+        assert header[:4] == magic and int.from_bytes(header[4:8], "little") == 0b01, \
+            f"{pyc}: not an unchecked-hash pyc of this Python"
+
+
+def test_each_function_starts_from_its_package_and_layers_alone(builds):
+    """The first call of each python3.11 function (handler, run service, the SSH client where it
+    logs in, boto3 clients) in an interpreter that sees only the function's built package, its
+    layers and what the Lambda runtime has (standard library, boto3): nothing missing, nothing
+    from elsewhere, each package within 15 MB unzipped."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import measure_packages
+
+    measure_packages._dummy_aws_env()
+    functions = measure_packages.built_functions(builds["default"])
+    assert set(functions) == set(SHARED_CODE_FUNCTIONS)
+    runtime = measure_packages.runtime_folder(builds["default"].parent / "runtime")
+    for name, built in functions.items():
+        assert ("SshLayer" in built["layers"]) == (name in SSH_FUNCTIONS or name == "ClusterFunction"), name
+        module, extra, clients = measure_packages.FIRST_CALL[name]
+        extra = [m for m in extra if not m.startswith("cfncluster")]
+        folders = [built["code"], *(f / "python" for f in built["layers"].values())]
+        result = measure_packages.probe([*folders, runtime], module, extra, clients)
+        assert result["outside"] == [], name
+        assert measure_packages.tree_bytes(built["code"]) <= 15 * 10**6, name
+
+
+def test_the_ssh_layer_signs_with_an_ed25519_key_alone(builds, tmp_path):
+    """The run's key is Ed25519 (stepcluster.keys): paramiko signs with PyNaCl, which the layer
+    ships without pycparser, and reads the OpenSSH key format with bcrypt."""
+    ssh = built_paths(builds["default"])["SshLayer"] / "python"
+    probe = ("import sys; sys.path[:0] = [sys.argv[1]]\n"
+             "from cryptography.hazmat.primitives import serialization as s\n"
+             "from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey\n"
+             "import io, paramiko\n"
+             "pem = Ed25519PrivateKey.generate().private_bytes(s.Encoding.PEM, s.PrivateFormat.OpenSSH, s.NoEncryption())\n"
+             "key = paramiko.Ed25519Key.from_private_key(io.StringIO(pem.decode()))\n"
+             "message = key.sign_ssh_data(b'data', 'ssh-ed25519')\n"
+             "message.rewind()\n"
+             "assert paramiko.Ed25519Key(data=key.asbytes()).verify_ssh_sig(b'data', message)\n"
+             "assert 'pycparser' not in sys.modules and 'invoke' not in sys.modules\n"
+             "print(paramiko.__file__)")
+    result = subprocess.run([sys.executable, "-I", "-S", "-c", probe, str(ssh)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(str(ssh)), result.stdout
+
+
+def test_the_ssh_layer_holds_every_requirement_it_does_not_name_as_left_out(builds):
+    """layers/ssh/requirements.txt is installed with --no-deps: a new requirement of a new
+    paramiko (or of its dependencies) must be added there, or named as left out and why."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    left_out = {"invoke", "pycparser"}  # requirements.txt says why each is not needed
+    ssh = built_paths(builds["default"])["SshLayer"] / "python"
+    installed = {canonicalize_name(p.name.split("-")[0]) for p in ssh.glob("*.dist-info")}
+    env = {"python_version": "3.11", "python_full_version": "3.11.0", "platform_python_implementation": "CPython",
+           "implementation_name": "cpython", "sys_platform": "linux", "platform_system": "Linux",
+           "platform_machine": "x86_64", "os_name": "posix", "extra": ""}
+    for dist in ssh.glob("*.dist-info"):
+        for line in (dist / "METADATA").read_text().splitlines():
+            if line.startswith("Requires-Dist:"):
+                requirement = Requirement(line.split(":", 1)[1].strip())
+                if requirement.marker and not requirement.marker.evaluate(env):
+                    continue
+                name = canonicalize_name(requirement.name)
+                assert name in installed or name in left_out, f"{dist.name} requires {requirement}: not in the layer"
 
 
 def test_sam_build_for_parallelcluster_ships_the_stepcluster_layer(builds):
@@ -1094,7 +1187,7 @@ def test_built_wheels_run_on_the_lambda_runtime(template, builds):
     arch = {"x86_64": "x86_64", "arm64": "aarch64"}[template["Globals"]["Function"]["Architectures"][0]]
     default = built_paths(builds["default"])
     layer = built_paths(builds["parallelcluster"])["StepclusterLayer"] / "python"
-    for folder, glibc_max, python in ((default["SubmitJobsFunction"], (2, 26), 11),
+    for folder, glibc_max, python in ((default["SshLayer"] / "python", (2, 26), 11),
                                       (default["CfnclusterLayer"] / "python", (2, 26), 11),
                                       (layer, (2, 34), 12)):
         wheels = wheel_tags(folder)
@@ -1103,11 +1196,3 @@ def test_built_wheels_run_on_the_lambda_runtime(template, builds):
             assert any(loads_on_lambda(tag, arch, glibc_max, python) for tag in tags), (folder, wheel, tags)
 
 
-def test_built_code_imports_paramiko_from_the_artifact(builds):
-    code = built_paths(builds["default"])["SubmitJobsFunction"]
-    probe = ("import sys; sys.path.insert(0, sys.argv[1]); import paramiko, stepcluster, handlers; "
-             "print(paramiko.__file__); print(stepcluster.__file__)")
-    result = subprocess.run([sys.executable, "-c", probe, str(code)], capture_output=True, text=True,
-                            cwd=code.parent, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert all(line.startswith(str(code)) for line in result.stdout.split()), result.stdout
