@@ -118,6 +118,14 @@ def iso(epoch: int | None) -> str | None:
     return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def epoch(stamp: str | None) -> int | None:
+    """The inverse of `iso` (None for None or a stamp `iso` did not write)."""
+    try:
+        return int(datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp())
+    except (TypeError, ValueError):
+        return None
+
+
 #: What a job the scheduler did not mention counts as.
 NOT_LISTED = JobStatus("", Category.MISSING, "")
 
@@ -351,15 +359,24 @@ def next_look(run: Run, changed: Sequence[str], *, now: int, wait_times: Mapping
               window_left: float, limits: Limits, scheduler: str, silent_at_start: bool = False) -> float:
     """Seconds until a watching round looks at its jobs again; 0: the round reports now.
 
-    A round reports as soon as one of its jobs changed state (it started, or ended: its
-    results are kept and, sequential, the next job goes out) or the run has something else to
-    act on (a failure, a limit passed, an outage gone on too long), when the scheduler stopped
-    or started answering (`silent_at_start`: it was silent when the round began), and when its
-    window is spent. Between looks the round waits for a start or result file on the head node
-    (`jobscripts.watch_script`), so a job's end is seen within a fraction of a second, and the
-    scheduler is asked every `wait_time`, as without a window.
+    A round reports as soon as one of its jobs ended (its results are kept and, sequential, the
+    next job goes out) or changed in any way but starting, or the run has something else to act
+    on (a failure, a limit passed, an outage gone on too long), when the scheduler stopped or
+    started answering (`silent_at_start`: it was silent when the round began), and when its
+    window is spent. A start is reported once the job has run its `wait_time`, so RUNNING shows
+    no later than without a window, and a job that ends sooner is reported once, at its end: a
+    short sequential job costs one round (7 history events), not two. Between looks the round
+    waits for a start or result file on the head node (`jobscripts.watch_script`), so a job's
+    end is seen within a fraction of a second, and the scheduler is asked every `wait_time`, as
+    without a window.
     """
-    if window_left <= 0 or changed or (run.scheduler_silent_since is not None) != silent_at_start:
+    if window_left <= 0 or (run.scheduler_silent_since is not None) != silent_at_start:
+        return 0
+    starts = [name for name in changed if run.jobs[name].state == JobState.RUNNING]
+    if len(starts) < len(changed):
+        return 0
+    start_reports = [_start_reported_in(run.jobs[name], wait_times[name], now) for name in starts]
+    if 0 in start_reports:
         return 0
     probe = decide(run, changed, wait_times=wait_times, scheduler=scheduler, now=now, limits=limits)
     if probe.action != Action.WAIT:
@@ -373,7 +390,14 @@ def next_look(run: Run, changed: Sequence[str], *, now: int, wait_times: Mapping
                  for j in run.jobs.values() if j.state.active and j.blocked_since is not None]
     if run.scheduler_silent_since is not None:
         deadlines.append(run.scheduler_silent_since + limits.scheduler_outage_seconds - now)
-    return max(0, min([look, *deadlines]))
+    return max(0, min([look, *deadlines, *start_reports]))
+
+
+def _start_reported_in(job: JobRecord, wait_time: int, now: int) -> int:
+    """Seconds until a job seen starting in this round has run its wait_time (at once when its
+    start time is unknown; never more than wait_time from now, whatever the head node's clock)."""
+    since = epoch(job.started)
+    return 0 if since is None else min(wait_time, max(0, since + wait_time - now))
 
 
 def unkept_jobs(run: Run) -> list[str]:

@@ -225,7 +225,8 @@ class HeadNodeWork:
         """One round: one SSH connection, every job in flight.
 
         With a poll window (PollWindowSeconds) the round stays on the head node until a job
-        starts or ends, the run has something else to act on, or the window is spent: it looks
+        ends (or has run its wait_time since it started: `decisions.next_look`), the run has
+        something else to act on, or the window is spent: it looks
         (files and one scheduler query) every `wait_time`, and in between waits for a start or
         result file (`jobscripts.watch_script`), so the state machine sees a round per event,
         not per `wait_time`. The next sequential job is submitted, and the ended jobs' results kept,

@@ -487,14 +487,30 @@ def test_a_watching_round_looks_again_at_the_smallest_wait_time_in_flight():
 
 def test_a_watching_round_reports_a_change_an_end_a_failure_or_the_scheduler_going_silent():
     run = run_of("parallel", a="RUNNING", b="PENDING", c="SUCCEEDED")
-    assert look(run, changed=["b"]) == 0              # started (or any other change)
     assert look(run, changed=["c"]) == 0              # ended
+    assert look(run, changed=["b"]) == 0              # any change but a start (here: none known)
     run.scheduler_silent_since = NOW - 10
     assert look(run) == 0                             # the scheduler stopped answering: say so
     assert look(run, silent_at_start=True) == 2       # still silent: wait it out, look every wait_time
     run.scheduler_silent_since = NOW - 899            # ... but not past the outage limit
     assert look(run, silent_at_start=True) == 1
     assert look(run_of("parallel", a="RUNNING"), silent_at_start=True) == 0   # answering again
+
+
+def test_a_start_is_reported_once_the_job_has_run_its_wait_time_an_end_at_once():
+    run = run_of("parallel", a="RUNNING", c="PENDING", b="RUNNING")   # wait_times 5, 9, 2
+    run.jobs["b"] = run.jobs["b"].but(state=JobState.SUCCEEDED)        # a and c in flight
+    run.jobs["a"] = run.jobs["a"].but(started=d.iso(NOW - 1))
+    assert look(run, changed=["a"]) == 4              # seen starting 1 s ago: report in 4 s ...
+    run.jobs["a"] = run.jobs["a"].but(started=d.iso(NOW - 5))
+    assert look(run, changed=["a"]) == 0              # ... it has run its wait_time: report now
+    run.jobs["a"] = run.jobs["a"].but(started=d.iso(NOW + 600))
+    assert look(run, changed=["a"]) == 5              # a head node clock ahead: never past wait_time
+    run.jobs["a"] = run.jobs["a"].but(started=None)
+    assert look(run, changed=["a"]) == 0              # no start time known: report it now
+    run.jobs["a"] = run.jobs["a"].but(started=d.iso(NOW))
+    assert look(run, changed=["a", "b"]) == 0         # an end beside a fresh start: report now
+    assert d.epoch(d.iso(NOW)) == NOW and d.epoch("yesterday") is None
 
 
 def test_a_watching_round_comes_back_when_a_blocked_job_reaches_its_timeout():
