@@ -110,6 +110,21 @@ def read_directives(text: str, syntax: DirectiveSyntax) -> list[Directive]:
     return directives_of(_candidate_lines(text, syntax), syntax)
 
 
+def staged_directives(data: bytes, syntax: DirectiveSyntax) -> list[Directive]:
+    """The directives of a handler whose bytes are at hand (ssh staging): the lines the head
+    node's AWK_CANDIDATES would send for the staged file, whole lines up to MAX_SCRIPT_BYTES of
+    them; a program (ELF) has none."""
+    if not is_script(data):
+        return []
+    kept, size = [], 0
+    for number, line in _candidate_lines(data.decode(errors="replace"), syntax):
+        size += len(f"{number}\t{line}\n".encode())
+        if size > MAX_SCRIPT_BYTES:
+            break
+        kept.append((number, line))
+    return directives_of(kept, syntax)
+
+
 def _candidate_lines(text: str, syntax: DirectiveSyntax):
     """(line number, line) of the lines that begin with the prefix, up to the first command
     where the scheduler stops there. `AWK_CANDIDATES` is the same rule, run on the head node."""

@@ -90,7 +90,7 @@ class HeadNodeWork:
         batch = [plan.job(name) for name in names]
         scheduler = self.scheduler(run)
         try:
-            bundle, fetches = self._stage(run, batch)
+            bundle, fetches, handlers = self._stage(run, batch)
         except _NotStaged as exc:
             return decisions.failed_before_submit(run, exc.name, exc.why, now=_now())
         ssh.run(["tar", "-xzf", "-", "-C", run.run_dir], stdin=bundle)
@@ -98,7 +98,7 @@ class HeadNodeWork:
             failed = self._fetch_on_head_node(ssh, batch, fetches)
             if failed:
                 return decisions.failed_before_submit(run, *failed, now=_now())
-        requests = self._requests(ssh, scheduler, run, batch)
+        requests = self._requests(ssh, scheduler, run, batch, handlers)
         refused = next(((name, why) for name, why in requests.items() if isinstance(why, str)), None)
         if refused:
             return decisions.failed_before_submit(run, *refused, now=_now())
@@ -136,13 +136,14 @@ class HeadNodeWork:
         return decisions.submitted(run, accepted, wait_times=self.wiring.plan.wait_times,
                                    watching=self.limits().watching)
 
-    def _stage(self, run: Run, batch) -> tuple[bytes, list[str]]:
-        """The batch's files and wrappers as one tar (and the scripts that make the head node
-        download them itself, in head-node staging). Everything is staged before anything of
-        the batch reaches the scheduler: a job whose files cannot be staged fails the run first."""
+    def _stage(self, run: Run, batch) -> tuple[bytes, list[str], dict[str, bytes]]:
+        """The batch's files as one tar (and the scripts that make the head node download them
+        itself, in head-node staging), and each handler's bytes where they passed through here.
+        Everything is staged before anything of the batch reaches the scheduler: a job whose
+        files cannot be staged fails the run first."""
         w = self.wiring
         by_head_node = w.settings.staging == "head-node"
-        bundle, fetches = io.BytesIO(), []
+        bundle, fetches, handlers = io.BytesIO(), [], {}
         with tarfile.open(fileobj=bundle, mode="w:gz") as tar:
             for job in batch:
                 try:
@@ -151,24 +152,32 @@ class HeadNodeWork:
                             w.plan, job, job_dir=jobscripts.job_dir(run.run_dir, job.name),
                             s3_client=w.s3, artifacts_bucket=w.settings.artifacts_bucket))
                     else:
-                        staging.add_job_files(tar, w.plan, job, s3_client=w.s3)
+                        handlers[job.name] = staging.add_job_files(tar, w.plan, job, s3_client=w.s3)
                 except StagingError as exc:
                     raise _NotStaged(job.name, str(exc)) from exc
-        return bundle.getvalue(), fetches
+        return bundle.getvalue(), fetches, handlers
 
-    def _requests(self, ssh, scheduler: Scheduler, run: Run, batch) -> dict:
+    def _requests(self, ssh, scheduler: Scheduler, run: Run, batch, handlers: dict[str, bytes]) -> dict:
         """{job name: its JobRequest, or why the scheduler must not be given the job}: the
-        options in each staged handler (read on the head node: an s3_uri job's files arrive
-        only now) and the config's resource keys, checked against the scheduler's rules."""
+        options in each staged handler and the config's resource keys, checked against the
+        scheduler's rules. A handler whose bytes passed through here (ssh staging) is read
+        here; one the head node fetched itself is read there (AWK_CANDIDATES: the same rule),
+        in one script for the batch."""
         syntax = scheduler.DIRECTIVES
-        script = jobscripts.directive_lines_script(
-            run.run_dir, [(job.name, job.handler) for job in batch], prefix=syntax.prefix,
-            whole_file=syntax.whole_file, max_bytes=directives.MAX_SCRIPT_BYTES)
-        heads = {r.fields[0]: jobscripts.unb64(r.fields[1])
-                 for r in jobscripts.parse_records(ssh.run_script(script).stdout) if r.tag == "head"}
+        remote = [(job.name, job.handler) for job in batch if job.name not in handlers]
+        heads = {}
+        if remote:
+            script = jobscripts.directive_lines_script(run.run_dir, remote, prefix=syntax.prefix,
+                                                       whole_file=syntax.whole_file,
+                                                       max_bytes=directives.MAX_SCRIPT_BYTES)
+            heads = {r.fields[0]: jobscripts.unb64(r.fields[1])
+                     for r in jobscripts.parse_records(ssh.run_script(script).stdout) if r.tag == "head"}
         requests: dict = {}
         for job in batch:
-            found = directives.directives_of(directives.parse_candidates(heads.get(job.name, "")), syntax)
+            if job.name in handlers:
+                found = directives.staged_directives(handlers[job.name], syntax)
+            else:
+                found = directives.directives_of(directives.parse_candidates(heads.get(job.name, "")), syntax)
             try:
                 requests[job.name] = jobrequests.request_for(scheduler, job.resources, found, job.handler)
             except RequestRefused as exc:

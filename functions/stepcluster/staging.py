@@ -31,8 +31,9 @@ from stepcluster.plan import Plan, PlannedJob
 URL_SECONDS = 3600
 
 
-def add_job_files(tar: tarfile.TarFile, plan: Plan, job: PlannedJob, *, s3_client=None) -> None:
-    """Add the job's files under jobs/NAME/src/ in `tar`; StagingError if the handler is absent."""
+def add_job_files(tar: tarfile.TarFile, plan: Plan, job: PlannedJob, *, s3_client=None) -> bytes:
+    """Add the job's files under jobs/NAME/src/ in `tar`; StagingError if the handler is absent.
+    Returns the handler's bytes (its directives are read from them, not again on the head node)."""
     if job.s3_uri:
         files = _s3_files(job.s3_uri, s3_client)
     else:
@@ -42,6 +43,7 @@ def add_job_files(tar: tarfile.TarFile, plan: Plan, job: PlannedJob, *, s3_clien
         info = tarfile.TarInfo(f"jobs/{job.name}/src/{relative}")
         info.size, info.mode = len(data), mode
         tar.addfile(info, io.BytesIO(data))
+    return files[PurePosixPath(job.handler).as_posix()][0]
 
 
 def fetch_script(plan: Plan, job: PlannedJob, *, job_dir: str, s3_client, artifacts_bucket: str) -> str:

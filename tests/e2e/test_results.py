@@ -89,7 +89,9 @@ def test_the_head_node_can_download_the_jobs_files_itself(local_cluster, tmp_pat
     moto's S3 served on 127.0.0.1); a local_path package goes once to the artifacts bucket."""
     project = tmp_path / "s3" / "inputs" / "proj"
     (project / "bin").mkdir(parents=True)
-    (project / "bin" / "run.sh").write_text("#!/bin/bash\ncat bin/../data.txt\n")
+    # a directive in a file only the head node has: read there (directive_lines_script)
+    (project / "bin" / "run.sh").write_text("#!/bin/bash\n#SBATCH --ntasks=2\necho \"$SLURM_NTASKS\"\n"
+                                            "cat bin/../data.txt\n")
     (project / "data.txt").write_text("fetched by the head node\n")
     local_job = tmp_path / "local"
     local_job.mkdir()
@@ -103,6 +105,6 @@ def test_the_head_node_can_download_the_jobs_files_itself(local_cluster, tmp_pat
                        s3_dir=tmp_path / "s3", on_finish=lambda r: seen.update(objects=objects()))
     assert report.status == "SUCCEEDED", report.cause
     execution = report.execution_arn.split(":")[-1]
-    assert seen["objects"][f"{execution}/remote/stdout"] == b"fetched by the head node\n"
+    assert seen["objects"][f"{execution}/remote/stdout"] == b"2\nfetched by the head node\n"
     assert seen["objects"][f"{execution}/packaged/stdout"] == b"local package\n"
     assert [k for k in seen["objects"] if k.startswith("packages/")] != []

@@ -55,6 +55,18 @@ def test_the_head_node_reads_the_same_lines_as_python(tmp_path):
         (record,) = jobscripts.parse_records(out)
         remote = directives.directives_of(directives.parse_candidates(jobscripts.unb64(record.fields[1])), syntax)
         assert remote == read_directives(text, syntax) and remote
+        assert directives.staged_directives(text.encode(), syntax) == remote   # ssh staging reads them here
+
+
+def test_a_handler_at_hand_is_read_up_to_the_head_nodes_limit_in_whole_lines():
+    syntax = SGE.DIRECTIVES                       # Grid Engine reads every line
+    line = "#$ -l h_rt=00:01:00 " + "x" * 80
+    many = "\n".join([line] * (directives.MAX_SCRIPT_BYTES // 80)) + "\n"
+    found = directives.staged_directives(many.encode(), syntax)
+    sent = sum(len(f"{d.line}\t{line}\n") for d in found)
+    assert 0 < len(found) < many.count("\n") and sent <= directives.MAX_SCRIPT_BYTES
+    assert all(d.options[:2] == ("-l", "h_rt=00:01:00") for d in found)   # no line cut short
+    assert directives.staged_directives(b"\x7fELF#$ -l h_rt=1\n#$ -pe smp 2\n", syntax) == []
 
 
 @pytest.mark.parametrize("scheduler, options, refused", [
