@@ -41,15 +41,10 @@ build: install
 	AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing PATH=$(CURDIR)/$(BIN):$$PATH \
 	  $(BIN)/sam build
 
-# The end-to-end runs mostly wait on the local cluster; the rest (unit, functional, deployment
-# tests) is CPU work: both at once, the rest's report printed after the end-to-end one's.
+# Two phases of two pytest processes each (scripts/run-tests.sh says why): the CPU-bound tests
+# beside the fault tests, which stop the rig's daemons; then the other end-to-end runs.
 test: install cluster-up
-	@rest=$$(mktemp -d); export PATH=$(CURDIR)/$(BIN):$$PATH; \
-	$(BIN)/pytest -ra -m "not e2e" -p no:cacheprovider --basetemp=$$rest/tmp > $$rest/log 2>&1 & pid=$$!; \
-	$(BIN)/pytest -ra -m e2e; e2e=$$?; \
-	wait $$pid; others=$$?; echo; echo "== unit, functional and deployment tests (run beside the above)"; \
-	cat $$rest/log; rm -rf $$rest; \
-	[ $$e2e -eq 0 ] && [ $$others -eq 0 ]
+	scripts/run-tests.sh
 
 # build first: its packages case measures what `sam build` ships.
 benchmark: install cluster-up build

@@ -17,8 +17,12 @@ Cases:
   lag       20 x `sleep 1`, sequential and parallel: the jobs' part of the run (first Submit
             Jobs to the last Poll Jobs round; the whole run's seconds are printed too) against
             the floor, and how long after each handler ended the round that reported it returned.
-  wide      1,000 x `true`, parallel: Submit Jobs, a polling round, Release Head Node (results
-            kept), and the largest state payload (the limit is 256 KiB).
+  wide      1,000 x `true`, parallel: Submit Jobs, a round's look at every job (without its
+            waiting and keeping), the results kept in all, Release Head Node, and the largest
+            state payload (the limit is 256 KiB: a run of more than 200 jobs keeps their
+            records in the artifacts bucket, so it does not grow with the jobs).
+  wider     the same with 10,000 jobs (several minutes).
+  graph     1,000 `true` jobs in a 10-level layered graph: validate's CPU time, and the run.
   follow    200 x `true`, sequential: CPU seconds of this whole process (run-local and the
             handlers it hosts), whose history reading must stay O(new events).
   packages  what `sam build` ships each python3.11 function (its package and layers, bytes) and
@@ -143,15 +147,15 @@ class Floor:
 # -- reading a run -----------------------------------------------------------------------------
 def reported_lags(report, stamps: Path) -> list[float]:
     """Per job: seconds from its handler's end to the end of the Poll Jobs round that
-    reported it ended."""
+    reported it ended (the round's record lists the jobs it changed)."""
     ends = {p.name: float(p.read_text()) for p in stamps.iterdir() if p.read_text().strip()}
     seen = {}
     for event in report.events:
         if event["type"] == "TaskStateExited" and event["stateExitedEventDetails"]["name"] == "Poll Jobs":
             run = json.loads(event["stateExitedEventDetails"]["output"]).get("run", {})
-            for name, job in run.get("jobs", {}).items():
-                if job.get("state") == "SUCCEEDED" and name not in seen:
-                    seen[name] = event["timestamp"].timestamp()
+            for change in run.get("changes") or []:
+                if change["state"] == "SUCCEEDED" and change["job"] not in seen:
+                    seen[change["job"]] = event["timestamp"].timestamp()
     return [seen[n] - ends[n] for n in ends if n in seen]
 
 
@@ -241,21 +245,80 @@ def lag_case(folder: Path, scheduler: str, floor: Floor) -> list[dict]:
     return rows
 
 
+class Timed:
+    """Wall time of every call of module.NAME in this process (run-local hosts the handlers)."""
+
+    def __init__(self, module, name: str):
+        self.module, self.name, self.seconds = module, name, []
+
+    def __enter__(self):
+        original = self.original = getattr(self.module, self.name)
+
+        def timed(*args, **kwargs):
+            began = time.monotonic()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds.append(time.monotonic() - began)
+        setattr(self.module, self.name, timed)
+        return self
+
+    def __exit__(self, *exc):
+        setattr(self.module, self.name, self.original)
+
+
 def wide_case(folder: Path, scheduler: str, floor: Floor, count: int = 1000) -> list[dict]:
+    """COUNT x `true` in parallel: Submit Jobs, a round's look at every job (its files and one
+    scheduler query, without the waiting and the keeping), the results kept (every call, in the
+    rounds and at the release), Release Head Node, and the largest state payload."""
+    from stepcluster import headnode, results
+
     cfg = config(folder, f"wide-{count}", count, "true", 2, "parallel")
-    report = execute(cfg, scheduler)
+    with Timed(headnode.HeadNodeWork, "_observe") as looks, Timed(results, "collect") as keeps:
+        report = execute(cfg, scheduler)
     d = report.durations
     polls = d.get("PollJobsFunction", [])
     floor_seconds = floor.jobs("true", count, parallel=True)
     jobs = jobs_seconds(report)
     return [row(f"{count} x true, parallel, wait_time 2", report, jobs_seconds=round(jobs, 2),
                 submit_s=round(sum(d.get("SubmitJobsFunction", [])), 2),
+                look_s_median=round(statistics.median(looks.seconds), 2) if looks.seconds else None,
+                look_s_max=round(max(looks.seconds), 2) if looks.seconds else None,
                 poll_round_median_s=round(statistics.median(polls), 2) if polls else None,
-                poll_round_max_s=round(max(polls), 2) if polls else None,
+                keep_s_total=round(sum(keeps.seconds), 2),
                 release_s=round(sum(d.get("ReleaseHeadNodeFunction", [])), 2),
                 largest_payload_bytes=largest_payload(report),
-                payload_bytes_per_job=round(largest_payload(report) / count),
                 floor_seconds=round(floor_seconds, 2), ratio=round(jobs / floor_seconds, 2))]
+
+
+def graph_case(folder: Path, scheduler: str, levels: int = 10, width: int = 100) -> list[dict]:
+    """A layered graph of LEVELS x WIDTH `true` jobs, each waiting for ten jobs of the level
+    before it: validate's time, then the run (each level goes out from the round that saw the
+    last job it waits for end)."""
+    job = folder / "graph"
+    job.mkdir(exist_ok=True)
+    (job / "run.sh").write_text("#!/bin/bash\ntrue\n")
+    names = [[f"l{level}j{i:03d}" for i in range(width)] for level in range(levels)]
+    lines = ["[order]", "parallel = " + ", ".join(n for row in names for n in row), ""]
+    for level, row in enumerate(names):
+        for i, name in enumerate(row):
+            lines += [f"[job {name}]", "handler = run.sh", "local_path = graph", "wait_time = 2"]
+            if level:
+                lines.append("depends_on = " + ", ".join(names[level - 1][k] for k in range(i % 10, width, 10)))
+            lines.append("")
+    cfg = folder / "graph.ini"
+    cfg.write_text("\n".join(lines))
+    from stepcluster.config import load_jobs_config
+
+    began = time.process_time()
+    load_jobs_config(str(cfg))
+    validate_s = time.process_time() - began
+    report = execute(cfg, scheduler)
+    jobs = jobs_seconds(report)
+    return [row(f"{levels * width} jobs in a {levels}-level graph (10 edges a job), wait_time 2", report,
+                validate_cpu_s=round(validate_s, 3), jobs_seconds=round(jobs, 2),
+                submit_jobs_calls=report.invocations.get("SubmitJobsFunction", 0),
+                largest_payload_bytes=largest_payload(report))]
 
 
 def follow_case(folder: Path, scheduler: str, count: int = 200) -> list[dict]:
@@ -304,7 +367,7 @@ def main() -> int:
     parser.add_argument("--scheduler", default="slurm", choices=["slurm", "sge"])
     parser.add_argument("--quick", action="store_true", help="the history and lag cases only")
     parser.add_argument("--long", action="store_true", help="also a 15-minute job under the 720 s window")
-    parser.add_argument("--only", choices=["history", "lag", "wide", "follow", "packages"])
+    parser.add_argument("--only", choices=["history", "lag", "wide", "wider", "graph", "follow", "packages"])
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     rows = []
@@ -314,7 +377,8 @@ def main() -> int:
             folder = Path(tmp)
             folder.chmod(0o755)
             wanted = [args.only] if args.only else (["history", "lag"] if args.quick else
-                                                    ["history", "lag", "wide", "follow", "packages"])
+                                                    ["history", "lag", "wide", "wider", "graph", "follow",
+                                                     "packages"])
             for case in wanted:
                 if case == "history":
                     rows += history_case(folder, args.scheduler, args.long)
@@ -322,6 +386,10 @@ def main() -> int:
                     rows += lag_case(folder, args.scheduler, floor)
                 elif case == "wide":
                     rows += wide_case(folder, args.scheduler, floor)
+                elif case == "wider":
+                    rows += wide_case(folder, args.scheduler, floor, count=10_000)
+                elif case == "graph":
+                    rows += graph_case(folder, args.scheduler)
                 elif case == "packages":
                     rows += packages_case()
                 else:

@@ -260,6 +260,9 @@ JobAcctGatherParams=OverMemoryKill
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 MinJobAge=3600
+# finished jobs stay listed for MinJobAge: room for the benchmark's 10,000-job run on top of an
+# hour of test runs (the default, 10,000 in all, makes sbatch wait for room)
+MaxJobCount=100000
 ReturnToService=2
 SchedulerParameters=sched_interval=1
 MpiDefault=none

@@ -27,8 +27,10 @@ RECOVER_WAIT_SECONDS = 2
 
 
 def recover_submissions(ssh, scheduler: Scheduler, execution: str, names: list[str],
-                        ran: set[str] = frozenset()) -> tuple[dict[str, str], list[str]]:
-    """Ask the scheduler, by each job's submission name, whether it has it.
+                        ran: set[str] = frozenset(),
+                        attempts: dict[str, int] | None = None) -> tuple[dict[str, str], list[str]]:
+    """Ask the scheduler, by each job's submission name (of its attempt: `attempts`, 1 when
+    not given), whether it has it.
 
     Returns ({job name: adopted id}, [job names it verifiably does not know]). SchedulerError
     when it cannot tell (not answering, or several jobs by one name): never a guess.
@@ -40,7 +42,7 @@ def recover_submissions(ssh, scheduler: Scheduler, execution: str, names: list[s
     for round_ in range(RECOVER_ROUNDS):
         if round_:
             time.sleep(RECOVER_WAIT_SECONDS)
-        found, unknown = _ask_by_name(ssh, scheduler, execution, pending)
+        found, unknown = _ask_by_name(ssh, scheduler, execution, pending, attempts or {})
         adopted.update(found)
         not_known += [n for n in unknown if n not in ran]
         pending = [n for n in unknown if n in ran]
@@ -50,11 +52,11 @@ def recover_submissions(ssh, scheduler: Scheduler, execution: str, names: list[s
                          f"lists no job by their names: not submitting them again", scheduler=scheduler.name)
 
 
-def _ask_by_name(ssh, scheduler: Scheduler, execution: str,
-                 names: list[str]) -> tuple[dict[str, str], list[str]]:
+def _ask_by_name(ssh, scheduler: Scheduler, execution: str, names: list[str],
+                 attempts: dict[str, int]) -> tuple[dict[str, str], list[str]]:
     commands = []
     for name in names:
-        argv = scheduler.recover_argv(jobscripts.submission_name(execution, name))
+        argv = scheduler.recover_argv(jobscripts.submission_name(execution, name, attempts.get(name, 1)))
         if argv is None:
             raise SchedulerError(f"job {name!r} may have been submitted by an earlier attempt, and "
                                  f"{scheduler.name} cannot be asked by name: not submitting it again",
@@ -68,7 +70,7 @@ def _ask_by_name(ssh, scheduler: Scheduler, execution: str,
         if name not in answers:
             raise SchedulerError(f"no answer from {scheduler.name} about job {name!r}: {out.tail()}",
                                  scheduler=scheduler.name)
-        sched_name = jobscripts.submission_name(execution, name)
+        sched_name = jobscripts.submission_name(execution, name, attempts.get(name, 1))
         ids = scheduler.parse_recover(answers[name], sched_name)
         if len(ids) > 1:
             raise SchedulerError(f"{scheduler.name} has several jobs named {sched_name!r} ({', '.join(ids)}): "

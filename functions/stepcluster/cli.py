@@ -75,11 +75,16 @@ def cmd_run_local(args) -> int:
     from stepcluster.local.parameters import settings_from_overrides
 
     progress = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    if args.resume and not args.artifacts_dir:
+        print("stepcluster: --resume reads the earlier run's manifest from --artifacts-dir (the folder "
+              "that run wrote its results to): give it", file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         overrides = settings_from_overrides(args.parameter_overrides or [])
         report = run_local(args.config, args.cluster_name, scheduler=args.scheduler,
                            backend=args.backend, progress=progress, timeout=args.timeout,
                            s3_dir=args.s3_dir, artifacts_dir=args.artifacts_dir, staging=args.staging,
+                           resume=args.resume,
                            settings_overrides=overrides)
     except ConfigError as exc:
         _print_problems(exc)
@@ -217,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--artifacts-dir", type=Path, default=None,
                    help="after the run, write what it kept in the artifacts bucket here (same keys)")
     p.add_argument("--timeout", type=float, default=3600, help="give up after this many seconds")
+    p.add_argument("--resume", default=None, metavar="EXECUTION",
+                   help="do not run again what this earlier execution finished (its manifest is read "
+                        "from --artifacts-dir)")
     p.add_argument("--parameter-overrides", nargs="+", metavar="KEY=VALUE",
                    help="template parameters, as `sam deploy` takes them (BlockedJobTimeoutSeconds=20 "
                         "ClusterPollSeconds=5 ...): checked against template.yaml's constraints")

@@ -80,7 +80,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stepcluster import inifile, resources
+from stepcluster import graph, inifile, resources
 from stepcluster.errors import ConfigError, Problem
 from stepcluster.errors import escape_unsafe as _escape_unsafe
 from stepcluster.inifile import short as _short
@@ -102,6 +102,10 @@ MIN_WAIT_TIME = 1
 MAX_WAIT_TIME = 240
 MAX_CONFIG_BYTES = 1024 * 1024
 MAX_JOB_NAME = 64
+MAX_RETRIES = 10
+#: [order] on_failure: "cancel" ends the run at the first failed job (the seed's rule);
+#: "finish" lets the jobs that do not wait for a failed one finish first.
+ON_FAILURE = ("cancel", "finish")
 MAX_S3_KEY_BYTES = 1024
 
 JOB_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -109,6 +113,7 @@ SECTION_WORDS = ("order", "job")
 
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_STATE_WORD_RE = re.compile(r"[A-Za-z][A-Za-z_]{0,39}")
 #: Unicode categories refused in values and escaped in rendered problems: controls (C0, DEL, C1),
 #: format characters (bidi overrides such as U+202E, zero-width ones), line and paragraph
 #: separators (U+2028, U+2029), and lone surrogates (which cannot even be printed).
@@ -137,6 +142,12 @@ class JobSpec:
     local_path: str | None
     wait_time: int
     resources: resources.Resources = resources.Resources()
+    #: the jobs it waits for ([order] parallel only): it starts once every one has succeeded
+    depends_on: tuple[str, ...] = ()
+    #: submitted again up to this many times after a failure that `retry_on` names (exit codes
+    #: as strings, scheduler state words; empty: any failure)
+    retries: int = 0
+    retry_on: tuple[str, ...] = ()
     #: where each key is written (key -> line; "" -> the [job NAME] header), for problems found
     #: later (a resource its scheduler cannot express, a refused scheduler option)
     lines: dict = field(default_factory=dict, compare=False, repr=False)
@@ -148,10 +159,18 @@ class JobsConfig:
     order: str
     jobs: tuple[JobSpec, ...]
     warnings: tuple[Problem, ...] = ()
+    #: "cancel" (the first failed job ends the run) or "finish" (independent jobs go on first)
+    on_failure: str = "cancel"
 
     def summary(self) -> str:
         names = [job.name for job in self.jobs]
         count = f"{len(names)} job" + ("" if len(names) == 1 else "s")
+        if self.order == "parallel" and any(job.depends_on for job in self.jobs):
+            levels = graph.levels({job.name: job.depends_on for job in self.jobs})
+            shown = "; ".join(f"{i}: {_abbreviate(level, ', ')}" for i, level in enumerate(levels[:10]))
+            more = f"; and {len(levels) - 10} more levels" if len(levels) > 10 else ""
+            return _escape_unsafe(f"{self.path}: {count} in a graph of {len(levels)} levels "
+                                  f"(each job after those it depends on): {shown}{more}")
         if self.order == "parallel":
             return _escape_unsafe(f"{self.path}: {count} in parallel: {_abbreviate(names, ', ')}")
         return _escape_unsafe(f"{self.path}: {count}, sequential: {_abbreviate(names, ' -> ')}")
@@ -316,7 +335,8 @@ class _Checker:
         )
         if result is None:  # there are errors: check() returns None after reporting one
             _raise(errors, warnings)
-        return JobsConfig(self.path, result[0], tuple(result[1]), warnings)
+        order, jobs, options = result
+        return JobsConfig(self.path, order, tuple(jobs), warnings, **options)
 
     def header(self, section: inifile.Section) -> bool:
         """The reader's `on_header`: classify the section; True if its keys are to be read."""
@@ -353,7 +373,7 @@ class _Checker:
                 "section is missing: add [order] with 'sequential = a, b' or 'parallel = a, b'",
             )
             return None
-        order_kind, listed = _SectionKeys(self, orders[0]).check_order()
+        order_kind, listed, options = _SectionKeys(self, orders[0]).check_order()
         if order_kind is None:
             # Still warn about sections nothing lists? Without a valid list we cannot say.
             return None
@@ -366,10 +386,49 @@ class _Checker:
                     f"job {section.name!r} is not listed in [order] {order_kind}, "
                     "so it will not run",
                 )
+        sections = {s.name: s for s in job_sections}
+        self.check_graph(order_kind, listed, values, sections)
         if self.has_errors():
             return None
-        sections = {s.name: s for s in job_sections}
-        return order_kind, [_job_spec(name, values[name], sections[name]) for name in listed]
+        return order_kind, [_job_spec(name, values[name], sections[name]) for name in listed], options
+
+    def check_graph(self, order_kind: str, listed: list[str], values: dict, sections: dict) -> None:
+        """Each depends_on names listed jobs other than its own, under [order] parallel, and
+        the jobs' waits make no cycle (named as a path, at the line of its first job's key)."""
+        waits: dict[str, tuple[str, ...]] = {}
+        listed_set = set(listed)
+        for name in listed:
+            depends = (values.get(name) or {}).get("depends_on")
+            entry = sections[name].entries.get("depends_on") if name in sections else None
+            if depends is None or entry is None:
+                continue
+
+            def error(message, entry=entry, name=name):
+                self.error(entry.line, sections[name].raw, entry.key, message)
+            if order_kind == "sequential":
+                error("needs [order] parallel: a sequential run is already a chain (each job "
+                      "waits for the one before it); list the jobs under 'parallel' to make a graph")
+                continue
+            for other in depends:
+                if other == name:
+                    error(f"job {name!r} cannot depend on itself")
+                elif other in listed_set:
+                    continue
+                elif other in sections:
+                    error(f"job {other!r} is not listed in [order] parallel, so it never runs "
+                          f"and {name!r} would wait for ever")
+                else:
+                    close = difflib.get_close_matches(other, listed, n=1, cutoff=0.7)
+                    hint = f"; did you mean {close[0]!r}?" if close else ""
+                    error(f"job {other!r} has no [job {other}] section{hint}")
+            waits[name] = tuple(o for o in depends if o in listed_set and o != name)
+        cycle = graph.find_cycle({name: waits.get(name, ()) for name in listed})
+        if cycle:
+            first = sections[cycle[0]]
+            entry = first.entries["depends_on"]
+            self.error(entry.line, first.raw, entry.key,
+                       f"the jobs wait for each other in a cycle: {' -> '.join(cycle)} "
+                       "(each waits for the next): none of them could start")
 
     def check_case(self, job_sections: list[_Header]) -> None:
         """Job names that differ only in case."""
@@ -403,11 +462,19 @@ class _SectionKeys:
         return validator(entry.value, _Field(self.checker, self.section, entry, checked))
 
     def check_order(self):
-        """(kind, the job names listed) of the [order] section; (None, []) if it has none."""
+        """(kind, the job names listed, {option: value}) of the [order] section; (None, [], {})
+        if it has no valid list."""
         for norm, entry in self.entries.items():
             if norm not in ORDER_KEYS:
                 self.unknown_key(entry, ORDER_KEYS, JOB_KEYS, "[job NAME] sections")
-        present = [self.entries[k] for k in ORDER_KEYS if k in self.entries]
+        options = {}
+        for key, validator in _ORDER_OPTIONS.items():
+            entry = self.entries.get(key)
+            if entry is not None:
+                value = self.validate(validator, entry, {})
+                if value is not None:
+                    options[key] = value
+        present = [self.entries[k] for k in _ORDER_VALIDATORS if k in self.entries]
         if not present:
             self.error(
                 None,
@@ -415,7 +482,7 @@ class _SectionKeys:
                 "needs exactly one of 'sequential' or 'parallel' "
                 "(a comma-separated list of job names)",
             )
-            return None, []
+            return None, [], options
         if len(present) > 1:
             first, second = sorted(present, key=lambda e: e.line)
             self.error(
@@ -424,10 +491,10 @@ class _SectionKeys:
                 f"'sequential' and 'parallel' are both set (the other on line {first.line}): "
                 "set exactly one",
             )
-            return None, []
+            return None, [], options
         (entry,) = present
         names = self.validate(_ORDER_VALIDATORS[entry.norm], entry, {})
-        return (None, []) if names is None else (entry.norm, names)
+        return (None, [], options) if names is None else (entry.norm, names, options)
 
     def check_job(self) -> dict:
         """The checked values of a [job NAME] section, by key (problems reported as found)."""
@@ -508,6 +575,9 @@ def _job_spec(name: str, values: dict, section: _Header) -> JobSpec:
         s3_uri=values.get("s3_uri"),
         local_path=values.get("local_path"),
         wait_time=values.get("wait_time", DEFAULT_WAIT_TIME),
+        depends_on=values.get("depends_on") or (),
+        retries=values.get("retries") or 0,
+        retry_on=values.get("retry_on") or (),
         resources=resources.Resources(**{
             field: values[key] for key, field in _RESOURCE_FIELDS.items() if values.get(key) is not None}),
         lines={"": section.line, **{key: entry.line for key, entry in section.entries.items()}},
@@ -862,6 +932,69 @@ def _wait_time(value: str, field: _Field) -> int | None:
     )
 
 
+def _depends_on(value: str, field: _Field) -> tuple[str, ...] | None:
+    """``depends_on``: the jobs this one waits for, comma-separated (checked against [order]
+    once the whole file is read: `_Checker.check_graph`)."""
+    items = _list_items(value, field)
+    if items is None:
+        return None
+    seen: dict[str, str] = {}
+    names = []
+    for item in (i for i in items if i):
+        problem = _list_item_problem(item, seen)
+        if problem:
+            field.error(problem)
+            continue
+        seen[item.casefold()] = item
+        names.append(item)
+    return tuple(names)
+
+
+def _retries(value: str, field: _Field) -> int | None:
+    """``retries``: how many times a failed job is submitted again, 0..MAX_RETRIES."""
+    number = _small_int(value, 0, MAX_RETRIES)
+    if number is None:
+        return field.error(f"must be an integer from 0 to {MAX_RETRIES} (times a failed job is "
+                           f"submitted again), got {_short(value)}")
+    return number
+
+
+def _retry_on(value: str, field: _Field) -> tuple[str, ...] | None:
+    """``retry_on``: the failures worth a retry, comma-separated: exit codes (1..255; a job
+    killed by signal N also counts as 128+N, as a shell reports it) and the scheduler's state
+    words (NODE_FAIL, PREEMPTED, TIMEOUT, OUT_OF_MEMORY, ...)."""
+    items = [item.strip() for item in value.split(",")]
+    if not any(items):
+        return field.error("empty list: name exit codes or scheduler states, e.g. '137, NODE_FAIL'")
+    found: list[str] = []
+    for item in items:
+        if not item:
+            field.error("empty item in the list (a stray comma)")
+        elif item.isdigit():
+            code = _small_int(item, 1, 255)
+            if code is None:
+                field.error(f"{_short(item)} is not an exit code a retry can follow (1 to 255)")
+            elif str(code) not in found:
+                found.append(str(code))
+        elif _STATE_WORD_RE.fullmatch(item):
+            if item.upper() not in found:
+                found.append(item.upper())
+        else:
+            field.error(f"{_short(item)} is neither an exit code nor a scheduler state word "
+                        "(letters and _, e.g. NODE_FAIL)")
+    if "retries" not in field.section.entries:
+        field.warn("has no effect without 'retries = N' (the job is not retried)")
+    return tuple(found)
+
+
+def _on_failure(value: str, field: _Field) -> str | None:
+    """``on_failure`` in [order]: cancel (default) or finish."""
+    if value in ON_FAILURE:
+        return value
+    return field.error(f"must be one of {', '.join(ON_FAILURE)} (what a failed job does to the "
+                       f"rest of the run), got {_short(value)}")
+
+
 def _resource(parse):
     """A validator from one of `resources`' parsers: (value, None) or (None, what is wrong)."""
 
@@ -896,12 +1029,20 @@ _JOB_VALIDATORS = {
     "queue": _resource(resources.parse_queue),
     "scheduler_options": _resource(resources.parse_options),
     "array": _resource(resources.parse_array),
+    # a graph, and second chances (beyond the seed's grammar; README "Workflows")
+    "depends_on": _depends_on,
+    "retries": _retries,
+    "retry_on": _retry_on,
 }
 #: resource keys -> the fields of `resources.Resources` they fill
 _RESOURCE_FIELDS = {"nodes": "nodes", "tasks": "tasks", "cpus_per_task": "cpus_per_task",
                     "memory": "memory_kib", "time_limit": "time_limit", "queue": "queue",
                     "scheduler_options": "scheduler_options", "array": "array"}
-ORDER_KEYS = tuple(_ORDER_VALIDATORS)
+#: [order]'s other keys: how the run goes on.
+_ORDER_OPTIONS = {
+    "on_failure": _on_failure,
+}
+ORDER_KEYS = (*_ORDER_VALIDATORS, *_ORDER_OPTIONS)
 JOB_KEYS = tuple(_JOB_VALIDATORS)
 #: Job keys whose validator points out an inline comment itself: the others get a warning when
 #: their value looks like it ends with one.

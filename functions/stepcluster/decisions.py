@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Mapping, Sequence
 
+from stepcluster import graph
 from stepcluster.errors import SchedulerError
 from stepcluster.record import JobRecord, JobState, Phase, Run
 from stepcluster.schedulers import Category, JobStatus
@@ -99,6 +100,20 @@ class Limits:
     @property
     def watching(self) -> bool:
         return self.poll_window_seconds > 0
+
+
+@dataclass(frozen=True)
+class RetryRule:
+    """A job's second chances: its config's `retries` and `retry_on` (exit codes as text,
+    scheduler state words; empty: any failure)."""
+
+    retries: int
+    retry_on: tuple[str, ...] = ()
+
+
+#: The reason of a job failed for being blocked: the scheduler would block it again, so it is
+#: never retried.
+BLOCKED_REASON = "cannot start by itself"
 
 
 @dataclass(frozen=True)
@@ -219,7 +234,7 @@ def _blocked(job: JobRecord, status: JobStatus, now: int, limits: Limits) -> Job
     limit = limits.blocked_job_timeout_seconds
     if now - since >= limit:
         return job.but(state=JobState.FAILED, ended=iso(now), blocked_since=None,
-                       reason=f"cannot start by itself ({status.blocked}) and did not within {limit} s")
+                       reason=f"{BLOCKED_REASON} ({status.blocked}) and did not within {limit} s")
     return job.but(blocked_since=since)
 
 
@@ -238,12 +253,15 @@ def _missing_for(job: JobRecord, status: JobStatus, scheduler: str, now: int, li
 # -- the run ---------------------------------------------------------------------------------
 
 def apply_round(run: Run, observations: Mapping[str, JobObservation], *, scheduler: str,
-                now: int, limits: Limits, scheduler_failure: str | None = None) -> tuple[Run, list[str]]:
+                now: int, limits: Limits, scheduler_failure: str | None = None,
+                retries: Mapping[str, RetryRule] | None = None) -> tuple[Run, list[str]]:
     """The record after one round over its active jobs, and the jobs that changed state.
 
     `scheduler_failure` is what the scheduler's status command printed when it failed (the
     controller down): the round then judges only jobs whose wrapper recorded a result, leaves
-    the others as they were (not missing, not blocked: unknown), and notes the outage."""
+    the others as they were (not missing, not blocked: unknown), and notes the outage.
+    A job that failed in a way its `retries` rule forgives becomes its next attempt, not yet
+    submitted (`next_attempt`)."""
     run = run.copy()
     run.polls = (run.polls or 0) + 1
     if scheduler_failure is None:
@@ -258,10 +276,68 @@ def apply_round(run: Run, observations: Mapping[str, JobObservation], *, schedul
         if scheduler_failure is not None and not observation.result:
             continue
         after = observe(before, name, observation, scheduler=scheduler, now=now, limits=limits)
+        if retry_due(after, (retries or {}).get(name)):
+            after = next_attempt(after)
         run.jobs[name] = after
         if after.state != before.state:
             changed.append(name)
     return run, changed
+
+
+def retry_due(job: JobRecord, rule: RetryRule | None) -> bool:
+    """Whether a job that ended now gets another attempt: it failed (not cancelled), after it
+    was submitted, not for being blocked, with attempts left, in a way `retry_on` names (an
+    exit code, also as 128 + the signal that killed it, or the scheduler's state word)."""
+    if rule is None or job.state != JobState.FAILED or not job.job_id:
+        return False
+    if (job.attempt or 1) > rule.retries or (job.reason or "").startswith(BLOCKED_REASON):
+        return False
+    if not rule.retry_on:
+        return True
+    codes = {int(w) for w in rule.retry_on if w.isdigit()}
+    if job.exit_code in codes or (job.signal and 128 + job.signal in codes):
+        return True
+    return (job.scheduler_state or "").split(" ")[0].upper() in rule.retry_on
+
+
+def next_attempt(job: JobRecord) -> JobRecord:
+    """The job as its next attempt, to be submitted: the attempt that ended kept in `attempts`
+    (its files are moved to JOB/attempt-K/ on the head node when the next one is submitted)."""
+    ended = {"attempt": job.attempt or 1, "job_id": job.job_id, "state": job.state.value,
+             "exit_code": job.exit_code, "signal": job.signal, "scheduler_state": job.scheduler_state,
+             "reason": job.reason, "started": job.started, "ended": job.ended}
+    return JobRecord(attempt=(job.attempt or 1) + 1,
+                     attempts=[*(job.attempts or []), {k: v for k, v in ended.items() if v is not None}])
+
+
+def prerequisites_of(run: Run, prerequisites: Mapping[str, Sequence[str]] | None) -> Mapping[str, Sequence[str]]:
+    """The plan's graph, or the order's own (a chain, or a fan) when none is given."""
+    if prerequisites is not None:
+        return prerequisites
+    names = list(run.jobs)
+    return graph.chain(names) if run.order == "sequential" else {name: () for name in names}
+
+
+def ready_jobs(run: Run, prerequisites: Mapping[str, Sequence[str]] | None = None) -> list[str]:
+    """The jobs to submit now, in plan order: not started, each job they wait for succeeded (a
+    sequential run's next job; a parallel run's jobs whose dependencies are done; a job's next
+    attempt)."""
+    graph_of = prerequisites_of(run, prerequisites)
+    jobs = run.jobs
+    return [name for name, job in jobs.items() if job.state == JobState.NOT_STARTED
+            and all(jobs[p].state == JobState.SUCCEEDED for p in graph_of.get(name, ()))]
+
+
+def blamed_jobs(run: Run, changed: Sequence[str], *, on_failure: str = "cancel",
+                prerequisites: Mapping[str, Sequence[str]] | None = None) -> list[str]:
+    """The failed jobs the run's cause describes now (their stderr tails are read for it): the
+    ones that failed in this round, or with on_failure "finish", once nothing is left to run,
+    every failed job of the run."""
+    if on_failure != "finish":
+        return failed_jobs(run, changed)
+    if run.active_jobs() or ready_jobs(run, prerequisites):
+        return []
+    return failed_jobs(run, list(run.jobs))
 
 
 def ended_jobs(run: Run, names: Sequence[str]) -> list[str]:
@@ -277,27 +353,29 @@ def failed_jobs(run: Run, names: Sequence[str]) -> list[str]:
 def decide(run: Run, changed: Sequence[str], *, wait_times: Mapping[str, int], scheduler: str,
            stderr_tails: Mapping[str, str] | None = None, now: int | None = None,
            limits_in_stderr: Mapping[str, str] | None = None,
-           limits: Limits | None = None) -> Decision:
+           limits: Limits | None = None, prerequisites: Mapping[str, Sequence[str]] | None = None,
+           on_failure: str = "cancel") -> Decision:
     """What comes next, given the record after a round (or a submission).
 
-    The first job (in the round's order) that ended badly fails the run; otherwise a scheduler
-    silent for longer than the limit fails it; otherwise a run past MaxRunMinutes with jobs
-    left fails (its teardown cancels them and keeps their results); otherwise jobs in flight
-    mean waiting (never past that limit); otherwise, sequential with jobs left: the next one;
-    otherwise done."""
+    The first job (in the round's order) that ended badly fails the run (with on_failure
+    "finish": once nothing else can run, every failed job does); otherwise a scheduler silent
+    for longer than the limit fails it; otherwise a run past MaxRunMinutes with jobs left fails
+    (its teardown cancels them and keeps their results); otherwise jobs ready to start (their
+    prerequisites succeeded) are submitted; otherwise jobs in flight mean waiting (never past
+    that limit); otherwise done."""
     run = run.copy()
-    failed = failed_jobs(run, changed)
+    blamed = blamed_jobs(run, changed, on_failure=on_failure, prerequisites=prerequisites)
     silent = (now - run.scheduler_silent_since
               if now is not None and limits is not None and run.scheduler_silent_since is not None else None)
     left = _time_left(run, now, limits)
-    unfinished = run.active_jobs() or (run.order == "sequential" and run.next < len(run.jobs))
-    if failed:
-        name = failed[0]
+    ready = ready_jobs(run, prerequisites)
+    unfinished = run.active_jobs() or ready
+    if blamed:
         run.phase = Phase.FAILED
-        run.failure = {"Error": "JobFailed",
-                       "Cause": describe_failure(name, run.jobs[name], scheduler,
-                                                 (stderr_tails or {}).get(name, ""),
-                                                 (limits_in_stderr or {}).get(name))}
+        causes = [describe_failure(name, run.jobs[name], scheduler, (stderr_tails or {}).get(name, ""),
+                                   (limits_in_stderr or {}).get(name)) for name in blamed]
+        run.failure = {"Error": "JobFailed", "Cause": causes[0] if on_failure != "finish" else
+                       _failures(run, blamed, causes, prerequisites_of(run, prerequisites))}
     elif silent is not None and silent >= limits.scheduler_outage_seconds:
         run.phase = Phase.FAILED
         run.failure = {"Error": "SchedulerUnavailable",
@@ -306,16 +384,39 @@ def decide(run: Run, changed: Sequence[str], *, wait_times: Mapping[str, int], s
     elif left is not None and left <= 0 and unfinished:
         run.phase = Phase.FAILED
         run.failure = {"Error": "RunTimeLimitReached", "Cause": _over_time(run, limits, scheduler)}
+    elif ready:
+        run.phase = Phase.NEXT
     elif run.active_jobs():
         run.phase = Phase.WATCHING if limits is not None and limits.watching else Phase.RUNNING
-    elif run.order == "sequential" and run.next < len(run.jobs):
-        run.phase = Phase.NEXT
     else:
         run.phase = Phase.SUCCEEDED
     run.wait_seconds = wait_seconds(run, wait_times)
     if left is not None and left > 0:
         run.wait_seconds = min(run.wait_seconds, left)     # the round that ends it comes on time
     return Decision(run, tuple(changed), PHASE_ACTIONS[run.phase], run.wait_seconds, run.failure)
+
+
+#: A run whose failed jobs all go into its cause (on_failure "finish") describes this many in
+#: full (Step Functions keeps 32,768 characters of a cause) and names the rest.
+DESCRIBED_FAILURES = 10
+
+
+def _failures(run: Run, names: Sequence[str], causes: Sequence[str],
+              prerequisites: Mapping[str, Sequence[str]]) -> str:
+    """The cause of a run that let its independent jobs finish: every failed job, and the jobs
+    that never started because they wait for one."""
+    waiting = graph.dependents(prerequisites, names)
+    never = [n for n, job in run.jobs.items() if n in waiting and job.state == JobState.NOT_STARTED]
+    failed = _names(list(names))
+    text = (f"{failed[0].upper()}{failed[1:]} failed; the jobs that did not wait for "
+            f"{'it' if len(names) == 1 else 'them'} ran to their end ([order] on_failure = finish)")
+    if never:
+        text += f", and {_names(never)} that did never started"
+    each = max(500, 24_000 // min(len(causes), DESCRIBED_FAILURES))
+    shown = [cause[:each] for cause in causes[:DESCRIBED_FAILURES]]
+    more = (f"\n\n(and {len(causes) - DESCRIBED_FAILURES} more failed jobs: see the manifest)"
+            if len(causes) > DESCRIBED_FAILURES else "")
+    return text + ".\n\n" + "\n\n".join(shown) + more
 
 
 def _time_left(run: Run, now: int | None, limits: Limits | None) -> int | None:
@@ -356,7 +457,8 @@ def wait_seconds(run: Run, wait_times: Mapping[str, int]) -> int:
 
 
 def next_look(run: Run, changed: Sequence[str], *, now: int, wait_times: Mapping[str, int],
-              window_left: float, limits: Limits, scheduler: str, silent_at_start: bool = False) -> float:
+              window_left: float, limits: Limits, scheduler: str, silent_at_start: bool = False,
+              prerequisites: Mapping[str, Sequence[str]] | None = None, on_failure: str = "cancel") -> float:
     """Seconds until a watching round looks at its jobs again; 0: the round reports now.
 
     A round reports as soon as one of its jobs ended (its results are kept and, sequential, the
@@ -378,7 +480,8 @@ def next_look(run: Run, changed: Sequence[str], *, now: int, wait_times: Mapping
     start_reports = [_start_reported_in(run.jobs[name], wait_times[name], now) for name in starts]
     if 0 in start_reports:
         return 0
-    probe = decide(run, changed, wait_times=wait_times, scheduler=scheduler, now=now, limits=limits)
+    probe = decide(run, changed, wait_times=wait_times, scheduler=scheduler, now=now, limits=limits,
+                   prerequisites=prerequisites, on_failure=on_failure)
     if probe.action != Action.WAIT:
         return 0
     waits = [wait_times[name] for name in run.active_jobs()]
@@ -406,15 +509,19 @@ def unkept_jobs(run: Run) -> list[str]:
     return [n for n, j in run.jobs.items() if j.state.ended and j.job_id and not j.kept]
 
 
-def next_batch(run: Run, plan_order: Sequence[str]) -> tuple[Run, list[str]]:
-    """The jobs Submit Jobs sends now: the next one (sequential, advancing `next`) or every job
-    not started yet (parallel)."""
+def next_batch(run: Run, plan_order: Sequence[str],
+               prerequisites: Mapping[str, Sequence[str]] | None = None) -> tuple[Run, list[str]]:
+    """The jobs Submit Jobs sends now: those ready (`ready_jobs`: a sequential run's next one,
+    a parallel run's jobs whose prerequisites succeeded, a job's next attempt); `next` says
+    how far a sequential run has come."""
     run = run.copy()
-    if run.order == "sequential":
-        batch = [plan_order[run.next]]
-        run.next += 1
-        return run, batch
-    return run, [name for name in plan_order if run.jobs[name].state == JobState.NOT_STARTED]
+    if prerequisites is None and run.order == "sequential":
+        prerequisites = graph.chain(list(plan_order))
+    ready = set(ready_jobs(run, prerequisites))
+    batch = [name for name in plan_order if name in ready]
+    if run.order == "sequential" and batch:
+        run.next = max(run.next, list(plan_order).index(batch[-1]) + 1)
+    return run, batch
 
 
 def submitted(run: Run, job_ids: Mapping[str, str], *, wait_times: Mapping[str, int],
@@ -533,6 +640,13 @@ def found_on_head_node(found: Mapping[str, tuple[str | None, str]], *, now: int)
     return jobs
 
 
+def _attempt_line(attempt: dict, scheduler: str) -> str:
+    how = (f"killed by signal {attempt['signal']}" if attempt.get("signal") else
+           f"exit code {attempt['exit_code']}" if attempt.get("exit_code") is not None else
+           attempt.get("scheduler_state") or attempt.get("state", "?"))
+    return f"{attempt.get('attempt', '?')} ({scheduler} job {attempt.get('job_id')}) {how}"
+
+
 def describe_failure(name: str, job: JobRecord, scheduler: str, stderr_tail: str,
                      limit: str | None = None) -> str:
     """The failure cause: job, scheduler id, final state, exit code or signal, the limit it
@@ -545,10 +659,14 @@ def describe_failure(name: str, job: JobRecord, scheduler: str, stderr_tail: str
     elif job.exit_code is not None:
         parts.append(f"with exit code {job.exit_code}")
     text = " ".join(parts)
+    if job.attempt:
+        text += f" on its attempt {job.attempt}"
     if job.reason:
         text += f"; reason: {job.reason}"
     if limit and "limit" not in (job.reason or ""):
         text += f"; it passed its {limit}"
+    if job.attempts:
+        text += "; earlier attempts: " + "; ".join(_attempt_line(a, scheduler) for a in job.attempts)
     if stderr_tail.strip():
         text += f"\nLast lines of its stderr:\n{stderr_tail.strip()}"
     return text

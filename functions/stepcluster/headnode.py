@@ -13,7 +13,7 @@ import io
 import tarfile
 import time
 
-from stepcluster import adoption, decisions, directives, jobrequests, jobscripts, logs, results, staging
+from stepcluster import adoption, decisions, directives, jobrequests, jobscripts, logs, results, resume, staging
 from stepcluster.decisions import JobObservation, Limits
 from stepcluster.errors import (HeadNodeError, InputError, RequestRefused, SchedulerError, SchedulerUnavailable,
                                StagingError, TransientSSHError)
@@ -81,33 +81,64 @@ class HeadNodeWork:
     # -- Submit Jobs -----------------------------------------------------------------------
     def submit_jobs(self, run: Run) -> Run:
         """Stage and submit the next job (sequential) or all jobs (parallel)."""
+        run = self._resumed(run)
         with self.connect(run) as ssh:
             return self._submit(run, ssh)
 
+    def _resumed(self, run: Run) -> Run:
+        """A resumed run's first Submit Jobs: the jobs the earlier run finished are SUCCEEDED
+        here, not run again (resume.py; Create Cluster checked the reference)."""
+        if not run.resume or "skipped" in run.resume:
+            return run
+        w = self.wiring
+        manifest = resume.earlier_manifest(w.s3, w.settings.artifacts_bucket, run.resume["from"], None)
+        skipped = resume.skipped_jobs(manifest, self._digests(), w.plan.prerequisites)
+        run = run.copy()
+        run.jobs.update(skipped)
+        run.resume = {**run.resume, "skipped": len(skipped)}
+        log.info("resuming %s: %d of %d jobs finished there are not run again", run.resume["from"],
+                 len(skipped), len(run.jobs))
+        return run
+
+    def _digests(self) -> dict[str, str]:
+        return {job.name: job.work_digest for job in self.wiring.plan.jobs}
+
     def _submit(self, run: Run, ssh) -> Run:
         plan = self.wiring.plan
-        run, names = decisions.next_batch(run, plan.names)
+        run, names = decisions.next_batch(run, plan.names, plan.prerequisites)
         batch = [plan.job(name) for name in names]
         scheduler = self.scheduler(run)
+        again = {name: run.jobs[name].attempt for name in names if run.jobs[name].attempt}
+        if again:
+            # a job's next attempt: the last one's files go to JOB/attempt-K/ first (kept with
+            # the job's results), so that this one starts with none of them
+            ssh.run_script(jobscripts.next_attempt_script(run.run_dir, again))
+        # One upload when the function holds every handler (ssh staging): the files and the
+        # wrappers, whose headers carry the handlers' directives, in one tar. A head node that
+        # fetches the files itself shows the handlers first, so the wrappers follow them.
         try:
-            bundle, fetches, handlers = self._stage(run, batch)
-        except _NotStaged as exc:
+            bundle = io.BytesIO()
+            with tarfile.open(fileobj=bundle, mode="w:gz") as tar:
+                fetches, handlers = self._stage(run, batch, tar)
+                if not fetches:
+                    requests = self._requests(ssh, scheduler, run, batch, handlers)
+                    self._add_wrappers(tar, run, batch, requests)
+            ssh.run(["tar", "-xzf", "-", "-C", run.run_dir], stdin=bundle.getvalue())
+            if fetches:
+                self._fetch_on_head_node(ssh, batch, fetches)
+                requests = self._requests(ssh, scheduler, run, batch, handlers)
+                wrappers = io.BytesIO()
+                with tarfile.open(fileobj=wrappers, mode="w:gz") as tar:
+                    self._add_wrappers(tar, run, batch, requests)
+                ssh.run(["tar", "-xzf", "-", "-C", run.run_dir], stdin=wrappers.getvalue())
+        except _NotSubmittable as exc:
             return decisions.failed_before_submit(run, exc.name, exc.why, now=_now())
-        ssh.run(["tar", "-xzf", "-", "-C", run.run_dir], stdin=bundle)
-        if fetches:
-            failed = self._fetch_on_head_node(ssh, batch, fetches)
-            if failed:
-                return decisions.failed_before_submit(run, *failed, now=_now())
-        requests = self._requests(ssh, scheduler, run, batch, handlers)
-        refused = next(((name, why) for name, why in requests.items() if isinstance(why, str)), None)
-        if refused:
-            return decisions.failed_before_submit(run, *refused, now=_now())
-        ssh.run(["tar", "-xzf", "-", "-C", run.run_dir], stdin=self._wrappers(run, batch, requests))
         submissions = []
         for job in batch:
             d = jobscripts.job_dir(run.run_dir, job.name)
             submissions.append((job.name, scheduler.submit_argv(
-                f"{d}/run.sh", job_name=jobscripts.submission_name(run.execution, job.name),
+                f"{d}/run.sh", job_name=jobscripts.submission_name(run.execution, job.name,
+                                                                   run.jobs[job.name].attempt or 1),
                 workdir=f"{d}/src", stdout=f"{d}/stdout", stderr=f"{d}/stderr",
                 request=requests[job.name].argv)))
         result = self._run_submit_script(ssh, scheduler, run, submissions)
@@ -136,31 +167,30 @@ class HeadNodeWork:
         return decisions.submitted(run, accepted, wait_times=self.wiring.plan.wait_times,
                                    watching=self.limits().watching)
 
-    def _stage(self, run: Run, batch) -> tuple[bytes, list[str], dict[str, bytes]]:
-        """The batch's files as one tar (and the scripts that make the head node download them
-        itself, in head-node staging), and each handler's bytes where they passed through here.
-        Everything is staged before anything of the batch reaches the scheduler: a job whose
-        files cannot be staged fails the run first."""
+    def _stage(self, run: Run, batch, tar: tarfile.TarFile) -> tuple[list[str], dict[str, bytes]]:
+        """The batch's files into `tar` (or, in head-node staging, the scripts that make the
+        head node download them itself), and each handler's bytes where they passed through
+        here. Everything is staged before anything of the batch reaches the scheduler: a job
+        whose files cannot be staged fails the run first."""
         w = self.wiring
         by_head_node = w.settings.staging == "head-node"
-        bundle, fetches, handlers = io.BytesIO(), [], {}
-        with tarfile.open(fileobj=bundle, mode="w:gz") as tar:
-            for job in batch:
-                try:
-                    if by_head_node:
-                        fetches.append(staging.fetch_script(
-                            w.plan, job, job_dir=jobscripts.job_dir(run.run_dir, job.name),
-                            s3_client=w.s3, artifacts_bucket=w.settings.artifacts_bucket))
-                    else:
-                        handlers[job.name] = staging.add_job_files(tar, w.plan, job, s3_client=w.s3)
-                except StagingError as exc:
-                    raise _NotStaged(job.name, str(exc)) from exc
-        return bundle.getvalue(), fetches, handlers
+        fetches, handlers = [], {}
+        for job in batch:
+            try:
+                if by_head_node:
+                    fetches.append(staging.fetch_script(
+                        w.plan, job, job_dir=jobscripts.job_dir(run.run_dir, job.name),
+                        s3_client=w.s3, artifacts_bucket=w.settings.artifacts_bucket))
+                else:
+                    handlers[job.name] = staging.add_job_files(tar, w.plan, job, s3_client=w.s3)
+            except StagingError as exc:
+                raise _NotSubmittable(job.name, str(exc)) from exc
+        return fetches, handlers
 
     def _requests(self, ssh, scheduler: Scheduler, run: Run, batch, handlers: dict[str, bytes]) -> dict:
-        """{job name: its JobRequest, or why the scheduler must not be given the job}: the
-        options in each staged handler and the config's resource keys, checked against the
-        scheduler's rules. A handler whose bytes passed through here (ssh staging) is read
+        """{job name: its JobRequest}: the options in each staged handler and the config's
+        resource keys, checked against the scheduler's rules (_NotSubmittable for the first job
+        the scheduler must not be given). A handler whose bytes passed through here (ssh staging) is read
         here; one the head node fetched itself is read there (AWK_CANDIDATES: the same rule),
         in one script for the batch."""
         syntax = scheduler.DIRECTIVES
@@ -181,23 +211,20 @@ class HeadNodeWork:
             try:
                 requests[job.name] = jobrequests.request_for(scheduler, job.resources, found, job.handler)
             except RequestRefused as exc:
-                requests[job.name] = f"{scheduler.name} cannot be given this job: " + "; ".join(exc.problems)
-                continue
+                raise _NotSubmittable(job.name, f"{scheduler.name} cannot be given this job: "
+                                      + "; ".join(exc.problems)) from None
             for note in requests[job.name].overridden:
                 log.info("job %s: %s", job.name, note)
         return requests
 
-    def _wrappers(self, run: Run, batch, requests) -> bytes:
-        bundle = io.BytesIO()
-        with tarfile.open(fileobj=bundle, mode="w:gz") as tar:
-            for job in batch:
-                wrapper = jobscripts.wrapper_script(
-                    run_dir=run.run_dir, name=job.name, handler=job.handler,
-                    env={"STEPCLUSTER_JOB_NAME": job.name, "STEPCLUSTER_EXECUTION": run.execution,
-                         "STEPCLUSTER_CLUSTER_NAME": run.cluster_name},
-                    directives=requests[job.name].directives, array=bool(job.resources.array))
-                _add_bytes(tar, f"jobs/{job.name}/run.sh", wrapper.encode(), 0o755)
-        return bundle.getvalue()
+    def _add_wrappers(self, tar: tarfile.TarFile, run: Run, batch, requests) -> None:
+        for job in batch:
+            wrapper = jobscripts.wrapper_script(
+                run_dir=run.run_dir, name=job.name, handler=job.handler,
+                env={"STEPCLUSTER_JOB_NAME": job.name, "STEPCLUSTER_EXECUTION": run.execution,
+                     "STEPCLUSTER_CLUSTER_NAME": run.cluster_name},
+                directives=requests[job.name].directives, array=bool(job.resources.array))
+            _add_bytes(tar, f"jobs/{job.name}/run.sh", wrapper.encode(), 0o755)
 
     def _run_submit_script(self, ssh, scheduler: Scheduler, run: Run, submissions):
         """Submit; where an earlier attempt died while submitting some of these, adopt what the
@@ -209,7 +236,8 @@ class HeadNodeWork:
         if not unsure:
             return result
         adopted, not_known = adoption.recover_submissions(
-            ssh, scheduler, run.execution, list(unsure), ran={n for n, ran in unsure.items() if ran})
+            ssh, scheduler, run.execution, list(unsure), ran={n for n, ran in unsure.items() if ran},
+            attempts={n: run.jobs[n].attempt or 1 for n in unsure if n in run.jobs})
         ssh.run_script(jobscripts.recovery_script(run.run_dir, adopted, not_known))
         result = ssh.run_script(script)
         still = [r.fields[0] for r in jobscripts.parse_records(result.stdout) if r.tag == "unsure"]
@@ -218,16 +246,15 @@ class HeadNodeWork:
                                  scheduler=scheduler.name)
         return result
 
-    def _fetch_on_head_node(self, ssh, batch, fetches) -> tuple[str, str] | None:
-        """Run the download scripts; (job name, why) of the first job whose files did not come."""
+    def _fetch_on_head_node(self, ssh, batch, fetches) -> None:
+        """Run the download scripts; _NotSubmittable for the first job whose files did not come."""
         result = ssh.run_script("".join(f"(\n{f})\n" for f in fetches), check=False)
         fetched = {r.fields[0]: r.fields[1] for r in jobscripts.parse_records(result.stdout)
                    if r.tag == "fetched"}
         for job in batch:
             if fetched.get(job.name) != "0":
-                return job.name, ("the head node could not download its files (does it reach S3?): "
-                                  + (result.tail(5) or "no output"))
-        return None
+                raise _NotSubmittable(job.name, "the head node could not download its files (does it "
+                                      "reach S3?): " + (result.tail(5) or "no output"))
 
     # -- Poll Jobs -------------------------------------------------------------------------
     def poll_jobs(self, run: Run) -> Run:
@@ -250,23 +277,31 @@ class HeadNodeWork:
                 run = self._keep(ssh, run, left)    # left by the last round, out of time for them
             run, changed = self._watch(ssh, scheduler, run, limits, began)
             now = _now()
-            failed = decisions.failed_jobs(run, changed)
+            plan = self.wiring.plan
+            failed = decisions.blamed_jobs(run, changed, on_failure=plan.on_failure,
+                                           prerequisites=plan.prerequisites)
             tails = self._stderr_tails(ssh, run, failed) if failed else {}
-            passed = {name: scheduler.limit_in_stderr(tail, self.wiring.plan.job(name).resources)
+            passed = {name: scheduler.limit_in_stderr(tail, plan.job(name).resources)
                       for name, tail in tails.items()}
-            decision = decisions.decide(run, changed, wait_times=self.wiring.plan.wait_times,
+            decision = decisions.decide(run, changed, wait_times=plan.wait_times,
                                         scheduler=scheduler.name, stderr_tails=tails, now=now, limits=limits,
-                                        limits_in_stderr={n: p for n, p in passed.items() if p})
+                                        limits_in_stderr={n: p for n, p in passed.items() if p},
+                                        prerequisites=plan.prerequisites, on_failure=plan.on_failure)
             run = decision.run
             in_time = time.monotonic() - began <= ROUND_WORK_SECONDS
             if decision.action == decisions.Action.SUBMIT and in_time:
-                # Sequential: the next job goes out in this round, on this connection (saves a
-                # Submit Jobs state, a Lambda call and an SSH connection per job).
+                # The jobs that became ready (a sequential run's next one, a graph's jobs whose
+                # prerequisites all succeeded, a retry) go out in this round, on this connection
+                # (saves a Submit Jobs state, a Lambda call and an SSH connection each time).
                 run = self._submit(run, ssh)
             ended = decisions.ended_jobs(run, changed)
             if ended and (in_time or not limits.watching):
                 run = self._keep(ssh, run, ended)
         return run
+
+    def _retry_rules(self) -> dict[str, decisions.RetryRule]:
+        return {job.name: decisions.RetryRule(job.retries, job.retry_on)
+                for job in self.wiring.plan.jobs if job.retries}
 
     def limits(self) -> Limits:
         settings = self.wiring.settings
@@ -277,17 +312,22 @@ class HeadNodeWork:
         """Look at the jobs until `decisions.next_look` says the round reports (at once,
         without a window): the record after the last look, and every job that changed."""
         changed: list[str] = []
+        seen: set[str] = set()
         silent_at_start = run.scheduler_silent_since is not None
         while True:
             observations, scheduler_failure = self._observe(ssh, scheduler, run)
             now = _now()
             run, new = decisions.apply_round(run, observations, scheduler=scheduler.name, now=now,
-                                             limits=limits, scheduler_failure=scheduler_failure)
-            changed += [name for name in new if name not in changed]
-            look = decisions.next_look(run, changed, now=now, wait_times=self.wiring.plan.wait_times,
+                                             limits=limits, scheduler_failure=scheduler_failure,
+                                             retries=self._retry_rules())
+            changed += [name for name in new if name not in seen]
+            seen.update(new)
+            plan = self.wiring.plan
+            look = decisions.next_look(run, changed, now=now, wait_times=plan.wait_times,
                                        window_left=limits.poll_window_seconds - (time.monotonic() - began),
                                        limits=limits, scheduler=scheduler.name,
-                                       silent_at_start=silent_at_start)
+                                       silent_at_start=silent_at_start, prerequisites=plan.prerequisites,
+                                       on_failure=plan.on_failure)
             if look <= 0:
                 return run, changed
             self._wait_for_an_end(ssh, run, max(1, round(look)))
@@ -315,7 +355,7 @@ class HeadNodeWork:
             return run
         kept = run.copy()
         try:
-            results.collect(ssh, kept, bucket, names=names, s3_client=self.wiring.s3)
+            results.collect(ssh, kept, bucket, names=names, s3_client=self.wiring.s3, digests=self._digests())
         except Exception as exc:  # noqa: BLE001 - a head start: Release Head Node keeps what this missed
             log.warning("could not keep the results of jobs %s yet (Release Head Node will try): %s: %s",
                         names, type(exc).__name__, exc)
@@ -443,7 +483,7 @@ class HeadNodeWork:
         run = run.copy()
         bucket = self.wiring.settings.artifacts_bucket
         if bucket:
-            results.write_summary(self.wiring.s3, bucket, run)
+            results.write_summary(self.wiring.s3, bucket, run, self._digests())
         run.release_note = decisions.release_note(
             run, scheduler=self.scheduler(run).name, unreachable=why,
             cluster_deleted=self._cluster_deleted_next(run))
@@ -457,7 +497,7 @@ class HeadNodeWork:
         bucket = self.wiring.settings.artifacts_bucket
         cancel = self._cancel_leftovers(ssh, run)
         if bucket:
-            results.collect(ssh, run, bucket, s3_client=self.wiring.s3)
+            results.collect(ssh, run, bucket, s3_client=self.wiring.s3, digests=self._digests())
         if cancel.unconfirmed:
             log.warning("keeping %s: jobs %s may still be running in it", run.run_dir, cancel.unconfirmed)
         else:
@@ -578,8 +618,9 @@ def _tally(total: int, fields) -> decisions.TaskTally:
                                failed_task, " ".join(f[5:8]) if failed_task else "")
 
 
-class _NotStaged(Exception):
-    """A job of the batch could not be staged (internal: becomes the run's failure)."""
+class _NotSubmittable(Exception):
+    """A job of the batch could not be staged, or must not be given to the scheduler
+    (internal: becomes the run's failure, before anything of the batch is submitted)."""
 
     def __init__(self, name: str, why: str):
         super().__init__(why)

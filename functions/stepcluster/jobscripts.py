@@ -52,6 +52,29 @@ def prepare_run_script(scheduler: str, probe_argv: Sequence[str], remote_root: s
             "mkdir -p \"$run/jobs\" && printf '@@run_dir %s\\n' \"$run\"\n")
 
 
+#: What a job's attempt leaves in its folder (beside src/ and run.sh, which the next attempt
+#: has again): moved to attempt-K/ before the next attempt is submitted.
+ATTEMPT_FILES = ("stdout", "stderr", "result", "started", "output", "submit.intent", "submit.rc",
+                 "submit.out", "submit.err")
+
+
+def next_attempt_script(run_dir: str, attempts: Mapping[str, int]) -> str:
+    """Before each job's attempt N (of `attempts`) is submitted: move what attempt N-1 left in
+    its folder (its files, an array's task folders) to attempt-(N-1)/. Once only: a retried
+    call finds attempt-(N-1)/ there and moves nothing (the files then are attempt N's); a
+    call that died midway finishes the move it began (attempt-(N-1).part/)."""
+    lines = ["set -u"]
+    files = " ".join(ATTEMPT_FILES)
+    for name, attempt in attempts.items():
+        d, done = q(job_dir(run_dir, name)), q(f"attempt-{int(attempt) - 1}")
+        lines.append(
+            f'd={d}; a=$d/{done}; if [ ! -d "$a" ]; then mkdir -p "$a.part" || exit 1; '
+            f'for f in {files}; do [ -e "$d/$f" ] && mv -- "$d/$f" "$a.part/"; done; '
+            'for t in "$d"/[0-9]*; do [ -e "$t" ] && mv -- "$t" "$a.part/"; done; '
+            'mv -- "$a.part" "$a" || exit 1; fi')
+    return "\n".join(lines) + "\n"
+
+
 def find_run_script(remote_root: str, execution: str) -> str:
     """Print `@@run_dir PATH` if the execution's run folder exists (nothing otherwise)."""
     return (f"root={q(remote_root)}; case $root in /*) ;; *) root=\"$HOME/$root\";; esac\n"
@@ -147,8 +170,10 @@ SUBMIT_CONCURRENCY = 8
 
 #: Bash functions of the submit script. `submit D ARGV...`: in the background, the intent
 #: first, then the command (exec'd: one process a job), from D; `recorded D`: its rc, once it
-#: ended. `report NAME D`: the record (builtins to read rc; base64 only for what is there), false
-#: when the scheduler refused. `unsure D`: an intent without an rc.
+#: ended. `plain F`: P is F's one line as it is (`=LINE`), if it is only such characters as a
+#: job id has. `report NAME D`: the record (builtins to read rc and a plain job id; base64
+#: only for anything else that is there), false when the scheduler refused. `unsure D`: an
+#: intent without an rc.
 _SUBMIT_FUNCTIONS = r"""unsure() { [ -e "$1/submit.intent" ] && [ ! -s "$1/submit.rc" ]; }
 accepted() { local v=; [ -e "$1/submit.rc" ] && read -r v < "$1/submit.rc"; [ "$v" = 0 ]; }
 pids=() dirs=()
@@ -157,9 +182,13 @@ submit() {
   ( cd -- "$d" && : > submit.intent && exec "$@" > submit.out 2> submit.err ) & pids+=($!) dirs+=("$d")
 }
 recorded() { local i; for i in "${!pids[@]}"; do wait "${pids[$i]}"; echo $? > "${dirs[$i]}/submit.rc"; done; pids=() dirs=(); }
+plain() {
+  P=; IFS= read -r -d '' P < "$1"; P=${P%$'\n'}
+  case $P in ''|*[!A-Za-z0-9_.:\;-]*) return 1;; esac; P="=$P"
+}
 report() {
   local rc= out= err=; read -r rc < "$2/submit.rc"
-  [ -s "$2/submit.out" ] && out=$(base64 -w0 -- "$2/submit.out")
+  [ -s "$2/submit.out" ] && { plain "$2/submit.out" && out=$P || out=$(base64 -w0 -- "$2/submit.out"); }
   [ -s "$2/submit.err" ] && err=$(base64 -w0 -- "$2/submit.err")
   printf '@@submit %s %s %s %s\n' "$1" "$rc" "$out" "$err"; [ "$rc" = 0 ]
 }"""
@@ -226,7 +255,8 @@ def inspect_script(run_dir: str, names: Iterable[str], status_argv: Sequence[str
     starts no process per job.
     """
     names = list(names)
-    arrays = [n for n in names if n in set(arrays)]
+    arrays = set(arrays)
+    arrays = [n for n in names if n in arrays]
     lines = ["set -u"]
     if names:
         # a file's first line, as written (an empty file too: it is present), its characters
@@ -351,7 +381,7 @@ RESULT_FILES = ("stdout", "stderr", "result", "output")
 
 def results_script(run_dir: str, names: Iterable[str]) -> str:
     """Stream a tar.gz of every existing NAME/{stdout,stderr,result,output} (and, of an array
-    job, NAME/TASK/{...}) on stdout.
+    job, NAME/TASK/{...}; of a retried job, NAME/attempt-K/{...}) on stdout.
 
     Prints nothing when there is nothing to collect. tar's complaints go to a file beside the
     run (stderr is not read while the stream is).
@@ -359,8 +389,10 @@ def results_script(run_dir: str, names: Iterable[str]) -> str:
     lines = [f"cd {q(run_dir + '/jobs')} || exit 3", "files=()"]
     wanted = " ".join(q(f"{n}/{f}") for n in names for f in RESULT_FILES)
     lines.append(f"for f in {wanted}; do [ -e \"$f\" ] && files+=(\"$f\"); done")
-    # an array job's tasks: NAME/TASK/{stdout,stderr,result,output} (the glob matches no other)
-    tasks = " ".join(f"{q(n)}/[0-9]*/{f}" for n in names for f in RESULT_FILES)
+    # an array job's tasks: NAME/TASK/{stdout,stderr,result,output} (the glob matches no other),
+    # and a retried job's earlier attempts: NAME/attempt-K/{...}, NAME/attempt-K/TASK/{...}
+    tasks = " ".join(f"{q(n)}/{where}/{f}" for n in names for f in RESULT_FILES
+                     for where in ("[0-9]*", "attempt-[0-9]*", "attempt-[0-9]*/[0-9]*"))
     lines.append(f"for f in {tasks}; do [ -e \"$f\" ] && files+=(\"$f\"); done")
     lines.append('[ ${#files[@]} -gt 0 ] || exit 0')
     lines.append('exec tar -czf - -- "${files[@]}" 2> ../collect.err')
@@ -384,6 +416,10 @@ def parse_records(stdout: str) -> list[Record]:
 
 
 def unb64(text: str) -> str:
+    """A record's text field: base64, or `=LINE` for a one-line answer of plain characters that
+    the script passed as it was (`LINE` and its newline: no base64 process for a job id)."""
+    if text and text.startswith("="):
+        return text[1:] + "\n"
     return base64.b64decode(text or "").decode(errors="replace")
 
 

@@ -14,7 +14,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from stepcluster import logs
+from stepcluster import jobtable, logs
+from stepcluster import resume as resume_module
 from stepcluster.clusters.base import RunContext, SshKey
 from stepcluster.errors import InputError, PlanError
 from stepcluster.executions import ENDED
@@ -28,7 +29,7 @@ log = logs.logger(__name__)
 RELEASE_WAIT_SECONDS = 75
 
 #: Every key the execution input may hold.
-INPUT_KEYS = ("cluster_name", "keep_cluster")
+INPUT_KEYS = ("cluster_name", "keep_cluster", "resume")
 _INPUT_EXAMPLE = 'a JSON object like {"cluster_name": "my-cluster"}'
 _JSON_KINDS = {list: "an array", str: "a string", bool: "a boolean", type(None): "null",
                int: "a number", float: "a number"}
@@ -40,6 +41,7 @@ class RunInput:
 
     cluster_name: Any       # checked by the backend, whose naming rules it is
     keep_cluster: bool = False
+    resume: str | None = None   # an earlier execution (name or ARN) whose finished jobs are not run again
 
 
 def parse_run_input(value: Any) -> RunInput:
@@ -62,7 +64,10 @@ def parse_run_input(value: Any) -> RunInput:
     keep = value.get("keep_cluster", False)
     if not isinstance(keep, bool):
         raise InputError(f"keep_cluster must be true or false, got {keep!r}")
-    return RunInput(value["cluster_name"], keep)
+    resume = value.get("resume")
+    if resume is not None:
+        resume_module.execution_name(resume)
+    return RunInput(value["cluster_name"], keep, resume)
 
 
 class ClusterLifecycle:
@@ -84,6 +89,8 @@ class ClusterLifecycle:
                             f"{w.settings.backend}")
         ctx = RunContext(run.execution, run.execution_arn or run.execution,
                          w.backend.check_name(user_input.cluster_name))
+        if user_input.resume is not None:
+            self._check_resume(user_input.resume, run)
         key = self._run_key(ctx)
         try:
             cluster = w.backend.create(ctx, key)
@@ -95,15 +102,28 @@ class ClusterLifecycle:
         if w.backend.creates_clusters:
             cluster["key"] = {"key_name": key.key_name, "secret_arn": key.secret_arn, "owned": key.owned}
             cluster = self._undo_if_execution_ended(ctx, cluster, key)
+        wide = jobtable.wide(len(plan.jobs), w.settings.jobs_in_record)
         created = Run(
             execution=ctx.execution, execution_arn=ctx.execution_arn, plan_digest=plan.digest,
             cluster_name=ctx.cluster_name, started_at=int(time.time()), keep_cluster=user_input.keep_cluster,
             order=plan.order,
             cluster=ClusterRecord.from_dict(cluster),
-            jobs={job.name: JobRecord() for job in plan.jobs},
+            jobs={} if wide else {job.name: JobRecord() for job in plan.jobs},
+            jobs_table=jobtable.new_table(len(plan.jobs)) if wide else None,
+            resume={"from": resume_module.execution_name(user_input.resume)} if user_input.resume else None,
             next=0, phase=Phase.READY, wait_seconds=min(j.wait_time for j in plan.jobs))
         log.info("cluster %s: %s", ctx.cluster_name, cluster["status"])
         return created
+
+    def _check_resume(self, reference: str, run: Run) -> None:
+        """Before anything is created: the run to resume is one of this state machine's, it
+        kept a manifest in this stack's bucket, and it has ended (InputError otherwise)."""
+        w = self.wiring
+        manifest = resume_module.earlier_manifest(w.s3, w.settings.artifacts_bucket, reference, run.execution_arn)
+        earlier = manifest.get("execution_arn")
+        if earlier and w.executions.status(earlier) == "RUNNING":
+            raise InputError(f"resume: execution {earlier} is still running: stop it (its cleanup keeps "
+                             "what its jobs wrote), then resume it")
 
     def _undo_if_execution_ended(self, ctx: RunContext, cluster: dict, key: SshKey) -> dict:
         """An abort or timeout while the cluster tool was creating the stack skips every teardown

@@ -10,6 +10,7 @@ limit), and a state machine deployed with one plan refuses to run functions hold
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import hashlib
 import io
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
+from stepcluster import graph
 from stepcluster.config import JobsConfig, Problem
 from stepcluster.errors import ConfigError, PlanError
 from stepcluster.resources import Resources
@@ -52,6 +54,9 @@ class PlannedJob:
     archive: str | None = None  # path relative to the plan folder, for local_path jobs
     package_uri: str | None = None  # where preprocess uploaded that archive (then not bundled)
     resources: Resources = Resources()
+    depends_on: tuple[str, ...] = ()    # parallel: it starts once each of these succeeded
+    retries: int = 0                    # submitted again up to this many times after a failure...
+    retry_on: tuple[str, ...] = ()      # ...that these name (exit codes, scheduler states; (): any)
 
     def describe_source(self) -> str:
         return self.s3_uri or self.package_uri or f"local archive {self.archive}"
@@ -62,7 +67,21 @@ class PlannedJob:
             source["package_uri"] = self.package_uri
         # only when set: a seed config's plan (and so its digest) is what it always was
         request = {"resources": self.resources.to_dict()} if self.resources else {}
-        return {"name": self.name, "handler": self.handler, "wait_time": self.wait_time, **source, **request}
+        workflow = {key: value for key, value in (("depends_on", list(self.depends_on)), ("retries", self.retries),
+                                                  ("retry_on", list(self.retry_on))) if value}
+        return {"name": self.name, "handler": self.handler, "wait_time": self.wait_time, **source,
+                **request, **workflow}
+
+    @functools.cached_property
+    def work_digest(self) -> str:
+        """What the job does: its handler, its source (a local_path package is named by its
+        content; an s3_uri by its address) and what it asks of the scheduler. A resumed run
+        skips a job that succeeded before only if this is the same."""
+        source = self.s3_uri or self.archive
+        canonical = json.dumps({"handler": self.handler, "source": source,
+                                "resources": self.resources.to_dict() if self.resources else {}},
+                               sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -73,6 +92,15 @@ class Plan:
     folder: Path | None = None      # where archives are read from
     backend: str = "existing"       # the cluster backend the plan was prepared for
     cluster_config: str | None = None  # its cluster configuration file, relative to folder
+    on_failure: str = "cancel"      # "finish": jobs that do not wait for a failed one go on
+
+    @functools.cached_property
+    def prerequisites(self) -> dict[str, tuple[str, ...]]:
+        """{job: the jobs it waits for}: a sequential run is a chain, a parallel one its
+        depends_on (none: a fan)."""
+        if self.order == "sequential":
+            return graph.chain(self.names)
+        return {job.name: job.depends_on for job in self.jobs}
 
     def cluster_config_path(self) -> Path:
         if self.folder is None or self.cluster_config is None:
@@ -85,7 +113,12 @@ class Plan:
         return [job.name for job in self.jobs]
 
     def job(self, name: str) -> PlannedJob:
-        return next(job for job in self.jobs if job.name == name)
+        return self._by_name[name]
+
+    @functools.cached_property
+    def _by_name(self) -> dict[str, PlannedJob]:
+        # a lookup a job, 10,000 jobs a round: not a scan each time
+        return {job.name: job for job in self.jobs}
 
     @property
     def wait_times(self) -> dict[str, int]:
@@ -111,16 +144,24 @@ class Plan:
             raise PlanError(f"archive of job {job.name!r} is missing from the deployment: {path}") from exc
 
     def to_dict(self) -> dict:
+        options = {"on_failure": self.on_failure} if self.on_failure != "cancel" else {}
         return {"format": PLAN_FORMAT, "order": self.order, "digest": self.digest,
-                "backend": self.backend, "cluster_config": self.cluster_config,
+                "backend": self.backend, "cluster_config": self.cluster_config, **options,
                 "jobs": [job.to_dict() for job in self.jobs]}
 
 
-def _digest(order: str, jobs: list[PlannedJob], backend: str, cluster_config: str | None) -> str:
+def _digest(order: str, jobs: list[PlannedJob], backend: str, cluster_config: str | None,
+            on_failure: str = "cancel") -> str:
+    # on_failure only when set: a seed config's digest is what it always was
+    options = {"on_failure": on_failure} if on_failure != "cancel" else {}
     canonical = json.dumps({"order": order, "jobs": [j.to_dict() for j in jobs],
-                            "backend": backend, "cluster_config": cluster_config},
+                            "backend": backend, "cluster_config": cluster_config, **options},
                            sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def _workflow(spec) -> dict:
+    return {"depends_on": spec.depends_on, "retries": spec.retries, "retry_on": spec.retry_on}
 
 
 def build_plan(config: JobsConfig, folder: Path, *, backend: str = "existing",
@@ -162,7 +203,7 @@ def write_plan(config: JobsConfig, folder: Path, *, backend: str = "existing",
         for spec in config.jobs:
             if spec.s3_uri:
                 jobs.append(PlannedJob(spec.name, spec.handler, spec.wait_time, s3_uri=spec.s3_uri,
-                                       resources=spec.resources))
+                                       resources=spec.resources, **_workflow(spec)))
                 continue
             try:
                 data = pack_local_path(Path(spec.local_path), spec.handler)
@@ -172,13 +213,14 @@ def write_plan(config: JobsConfig, folder: Path, *, backend: str = "existing",
             name = f"{PAYLOAD_DIR}/{hashlib.sha256(data).hexdigest()[:32]}.tar.gz"
             if upload:
                 jobs.append(PlannedJob(spec.name, spec.handler, spec.wait_time, archive=name,
-                                       package_uri=upload(name, data), resources=spec.resources))
+                                       package_uri=upload(name, data), resources=spec.resources,
+                                       **_workflow(spec)))
                 continue
             target = folder / name
             if not target.exists():
                 target.write_bytes(data)
             jobs.append(PlannedJob(spec.name, spec.handler, spec.wait_time, archive=name,
-                                   resources=spec.resources))
+                                   resources=spec.resources, **_workflow(spec)))
         if problems:
             raise ConfigError(problems)
         config_name = None
@@ -187,8 +229,8 @@ def write_plan(config: JobsConfig, folder: Path, *, backend: str = "existing",
             data = Path(cluster_config).read_bytes()
             config_name = f"{PAYLOAD_DIR}/cluster-{hashlib.sha256(data).hexdigest()[:32]}{Path(cluster_config).suffix}"
             (folder / config_name).write_bytes(data)
-        plan = Plan(config.order, tuple(jobs), _digest(config.order, jobs, backend, config_name), folder,
-                    backend, config_name)
+        plan = Plan(config.order, tuple(jobs), _digest(config.order, jobs, backend, config_name, config.on_failure),
+                    folder, backend, config_name, config.on_failure)
         (folder / PLAN_FILE).write_text(json.dumps(plan.to_dict(), indent=1) + "\n")
     except OSError as exc:
         raise ConfigError([Problem(str(exc.filename or folder), None, None, None,
@@ -280,10 +322,12 @@ def load_plan(folder: Path | str | None = None) -> Plan:
         raise PlanError(f"jobs plan {path} has format {raw.get('format')!r}, expected {PLAN_FORMAT}")
     jobs = tuple(PlannedJob(j["name"], j["handler"], int(j["wait_time"]),
                             s3_uri=j.get("s3_uri"), archive=j.get("archive"),
-                            package_uri=j.get("package_uri"), resources=Resources.from_dict(j.get("resources")))
+                            package_uri=j.get("package_uri"), resources=Resources.from_dict(j.get("resources")),
+                            depends_on=tuple(j.get("depends_on") or ()), retries=int(j.get("retries") or 0),
+                            retry_on=tuple(j.get("retry_on") or ()))
                  for j in raw["jobs"])
     return Plan(raw["order"], jobs, raw["digest"], folder, raw.get("backend", "existing"),
-                raw.get("cluster_config"))
+                raw.get("cluster_config"), raw.get("on_failure", "cancel"))
 
 
 def pack_local_path(path: Path, handler: str) -> bytes:

@@ -77,6 +77,11 @@ class ClusterStatus(str, enum.Enum):
     KEPT = "KEPT"            # keep_cluster on success
 
 
+#: The jobs a task changed that its record lists (`Run.changes`): a wide run's Submit Jobs
+#: changes every job at once, and the record must stay small.
+CHANGES_IN_RECORD = 20
+
+
 def _compact(values: dict) -> dict:
     return {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in values.items() if v is not None}
 
@@ -116,6 +121,11 @@ class JobRecord:
     #: an array job's counts (never per-task detail: that is on the head node, then in the
     #: results): {"total", "started", "ended", "failed"[, "failed_task"]}
     tasks: dict | None = None
+    attempt: int | None = None           # its attempt now, from 2 on (retries); None: the first
+    #: its earlier attempts, each as it ended: [{"job_id", "state", "exit_code", "signal",
+    #: "scheduler_state", "reason", "started", "ended"}] (their files: JOB/attempt-K/)
+    attempts: list | None = None
+    resumed_from: str | None = None      # succeeded in this earlier execution, not run again
 
     @classmethod
     def from_dict(cls, data: Any, name: str = "?") -> JobRecord:
@@ -200,6 +210,17 @@ class Run:
     results: dict | None = None          # where the results are kept, what could not be (results.py)
     release_note: str | None = None      # what Release Head Node could not do: results not kept,
                                          # jobs that may still run (the definition adds it to the cause)
+    #: a wide run's jobs are in the artifacts bucket, not in `jobs` (jobtable.py): where, and
+    #: how many are in each state: {"shards": {SHARD: KEY}, "counts": {STATE: N}[, "superseded"]}
+    jobs_table: dict | None = None
+    #: {"from": an earlier execution}: its finished jobs are not run again (resume.py); once
+    #: Submit Jobs has applied it, also "skipped": how many
+    resume: dict | None = None
+    #: the jobs whose state the last task changed, for whoever follows the run (the console, a
+    #: follower reading the history): [{"job", "state"[, "job_id", "exit_code"]}], the first
+    #: CHANGES_IN_RECORD of them, and how many more there were
+    changes: list | None = None
+    changes_more: int | None = None
 
     @classmethod
     def from_dict(cls, data: Any) -> Run:
@@ -213,6 +234,8 @@ class Run:
             raise InputError(f"the run record's jobs are not an object: {jobs!r}")
         cluster = values.pop("cluster", None)
         phase = values.pop("phase", None)
+        if not isinstance(values.get("jobs_table") or {}, dict):
+            raise InputError(f"the run record's jobs_table is not an object: {values['jobs_table']!r}")
         run = cls(**values)
         run.jobs = {name: JobRecord.from_dict(job, name) for name, job in jobs.items()}
         run.cluster = ClusterRecord.from_dict(cluster) if cluster is not None else None
@@ -228,8 +251,36 @@ class Run:
             # teardown of a failed create): no jobs to show.
             for name in ("keep_cluster", "next"):
                 out.pop(name)
-        else:
+        elif self.jobs_table is None:
             out["jobs"] = {name: job.to_dict() for name, job in self.jobs.items()}
+        return out
+
+    def job_counts(self) -> dict[str, int]:
+        """How many jobs are in each state (states in JobState's order, none left out)."""
+        counts = {state.value: 0 for state in JobState}
+        for job in self.jobs.values():
+            counts[job.state.value] += 1
+        return {state: n for state, n in counts.items() if n}
+
+    def with_changes_since(self, before: Run) -> Run:
+        """This record with `changes`: its jobs whose state (or attempt) differs from `before`'s."""
+        changed = []
+        for name, job in self.jobs.items():
+            earlier = before.jobs.get(name) or JobRecord()
+            if (earlier.state, earlier.attempt) != (job.state, job.attempt):     # a retry is a change
+                entry = {"job": name, "state": job.state.value}
+                if job.job_id:
+                    entry["job_id"] = job.job_id
+                if job.exit_code is not None:
+                    entry["exit_code"] = job.exit_code
+                if job.attempt:
+                    entry["attempt"] = job.attempt
+                if job.resumed_from:
+                    entry["resumed_from"] = job.resumed_from
+                changed.append(entry)
+        out = replace(self)
+        out.changes = changed[:CHANGES_IN_RECORD] or None
+        out.changes_more = len(changed) - CHANGES_IN_RECORD if len(changed) > CHANGES_IN_RECORD else None
         return out
 
     def copy(self) -> Run:

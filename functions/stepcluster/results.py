@@ -45,6 +45,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import re
 import tarfile
 import threading
 from collections import defaultdict
@@ -83,7 +84,7 @@ NOT_KEPT_NAMES_IN_MANIFEST = 1000
 ARCHIVE_NAME = "output.tar.gz"
 
 
-def collect(ssh, run: Run, bucket: str, *, s3_client, names=None) -> dict:
+def collect(ssh, run: Run, bucket: str, *, s3_client, names=None, digests=None) -> dict:
     """Stream jobs' results from the head node into S3; (re)write the run's manifest.
 
     `names`: the jobs to keep now (the polling round that saw them end passes those); by
@@ -91,7 +92,8 @@ def collect(ssh, run: Run, bucket: str, *, s3_client, names=None) -> dict:
     marked `kept` in `run.jobs` (so it is not copied again), and `run.results` becomes the run's
     summary so far: {"prefix", "manifest", "jobs_collected"} and, when some file could not be
     kept, "not_kept" ({JOB: [names...]}, truncated) and "not_kept_count" (all of them), over
-    every call of the run. Returns that summary.
+    every call of the run. Returns that summary. `digests`: each job's work digest, for the
+    manifest (what a resumed run compares).
     """
     s3 = s3_client
     if names is None:
@@ -120,7 +122,7 @@ def collect(ssh, run: Run, bucket: str, *, s3_client, names=None) -> dict:
             extra["not_kept"] = not_kept[name][:NOT_KEPT_NAMES_IN_MANIFEST]
             extra["not_kept_count"] = len(not_kept[name])
         extras[name] = extra
-    manifest = write_manifest(s3, bucket, run, extras)
+    manifest = write_manifest(s3, bucket, run, extras, digests)
     log.info("kept results of %d jobs under %s (%d files in %d archives)", sum(1 for n in names if kept.get(n)),
              _prefix(bucket, run), sum(archives.values()), len(archives))
     if not_kept:
@@ -131,13 +133,16 @@ def collect(ssh, run: Run, bucket: str, *, s3_client, names=None) -> dict:
     return run.results
 
 
-def write_manifest(s3, bucket: str, run: Run, extras: dict[str, dict] | None = None) -> dict:
+def write_manifest(s3, bucket: str, run: Run, extras: dict[str, dict] | None = None,
+                   digests=None) -> dict:
     """s3://BUCKET/EXECUTION/manifest.json: every job's record and where its results are.
 
     Written each time some results are kept, so that it is there whatever happens later (the
     head node lost, the execution aborted). `extras` are what this call learnt of some jobs
     (their packed output, the files not kept); the other jobs keep what the manifest already
-    said of them. Returns the manifest."""
+    said of them. Each job's `digest` (of `digests`: its handler, source and resources) and
+    the execution's ARN are what a resumed run checks it against (resume.py). Returns the
+    manifest."""
     key = f"{run.execution}/manifest.json"
     before = {}
     try:
@@ -149,8 +154,12 @@ def write_manifest(s3, bucket: str, run: Run, extras: dict[str, dict] | None = N
     for name, job in run.jobs.items():
         earlier = {k: v for k, v in (before.get(name) or {}).items() if k in _MANIFEST_EXTRAS}
         extra = (extras or {}).get(name, earlier)
-        jobs[name] = {**job.to_dict(), "results": f"{prefix}{name}/" if job.kept else None, **extra}
-    manifest = {"execution": run.execution, "cluster_name": run.cluster_name, "jobs": jobs}
+        # a resumed job's results stay where the run that made them kept them
+        where = f"s3://{bucket}/{job.resumed_from}/{name}/" if job.resumed_from else f"{prefix}{name}/"
+        digest = {"digest": digests[name]} if digests and name in digests else {}
+        jobs[name] = {**job.to_dict(), "results": where if job.kept else None, **digest, **extra}
+    manifest = {"execution": run.execution, "execution_arn": run.execution_arn, "plan_digest": run.plan_digest,
+                "cluster_name": run.cluster_name, "jobs": jobs}
     lost = sum(entry.get("not_kept_count", 0) for entry in jobs.values())
     if lost:
         manifest["not_kept_count"] = lost
@@ -159,10 +168,10 @@ def write_manifest(s3, bucket: str, run: Run, extras: dict[str, dict] | None = N
     return manifest
 
 
-def write_summary(s3, bucket: str, run: Run) -> dict:
+def write_summary(s3, bucket: str, run: Run, digests=None) -> dict:
     """The manifest and the run's summary from the record alone, nothing copied (the head node
     cannot be reached: what the rounds kept is what there is)."""
-    run.results = _summary(bucket, run, write_manifest(s3, bucket, run))
+    run.results = _summary(bucket, run, write_manifest(s3, bucket, run, digests=digests))
     return run.results
 
 
@@ -190,9 +199,12 @@ def _summary(bucket: str, run: Run, manifest: dict) -> dict:
 
 def _add_locations(run: Run) -> None:
     """Each kept job's location in the execution output too, while the payload stays well
-    under Step Functions' 256 KiB (for very wide runs the manifest alone lists them)."""
+    under Step Functions' 256 KiB (for very wide runs the manifest alone lists them; a run
+    whose jobs are not in its record at all, jobtable.py, has them there)."""
+    if run.jobs_table is not None:
+        return
     prefix = run.results["prefix"]
-    todo = [name for name, job in run.jobs.items() if job.kept and not job.results]
+    todo = [name for name, job in run.jobs.items() if job.kept and not job.results and not job.resumed_from]
     extra = sum(len(prefix) + len(name) + 16 for name in todo)
     if len(json.dumps(run.to_dict(), separators=(",", ":"))) + extra < RESULTS_IN_PAYLOAD_BUDGET:
         for name in todo:
@@ -204,24 +216,25 @@ def _shorten(name: str) -> str:
 
 
 def _output_counts(ssh, run_dir: str, names: list[str]) -> dict[str, int]:
-    """How many files each job's output folder holds (asked of the head node, one script)."""
+    """How many files each job's output folder holds (asked of the head node: one `find` over
+    all of them, not a pipeline a job; find walks its starting points one after the other, so
+    `uniq -c` counts each folder's lines without a sort)."""
     q = jobscripts.q
     script = "\n".join([
         f"cd {q(run_dir + '/jobs')} || exit 0",
-        f"for n in {' '.join(q(n) for n in names)}; do",
-        '  [ -d "$n/output" ] || continue',
-        # NUL-separated, so a name with a newline in it is still one file
-        '  printf \'@@outputs %s %d\\n\' "$n" "$(find "$n/output" -type f -print0 2>/dev/null'
-        ' | tr -dc \'\\000\' | wc -c)"',
-        "done", "exit 0", ""])
+        "dirs=()",
+        f"for n in {' '.join(q(n) for n in names)}; do [ -d \"$n/output\" ] && dirs+=(\"$n/output\"); done",
+        '[ ${#dirs[@]} -gt 0 ] || exit 0',
+        # %H: the starting point (NAME/output; job names have no newline), once a file
+        "find \"${dirs[@]}\" -type f -printf '%H\\n' 2>/dev/null | uniq -c", "exit 0", ""])
     with ssh.stream_script(script) as stream:
         text = stream.read().decode(errors="replace")
-    counts = {}
+    counts, wanted = {}, set(names)
     for line in text.splitlines():
-        if line.startswith("@@outputs "):
-            name, _, count = line[len("@@outputs "):].rpartition(" ")
-            if count.isdigit():
-                counts[name] = int(count)
+        count, _, folder = line.strip().partition(" ")
+        name = folder.removesuffix("/output")
+        if count.isdigit() and name in wanted:
+            counts[name] = int(count)
     return counts
 
 
@@ -247,7 +260,8 @@ def _copy(tar: tarfile.TarFile, uploader: _Uploader, execution: str, crowded) ->
             if not member.isfile():
                 continue  # folders are implied; links are not followed out
             job, _, rest = member.name.partition("/")
-            rest = "exit_code" if rest == "result" else rest
+            # the wrapper's result file is kept as exit_code: the job's, and an earlier attempt's
+            rest = re.sub(r"^((?:attempt-\d+/)?)result$", r"\1exit_code", rest)
             # results_script sends a job's files together; a job's output/ seen again after its
             # archive was closed would be kept as files.
             packed = job in crowded and rest.startswith("output/") and job not in uploader.archives

@@ -20,6 +20,7 @@ from stepcluster.clusters.base import EXECUTION_TAG
 from stepcluster.errors import ClusterError, InputError
 from stepcluster.executions import ENDED, execution_prefix
 from stepcluster.headnode import HeadNodeWork
+from stepcluster.jobtable import JobTable
 from stepcluster.lifecycle import ClusterLifecycle
 from stepcluster.record import Run
 from stepcluster.wiring import Wiring
@@ -50,10 +51,18 @@ class RunService:
         return self.wiring.plan
 
     def task(self, name: str, run: Run) -> Run:
-        """Run one state's task on the record."""
+        """Run one state's task on the record; the record it returns says which jobs the task
+        changed. A wide run's jobs are loaded for the head node's tasks and stored after them
+        (jobtable.py); the cluster's tasks pass its table on as it is."""
         if name not in RUN_TASKS:
             raise InputError(f"no task {name!r}: the tasks are {', '.join(RUN_TASKS)}")
-        return getattr(getattr(self, RUN_TASKS[name]), name)(run)
+        part = RUN_TASKS[name]
+        table = None
+        if part == "head_node" and run.jobs_table is not None:
+            table = JobTable(self.wiring.s3, self.settings.artifacts_bucket, self.plan.names)
+            given, run = run, table.load(run)
+        done = getattr(getattr(self, part), name)(run).with_changes_since(run)
+        return table.store(done, given) if table is not None else done
 
     def cleanup_execution(self, execution_arn: str) -> dict:
         """After an abort or timeout (the EventBridge rule, and the sweep below): keep the

@@ -38,6 +38,9 @@ class Settings:
     poll_window_seconds: int = 720  # a polling round waits on the head node this long at most (0: no)
     staging: str = "ssh"  # "ssh": files go through the function; "head-node": it downloads them
     release_function: str | None = None  # the abort cleanup of a created cluster calls it first
+    # a run of more jobs keeps their records in the artifacts bucket, not in the run record
+    # (jobtable.py): 200 records stay far below Step Functions' 256 KiB whatever their reasons say
+    jobs_in_record: int = 200
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":

@@ -449,16 +449,18 @@ ACTION_OF = {
 }
 
 
+#: botocore service names whose IAM prefix is another word.
+IAM_PREFIX = {"stepfunctions": "states"}
+
+
 def call_actions(call) -> list[str]:
-    return ACTION_OF.get(call.name, [call.name])
+    return ACTION_OF.get(call.name, [f"{IAM_PREFIX.get(call.service, call.service)}:{call.operation}"])
 
 
 def call_resource(call) -> str:
     p = call.params
     if call.service == "s3" and "Bucket" in p:
         return f"arn:aws:s3:::{p['Bucket']}" + (f"/{p['Key']}" if "Key" in p else "")
-    if call.service == "s3" and call.operation == "DeleteObjects":
-        return f"arn:aws:s3:::{p['Bucket']}/*"
     if call.service == "cloudformation" and "StackName" in p:
         name = p["StackName"].split("/")[1] if p["StackName"].startswith("arn:") else p["StackName"]
         return f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/{name}/*"
@@ -474,6 +476,8 @@ def call_resource(call) -> str:
         return f"arn:aws:iam::{ACCOUNT}:instance-profile/{p['InstanceProfileName']}"
     if call.service == "iam" and "PolicyArn" in p:
         return p["PolicyArn"]
+    if call.service == "stepfunctions" and "executionArn" in p:
+        return p["executionArn"]
     if call.service == "logs" and "logGroupName" in p:
         return f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{p['logGroupName']}"
     return "*"
@@ -490,6 +494,11 @@ def call_needs(calls, stack_tags: dict[str, str], what: str) -> list[Need]:
         if call.service == "cloudformation":
             tags = {t["Key"]: t["Value"] for t in call.params.get("Tags", [])} or stack_tags
             context = tag_context(tags)
+        if call.name == "s3:DeleteObjects":
+            # authorized object by object, as s3:DeleteObject on each key
+            needs += [Need("s3:DeleteObject", f"arn:aws:s3:::{call.params['Bucket']}/{o['Key']}", context,
+                           f"{what}: {call.name}") for o in call.params["Delete"]["Objects"]]
+            continue
         for action in call_actions(call):
             needs.append(Need(action, call_resource(call), context, f"{what}: {call.name}"))
     return needs

@@ -23,6 +23,24 @@ def jobs_by_name(report):
     return {job["name"]: job for job in report.jobs}
 
 
+def run_records(report):
+    """Every run record the execution's states passed on (from its history)."""
+    for event in report.events:
+        details = event.get("stateExitedEventDetails") or {}
+        run = json.loads(details.get("output") or "{}").get("run")
+        if isinstance(run, dict) and "order" in run:
+            yield run
+
+
+def kept_its_jobs(report, records):
+    """Each record after Create Cluster carried its jobs, or only where they are (a wide run)."""
+    runs = list(run_records(report))
+    assert runs
+    if records == "in the bucket":
+        return all("jobs_table" in r and "jobs" not in r for r in runs)
+    return all("jobs" in r and "jobs_table" not in r for r in runs)
+
+
 def run_dir_of(report):
     return f"/home/hpc/stepcluster-runs/{report.execution_arn.split(':')[-1]}"
 
@@ -78,15 +96,26 @@ def test_parallel_jobs_are_submitted_together_and_polled_together(
     assert max(j["started"] for j in report.jobs) <= min(j["ended"] for j in report.jobs)
 
 
+#: Where the run keeps its jobs' records: in its record, or (a run with more jobs than a record
+#: carries, forced here with 3 jobs) in the artifacts bucket: the same run either way.
+RECORDS = {"in the record": {}, "in the bucket": {"jobs_in_record": 0}}
+
+
 @pytest.mark.parametrize("scheduler", SCHEDULERS)
+@pytest.mark.parametrize("records", RECORDS)
 def test_a_failing_sequential_job_stops_the_run_and_names_itself(
-        scheduler, local_cluster, write_config, head_node):
+        scheduler, records, local_cluster, write_config, head_node):
     config = write_config("sequential", {
         "good": "echo fine",
         "bad": "echo 'cannot open input.dat' >&2; exit 3",
         "never": "echo should not run",
     })
-    report = run_local(config, "fail-seq", scheduler=scheduler, cluster=local_cluster)
+    lines = []
+    report = run_local(config, "fail-seq", scheduler=scheduler, cluster=local_cluster,
+                       settings_overrides=RECORDS[records], progress=lines.append)
+    assert kept_its_jobs(report, records)
+    said = "\n".join(lines)
+    assert "job good: SUCCEEDED" in said and "job bad: FAILED" in said and "exit code 3" in said
 
     assert report.status == "FAILED"
     assert report.error == "JobFailed"
@@ -103,14 +132,17 @@ def test_a_failing_sequential_job_stops_the_run_and_names_itself(
 
 
 @pytest.mark.parametrize("scheduler", SCHEDULERS)
+@pytest.mark.parametrize("records", RECORDS)
 def test_a_failing_parallel_job_cancels_the_others_on_the_scheduler(
-        scheduler, local_cluster, write_config, head_node):
+        scheduler, records, local_cluster, write_config, head_node):
     config = write_config("parallel", {
         "crash": "sleep 1; echo 'segfault in solver' >&2; exit 139",
         "long1": "sleep 120",
         "long2": "sleep 120",
     })
-    report = run_local(config, "fail-par", scheduler=scheduler, cluster=local_cluster)
+    report = run_local(config, "fail-par", scheduler=scheduler, cluster=local_cluster,
+                       settings_overrides=RECORDS[records])
+    assert kept_its_jobs(report, records)
 
     assert report.status == "FAILED"
     jobs = jobs_by_name(report)

@@ -320,3 +320,18 @@ def test_a_stream_that_breaks_keeps_no_half_file(tmp_path, s3, monkeypatch):
         results.collect(BrokenStream(), run, BUCKET, s3_client=s3)
     assert all_keys(s3) == ["exec-1/a/stdout"]
     assert s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+
+
+def test_a_retried_jobs_earlier_attempts_are_kept_beside_its_last(tmp_path, s3):
+    job_dir(tmp_path, "a", {"stdout": "second\n", "result": "0 0 1764460100\n",
+                            "attempt-1/stdout": "first\n", "attempt-1/result": "137 9 1764460000\n",
+                            "attempt-1/output/result": "a file the job named result\n"})
+    run = run_record(tmp_path, {"a": {"job_id": "2", "state": "SUCCEEDED", "attempt": 2,
+                                      "attempts": [{"attempt": 1, "job_id": "1", "state": "FAILED"}]}})
+    results.collect(LocalStream(), run, BUCKET, s3_client=s3)
+    kept = objects(s3)
+    assert kept["exec-1/a/stdout"] == b"second\n" and kept["exec-1/a/exit_code"] == b"0 0 1764460100\n"
+    assert kept["exec-1/a/attempt-1/stdout"] == b"first\n"
+    assert kept["exec-1/a/attempt-1/exit_code"] == b"137 9 1764460000\n"
+    assert kept["exec-1/a/attempt-1/output/result"] == b"a file the job named result\n"    # its own name
+    assert json.loads(kept["exec-1/manifest.json"])["jobs"]["a"]["attempts"][0]["job_id"] == "1"

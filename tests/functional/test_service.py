@@ -149,11 +149,12 @@ class AsTheStateMachineCalls:
         setattr(owner, name, value)
 
 
-def local_service(tmp_path, plan, scheduler, poll_window_seconds=0):
+def local_service(tmp_path, plan, scheduler, poll_window_seconds=0, **settings):
     """A RunService for an existing Slurm head node whose SSH is a local bash and whose
     scheduler is `scheduler`; its rounds look once (no poll window) unless told."""
     settings = Settings("existing", "slurm", "127.0.0.1", 22, "hpc", "SHA256:x", "secret",
-                        remote_root=str(tmp_path / "remote"), poll_window_seconds=poll_window_seconds)
+                        remote_root=str(tmp_path / "remote"), poll_window_seconds=poll_window_seconds,
+                        **settings)
     svc = AsTheStateMachineCalls(service_module.RunService(settings, plan=plan, private_key=lambda _: "key"))
     svc.connect = lambda run: LocalBash()
     svc.scheduler = lambda run: scheduler
@@ -167,13 +168,13 @@ def world(tmp_path, monkeypatch):
         (jobs / name).mkdir(parents=True)
         (jobs / name / "run.sh").write_text("true\n")
 
-    def make(order="sequential", poll_window_seconds=0):
+    def make(order="sequential", poll_window_seconds=0, **settings):
         text = f"[order]\n{order} = a, b, c\n" + "".join(
             f"\n[job {n}]\nhandler = run.sh\nlocal_path = jobs/{n}\nwait_time = {w}\n"
             for n, w in (("a", 5), ("b", 2), ("c", 9)))
         plan = build_plan(parse_jobs_config(text, str(tmp_path / "jobs.ini"), tmp_path), tmp_path / "plan")
         scheduler = FakeScheduler(tmp_path)
-        svc = local_service(tmp_path, plan, scheduler, poll_window_seconds)
+        svc = local_service(tmp_path, plan, scheduler, poll_window_seconds, **settings)
         run = svc.create_cluster({"input": {"cluster_name": "c1"}, "execution": "exec-1",
                                   "plan_digest": plan.digest})
         return svc, scheduler, svc.prepare_head_node(run)
@@ -779,3 +780,55 @@ def test_a_run_past_max_run_minutes_cancels_what_is_left_keeps_its_results_and_f
     assert {n: j["state"] for n, j in released["jobs"].items()} == {"a": "SUCCEEDED", "b": "CANCELLED", "c": "CANCELLED"}
     assert artifacts()["exec-1/b/output/partial.txt"] == b"so far\n"
     assert not Path(run["cluster"]["run_dir"]).exists()
+
+
+# -- a wide run: its jobs in the artifacts bucket, not in its record (issue 11) ----------------
+
+def jobs_of(svc, run):
+    """A record's jobs: its own, or those its table names in the bucket."""
+    from stepcluster.jobtable import JobTable
+
+    if "jobs_table" not in run:
+        return run["jobs"]
+    loaded = JobTable(svc.wiring.s3, "artifacts", svc.plan.names).load(Run.from_dict(run))
+    return {name: job.to_dict() for name, job in loaded.jobs.items()}
+
+
+def test_a_wide_run_is_the_same_run_with_its_jobs_in_the_bucket(tmp_path, world, artifacts, monkeypatch):
+    """The same parallel run (a succeeds, b fails, c is cancelled) with its jobs in its record
+    and, as a run with more jobs than a record carries, in the artifacts bucket: every state
+    the same, every job the same, the same changes reported; the wide record holds no job."""
+    monkeypatch.setattr(headnode, "_now", lambda: 1_700_000_100)      # both runs at one time
+    steps = []
+    for jobs_in_record in (200, 1):
+        svc, scheduler, run = world("parallel", jobs_in_record=jobs_in_record, artifacts_bucket="artifacts")
+        records, seen = [], []
+
+        def step(record):
+            # read now: each store deletes the shards the one before it replaced
+            records.append(record)
+            # (less the results' location an inline record carries while it can: the manifest has it)
+            jobs = {n: {k: v for k, v in j.items() if k != "results"} for n, j in jobs_of(svc, record).items()}
+            seen.append((record.get("phase"), jobs, record.get("changes"), record.get("failure")))
+            return record
+        run = step(svc.submit_jobs(step(run)))
+        scheduler.status_file.write_text("id-a R\nid-b R\nid-c Q\n")
+        finish(run, "a", 0)
+        run = step(svc.poll_jobs(run))
+        finish(run, "b", 3)
+        run = step(svc.poll_jobs(run))
+        scheduler.status_file.write_text("id-c GONE\n")            # the cancel is confirmed
+        run = step(svc.release_head_node(step(svc.cancel_jobs(run))))
+        steps.append(seen)
+        manifest = manifest_of(artifacts)["jobs"]
+        if jobs_in_record == 1:
+            assert all("jobs" not in r and "jobs_table" in r for r in records)
+            assert records[-1]["jobs_table"]["counts"] == {"SUCCEEDED": 1, "FAILED": 1, "CANCELLED": 1}
+        shutil.rmtree(tmp_path / "remote")
+        for path in (tmp_path / "submitted.txt", tmp_path / "known.txt"):
+            path.unlink(missing_ok=True)
+    inline, wide = steps
+    assert wide == inline
+    assert [c["job"] for c in inline[1][2]] == ["a", "b", "c"]       # submitted: each one PENDING
+    assert inline[-2][1]["c"]["state"] == "CANCELLED" and manifest["c"]["state"] == "CANCELLED"
+    assert inline[3][3]["Error"] == "JobFailed"

@@ -994,7 +994,7 @@ EXACT_EXPECTED = {
     'order missing, problems without a line first': [
         "jobs.ini: [order] section is missing: add [order] with 'sequential = a, "
         "b' or 'parallel = a, b'",
-        'jobs.ini:4: [job a] bogus: unknown key (allowed: handler, s3_uri, local_path, wait_time, nodes, tasks, cpus_per_task, memory, time_limit, queue, scheduler_options, array)',
+        'jobs.ini:4: [job a] bogus: unknown key (allowed: handler, s3_uri, local_path, wait_time, nodes, tasks, cpus_per_task, memory, time_limit, queue, scheduler_options, array, depends_on, retries, retry_on)',
     ],
     'unlisted job': [
         "jobs.ini:6: warning: [job b] job 'b' is not listed in [order] sequential"
@@ -1028,15 +1028,15 @@ EXACT_EXPECTED = {
         'le text is used as the value',
     ],
     'no warning for unknown or multi-line keys': [
-        'jobs.ini:5: [job a] bogus: unknown key (allowed: handler, s3_uri, local_path, wait_time, nodes, tasks, cpus_per_task, memory, time_limit, queue, scheduler_options, array)',
+        'jobs.ini:5: [job a] bogus: unknown key (allowed: handler, s3_uri, local_path, wait_time, nodes, tasks, cpus_per_task, memory, time_limit, queue, scheduler_options, array, depends_on, retries, retry_on)',
         'jobs.ini:6: [job a] local_path: must be on one line (line 7 is indented '
         'deeper, so it is read as a continuation of this value)',
     ],
     'unknown key without hint': [
-        'jobs.ini:6: [job a] zzz: unknown key (allowed: handler, s3_uri, local_path, wait_time, nodes, tasks, cpus_per_task, memory, time_limit, queue, scheduler_options, array)',
+        'jobs.ini:6: [job a] zzz: unknown key (allowed: handler, s3_uri, local_path, wait_time, nodes, tasks, cpus_per_task, memory, time_limit, queue, scheduler_options, array, depends_on, retries, retry_on)',
     ],
     'unknown key in order without hint': [
-        'jobs.ini:3: [order] zzz: unknown key (allowed: sequential, parallel)',
+        'jobs.ini:3: [order] zzz: unknown key (allowed: sequential, parallel, on_failure)',
     ],
     'order with a name': [
         'jobs.ini:1: [order x] the [order] section takes no name: write just [ord'
@@ -1495,3 +1495,78 @@ def test_a_folder_that_cannot_be_entered_is_not_readable(tmp_path, monkeypatch):
     assert str(problem).replace(str(tmp_path), "<tmp>") == (
         "jobs.ini:6: [job a] local_path: is not readable: 'proj' (resolved to '<tmp>/proj')"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# A graph, retries, on_failure (issue 12): what a seed config means is unchanged
+
+
+def graph_config(order="parallel", a="", b="", c="", d="", options=""):
+    jobs = {"a": a, "b": b, "c": c, "d": d}
+    return (f"[order]\n{order} = a, b, c, d\n{options}\n" + "".join(
+        f"[job {n}]\nhandler = run.sh\ns3_uri = s3://my-bucket/{n}/\n{extra}\n" for n, extra in jobs.items()))
+
+
+def test_a_diamond_with_retries_and_on_failure_is_read(tmp_path):
+    config = parse(graph_config(b="depends_on = a\nretries = 2\nretry_on = 137, node_fail, 137\n",
+                                c="depends_on = a", d="depends_on = b,c", options="on_failure = finish"), tmp_path)
+    jobs = {j.name: j for j in config.jobs}
+    assert [jobs[n].depends_on for n in "abcd"] == [(), ("a",), ("a",), ("b", "c")]
+    assert (jobs["b"].retries, jobs["b"].retry_on) == (2, ("137", "NODE_FAIL"))
+    assert config.on_failure == "finish" and parse(graph_config(), tmp_path).on_failure == "cancel"
+
+
+def test_graph_problems_are_named_with_their_line(tmp_path):
+    text = graph_config(a="depends_on = a", b="depends_on = zz, dd", c="depends_on = d", d="depends_on = c")
+    text += "[job e]\nhandler = run.sh\ns3_uri = s3://my-bucket/e/\n"
+    text = text.replace("depends_on = zz, dd", "depends_on = zz, e, dd")
+    problems = errors_of(text, tmp_path)
+    shown = [f"{p.line}: {p.message}" for p in problems]
+    assert shown == [
+        "7: job 'a' cannot depend on itself",
+        "11: job 'zz' has no [job zz] section",
+        "11: job 'e' is not listed in [order] parallel, so it never runs and 'b' would wait for ever",
+        "11: job 'dd' has no [job dd] section",
+        "15: the jobs wait for each other in a cycle: c -> d -> c (each waits for the next): none of them could start",
+    ]
+
+
+def test_a_longer_cycle_is_printed_whole(tmp_path):
+    problem = only_error(graph_config(a="depends_on = c", b="depends_on = a", c="depends_on = b"), tmp_path)
+    assert_at(problem, 7, "job a", "depends_on", "a -> c -> b -> a")
+
+
+def test_depends_on_needs_a_parallel_order(tmp_path):
+    problem = only_error(graph_config(order="sequential", b="depends_on = a"), tmp_path)
+    assert_at(problem, 11, "job b", "depends_on", "needs [order] parallel: a sequential run is already a chain")
+
+
+@pytest.mark.parametrize("key, value, fragment", [
+    ("retries", "11", "must be an integer from 0 to 10"),
+    ("retries", "-1", "must be an integer from 0 to 10"),
+    ("retries", "two", "must be an integer from 0 to 10"),
+    ("retry_on", "256", "'256' is not an exit code a retry can follow (1 to 255)"),
+    ("retry_on", "0", "'0' is not an exit code"),
+    ("retry_on", "NODE FAIL", "neither an exit code nor a scheduler state word"),
+    ("retry_on", "137,", "empty item in the list"),
+    ("depends_on", "b,,c", "doubled comma after 'b'"),
+    ("depends_on", "b, b", "job 'b' is listed more than once"),
+])
+def test_bad_workflow_values_are_named(tmp_path, key, value, fragment):
+    extra = f"{key} = {value}\n" + ("retries = 1\n" if key == "retry_on" else "")
+    problem = only_error(graph_config(a=extra), tmp_path)
+    assert_at(problem, 7, "job a", key, fragment)
+
+
+def test_retry_on_without_retries_is_a_warning_and_on_failure_a_word(tmp_path):
+    config = parse(graph_config(a="retry_on = 137"), tmp_path)
+    (warning,) = config.warnings
+    assert warning.key == "retry_on" and "has no effect without 'retries = N'" in warning.message
+    problem = only_error(graph_config(options="on_failure = continue"), tmp_path)
+    assert_at(problem, 3, "order", "on_failure", "must be one of cancel, finish")
+
+
+def test_validate_shows_a_graphs_levels(tmp_path):
+    config = parse(graph_config(b="depends_on = a", c="depends_on = a", d="depends_on = b, c"), tmp_path)
+    assert config.summary() == (f"{PATH}: 4 jobs in a graph of 3 levels (each job after those it depends on): "
+                                "0: a; 1: b, c; 2: d")

@@ -539,3 +539,104 @@ def test_jobs_left_unkept_are_the_ended_ones_not_kept():
     run = run_of("parallel", a="SUCCEEDED", b="FAILED", c="RUNNING")
     run.jobs["a"] = run.jobs["a"].but(kept=True)
     assert d.unkept_jobs(run) == ["b"]
+
+
+# -- a graph of jobs, retries, failures that let the others finish (issue 12) --------------------
+
+DIAMOND = {"a": (), "b": ("a",), "c": ("a",), "d": ("b", "c")}
+FOUR = {"a": 5, "b": 2, "c": 9, "d": 3}
+
+
+def test_a_job_is_ready_once_every_job_it_waits_for_succeeded():
+    assert d.ready_jobs(run_of("parallel", a="NOT_STARTED", b="NOT_STARTED", c="NOT_STARTED", d="NOT_STARTED"),
+                        DIAMOND) == ["a"]
+    assert d.ready_jobs(run_of("parallel", a="SUCCEEDED", b="NOT_STARTED", c="NOT_STARTED", d="NOT_STARTED"),
+                        DIAMOND) == ["b", "c"]
+    assert d.ready_jobs(run_of("parallel", a="SUCCEEDED", b="SUCCEEDED", c="RUNNING", d="NOT_STARTED"), DIAMOND) == []
+    assert d.ready_jobs(run_of("parallel", a="SUCCEEDED", b="SUCCEEDED", c="SUCCEEDED", d="NOT_STARTED"),
+                        DIAMOND) == ["d"]
+    # a failed prerequisite: never ready
+    assert d.ready_jobs(run_of("parallel", a="SUCCEEDED", b="FAILED", c="SUCCEEDED", d="NOT_STARTED"), DIAMOND) == []
+    # without a graph: the order's own (sequential: a chain; parallel: a fan)
+    assert d.ready_jobs(run_of("sequential", a="SUCCEEDED", b="NOT_STARTED", c="NOT_STARTED")) == ["b"]
+    assert d.ready_jobs(run_of("parallel", a="RUNNING", b="NOT_STARTED", c="NOT_STARTED")) == ["b", "c"]
+
+
+def test_a_round_that_makes_jobs_ready_submits_them_while_others_run():
+    run = run_of("parallel", a="SUCCEEDED", b="SUCCEEDED", c="RUNNING", d="NOT_STARTED")
+    assert d.decide(run, ["b"], wait_times=FOUR, scheduler="slurm", prerequisites=DIAMOND).action == Action.WAIT
+    run = run_of("parallel", a="SUCCEEDED", b="RUNNING", c="NOT_STARTED", d="NOT_STARTED")
+    decision = d.decide(run, ["a"], wait_times=FOUR, scheduler="slurm", prerequisites=DIAMOND)
+    assert decision.action == Action.SUBMIT and decision.run.phase == Phase.NEXT
+    run, batch = d.next_batch(run, list(DIAMOND), DIAMOND)
+    assert batch == ["c"]
+    # a watching round reports at once when a job became ready, not at its window's end
+    run = run_of("parallel", a="SUCCEEDED", b="RUNNING", c="NOT_STARTED", d="NOT_STARTED")
+    assert d.next_look(run, ["a"], now=NOW, wait_times=FOUR, window_left=600, limits=LIMITS, scheduler="slurm",
+                       prerequisites=DIAMOND) == 0
+    # ... and a start of one whose dependents still wait is no reason to report
+    run = run_of("parallel", a="RUNNING", b="NOT_STARTED", c="NOT_STARTED", d="NOT_STARTED")
+    run.jobs["a"] = run.jobs["a"].but(started="2023-11-14T22:13:20Z")
+    assert d.next_look(run, ["a"], now=NOW, wait_times=FOUR, window_left=600,
+                       limits=Limits(600, poll_window_seconds=600), scheduler="slurm", prerequisites=DIAMOND) > 0
+
+
+def test_a_failure_cancels_the_rest_unless_the_run_lets_independent_jobs_finish():
+    run = run_of("parallel", a="SUCCEEDED", b="FAILED", c="RUNNING", d="NOT_STARTED")
+    cancel = d.decide(run, ["b"], wait_times=FOUR, scheduler="slurm", prerequisites=DIAMOND)
+    assert cancel.action == Action.FAIL and cancel.failure["Cause"].startswith("Job 'b' (slurm job id-b) ended FAILED")
+    finish = d.decide(run, ["b"], wait_times=FOUR, scheduler="slurm", prerequisites=DIAMOND, on_failure="finish")
+    assert finish.action == Action.WAIT                  # c goes on; d waits for b, so never starts
+    assert d.blamed_jobs(run, ["b"], on_failure="finish", prerequisites=DIAMOND) == []
+    run.jobs["c"] = JobRecord(state=JobState.FAILED, job_id="id-c", exit_code=2)
+    assert d.blamed_jobs(run, ["c"], on_failure="finish", prerequisites=DIAMOND) == ["b", "c"]
+    done = d.decide(run, ["c"], wait_times=FOUR, scheduler="slurm", prerequisites=DIAMOND, on_failure="finish",
+                    stderr_tails={"b": "b's complaint", "c": "c's complaint"})
+    cause = done.failure["Cause"]
+    assert done.action == Action.FAIL and done.failure["Error"] == "JobFailed"
+    assert cause.startswith("Jobs 'b', 'c' failed; the jobs that did not wait for them ran to their end "
+                            "([order] on_failure = finish), and job 'd' that did never started.")
+    assert "Job 'b' (slurm job id-b)" in cause and "c's complaint" in cause and "b's complaint" in cause
+
+
+def rule(retries, *on):
+    return d.RetryRule(retries, tuple(on))
+
+
+@pytest.mark.parametrize("job, retry_rule, due", [
+    (JobRecord(state=JobState.FAILED, job_id="1", exit_code=137, signal=9), rule(1, "137"), True),
+    (JobRecord(state=JobState.FAILED, job_id="1", exit_code=None, signal=9), rule(1, "137"), True),   # 128 + 9
+    (JobRecord(state=JobState.FAILED, job_id="1", exit_code=1), rule(1, "137"), False),
+    (JobRecord(state=JobState.FAILED, job_id="1", exit_code=1), rule(1), True),                       # any failure
+    (JobRecord(state=JobState.FAILED, job_id="1", scheduler_state="NODE_FAIL"), rule(2, "NODE_FAIL"), True),
+    (JobRecord(state=JobState.FAILED, job_id="1", scheduler_state="CANCELLED by 0"), rule(2, "NODE_FAIL"), False),
+    (JobRecord(state=JobState.FAILED, job_id="1", exit_code=3, attempt=2), rule(1), False),          # none left
+    (JobRecord(state=JobState.FAILED, job_id="1", exit_code=3, attempt=2), rule(2), True),
+    (JobRecord(state=JobState.CANCELLED, job_id="1"), rule(3), False),
+    (JobRecord(state=JobState.FAILED, job_id=None, reason="refused"), rule(3), False),               # never submitted
+    (JobRecord(state=JobState.FAILED, job_id="1", reason="cannot start by itself (held) and did not within 600 s"),
+     rule(3), False),
+    (JobRecord(state=JobState.SUCCEEDED, job_id="1", exit_code=0), rule(3), False),
+    (JobRecord(state=JobState.FAILED, job_id="1", exit_code=1), None, False),
+])
+def test_a_failure_is_retried_when_the_job_has_attempts_left_and_retry_on_names_it(job, retry_rule, due):
+    assert d.retry_due(job, retry_rule) is due
+
+
+def test_a_retried_job_becomes_its_next_attempt_keeping_the_last_one():
+    run = run_of("parallel", a="RUNNING", b="RUNNING")
+    seen = {"a": JobObservation(str(NOW - 5), f"137 9 {NOW}"), "b": JobObservation(str(NOW - 5), f"1 0 {NOW}")}
+    after, changed = d.apply_round(run, seen, scheduler="slurm", now=NOW, limits=LIMITS,
+                                   retries={"a": rule(1, "137"), "b": rule(1, "137")})
+    assert changed == ["a", "b"]
+    assert after.jobs["a"] == JobRecord(attempt=2, attempts=[{
+        "attempt": 1, "job_id": "id-a", "state": "FAILED", "exit_code": 137, "signal": 9,
+        "started": "2023-11-14T22:13:15Z", "ended": "2023-11-14T22:13:20Z"}])
+    assert after.jobs["b"].state == JobState.FAILED                  # exit 1: not what retry_on names
+    assert d.ready_jobs(after) == ["a"]
+    # the second attempt fails too: the cause says so, with the first
+    last = after.copy()
+    last.jobs["a"] = after.jobs["a"].but(state=JobState.FAILED, job_id="id-a2", exit_code=137, signal=9)
+    cause = d.decide(last, ["a"], wait_times=WAITS, scheduler="slurm").failure["Cause"]
+    assert cause.startswith("Job 'a' (slurm job id-a2) ended FAILED killed by signal 9 on its attempt 2; "
+                            "earlier attempts: 1 (slurm job id-a) killed by signal 9")

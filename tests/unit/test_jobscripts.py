@@ -85,6 +85,7 @@ def test_parse_records_reads_only_tagged_lines_and_keeps_every_field():
 
 def test_unb64_decodes_what_base64_w0_prints():
     assert unb64(enc("two\nlines $x 'q'\n")) == "two\nlines $x 'q'\n"
+    assert unb64("=12;cluster") == "12;cluster\n"          # a plain one-line answer, passed as it is
     assert unb64("") == "" and unb64(None) == ""
     assert unb64(base64.b64encode(b"\xff ok").decode()) == "\ufffd ok"      # never raises on bytes
 
@@ -345,8 +346,8 @@ def test_submit_records_each_answer_and_never_submits_twice(box, tmp_path):
     script = jobscripts.submit_script(box.run_dir, jobs, concurrency=1)     # the log in order
     p = box.bash(script)
     assert (p.returncode, p.stderr) == (0, "")
-    assert records(p.stdout) == [Record("submit", ("a", "0", enc("101\n"), enc("note\n"))),
-                                 Record("submit", ("b-2", "0", enc("102;cluster\n"), ""))]
+    assert records(p.stdout) == [Record("submit", ("a", "0", "=101", enc("note\n"))),
+                                 Record("submit", ("b-2", "0", "=102;cluster", ""))]
     a = Path(jobscripts.job_dir(box.run_dir, "a"))
     # run from the job's folder, the intent written before, every argument as given
     assert log.read_text().splitlines() == [
@@ -370,7 +371,7 @@ def test_submit_stops_at_the_first_refusal_and_retries_it_later(box, tmp_path):
     p = box.bash(jobscripts.submit_script(box.run_dir, jobs, concurrency=1))
     assert p.returncode == 0
     assert records(p.stdout) == [
-        Record("submit", ("first", "0", enc("1\n"), "")),
+        Record("submit", ("first", "0", "=1", "")),
         Record("submit", ("refused", "1", "", enc("sbatch: error: Batch job submission failed\n")))]
     never = Path(jobscripts.job_dir(box.run_dir, "never"))
     assert not (never / "submit.intent").exists() and not (never / "submit.rc").exists()
@@ -379,9 +380,9 @@ def test_submit_stops_at_the_first_refusal_and_retries_it_later(box, tmp_path):
     jobs[1] = ("refused", fake_submit(log, stdout="2\n"))
     p = box.bash(jobscripts.submit_script(box.run_dir, jobs, concurrency=1))
     assert records(p.stdout, "submit") == [
-        Record("submit", ("first", "0", enc("1\n"), "")),
-        Record("submit", ("refused", "0", enc("2\n"), "")),
-        Record("submit", ("never", "0", enc("3\n"), ""))]
+        Record("submit", ("first", "0", "=1", "")),
+        Record("submit", ("refused", "0", "=2", "")),
+        Record("submit", ("never", "0", "=3", ""))]
     assert len(log.read_text().splitlines()) == 4
 
 
@@ -400,6 +401,18 @@ def test_submit_sends_a_batch_at_once_reports_it_whole_and_stops_after_a_refusal
     assert [(r.fields[0], r.fields[1]) for r in got] == [(n, "0") for n in names[:4]] + [("refused", "1")]
     assert len(log.read_text().splitlines()) == 5           # the batch after the refusal never went
     assert not Path(jobscripts.job_dir(box.run_dir, "j4"), "submit.intent").exists()
+
+
+@pytest.mark.parametrize("answer, field", [
+    ("12.head\n", "=12.head"), ("12_[1-8]\n", None), ("Submitted batch job 5\n", None),
+    ("5\n6\n", None), ("5\r\n", None), ("7", "=7")])
+def test_submit_passes_a_plain_job_id_as_it_is_and_anything_else_in_base64(box, tmp_path, answer, field):
+    box.job("j")
+    p = box.bash(jobscripts.submit_script(box.run_dir, [("j", fake_submit(tmp_path / "l", stdout=answer))]))
+    (record,) = records(p.stdout)
+    assert record.fields[2] == (field or enc(answer))
+    expected = answer if field is None else answer.rstrip("\n") + "\n"
+    assert jobscripts.command_output(record, 1) == CommandOutput(expected, "", 0)
 
 
 @pytest.mark.parametrize("rc", [2, 127, 255])
@@ -423,7 +436,7 @@ def test_a_submit_that_died_midway_is_reported_unsure_and_not_repeated(box, tmp_
     p = box.bash(jobscripts.submit_script(box.run_dir, jobs))
     assert p.returncode == 0
     assert records(p.stdout) == [Record("unsure", ("quiet", "-")), Record("unsure", ("ran", "ran")),
-                                 Record("submit", ("after", "0", enc("9\n"), ""))]
+                                 Record("submit", ("after", "0", "=9", ""))]
     assert log.read_text().splitlines() == [f"{after} intent ||"]      # only the sure one
 
 
@@ -442,7 +455,7 @@ def test_recovery_adopts_found_jobs_and_frees_the_others(box, tmp_path):
     jobs = [(n, fake_submit(log, stdout="13\n")) for n in ("found", "gone")]
     p = box.bash(jobscripts.submit_script(box.run_dir, jobs))
     assert records(p.stdout) == [Record("submit", ("found", "0", enc("12.head 'x' $y\n"), "")),
-                                 Record("submit", ("gone", "0", enc("13\n"), ""))]
+                                 Record("submit", ("gone", "0", "=13", ""))]
     assert log.read_text().splitlines() == [f"{gone} intent ||"]
     # nothing to record, or a job whose intent is already gone: fine
     assert box.bash(jobscripts.recovery_script(box.run_dir, {}, ["gone", "gone"])).returncode == 0
@@ -691,3 +704,51 @@ def test_run_jobs_lists_every_submitted_job_with_its_answer_and_result(box):
     assert found == {"done": ("0", "41\n", "0 0 1700000000\n"), "running": ("0", "42\n", ""),
                      "unsure": ("", "", "")}
     assert box.bash(jobscripts.run_jobs_script(box.run_dir + "/none")).stdout == ""
+
+
+# ------------------------------------------------------------------------------ retries
+def test_the_next_attempt_finds_its_folder_as_the_first_did_the_last_attempt_kept_beside(box):
+    d = box.job("a")
+    for name in ("stdout", "stderr", "result", "started", "submit.intent", "submit.rc", "submit.out", "submit.err"):
+        (d / name).write_text(f"{name} of attempt 1\n")
+    (d / "output").mkdir()
+    (d / "output" / "x.dat").write_text("data\n")
+    (d / "3").mkdir()                                    # an array task's folder
+    (d / "3" / "stdout").write_text("task 3\n")
+    for keep in ("src", "run.sh"):
+        (d / keep).mkdir() if keep == "src" else (d / keep).write_text("#!/bin/bash\n")
+    script = jobscripts.next_attempt_script(box.run_dir, {"a": 2})
+    p = box.bash(script)
+    assert (p.returncode, p.stderr) == (0, "")
+    assert sorted(x.name for x in d.iterdir()) == ["attempt-1", "run.sh", "src"]
+    kept = d / "attempt-1"
+    assert (kept / "stdout").read_text() == "stdout of attempt 1\n" and (kept / "output" / "x.dat").exists()
+    assert (kept / "3" / "stdout").read_text() == "task 3\n" and (kept / "submit.rc").exists()
+    # a retried call (the files now are attempt 2's): nothing moves again
+    (d / "stdout").write_text("attempt 2\n")
+    assert box.bash(script).returncode == 0
+    assert (d / "stdout").read_text() == "attempt 2\n" and (kept / "stdout").read_text() == "stdout of attempt 1\n"
+
+
+def test_a_move_that_died_midway_is_finished_by_the_next_call(box):
+    d = box.job("a")
+    (d / "attempt-2.part").mkdir()
+    (d / "attempt-2.part" / "stdout").write_text("moved already\n")
+    (d / "stderr").write_text("not yet\n")
+    assert box.bash(jobscripts.next_attempt_script(box.run_dir, {"a": 3})).returncode == 0
+    assert sorted(x.name for x in (d / "attempt-2").iterdir()) == ["stderr", "stdout"]
+    assert not (d / "attempt-2.part").exists() and not (d / "stderr").exists()
+
+
+def test_results_stream_the_earlier_attempts_too(box):
+    d = box.job("a")
+    (d / "stdout").write_text("2\n")
+    (d / "attempt-1").mkdir()
+    (d / "attempt-1" / "stdout").write_text("1\n")
+    (d / "attempt-1" / "result").write_text("137 9 1\n")
+    (d / "attempt-1" / "4").mkdir()
+    (d / "attempt-1" / "4" / "stderr").write_text("task\n")
+    p = box.bash(jobscripts.results_script(box.run_dir, ["a"]), binary=True)
+    with tarfile.open(fileobj=io.BytesIO(p.stdout), mode="r:gz") as tar:
+        names = sorted(tar.getnames())
+    assert names == ["a/attempt-1/4/stderr", "a/attempt-1/result", "a/attempt-1/stdout", "a/stdout"]

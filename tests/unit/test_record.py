@@ -119,3 +119,35 @@ def test_refusals_say_where_and_show_what_came():
     with pytest.raises(InputError) as err:
         Run.from_dict(["x" * 300])
     assert str(err.value) == "not a run record (no execution name): " + str(["x" * 300])[:200]
+
+
+def test_counts_and_changes_say_what_a_task_did_in_a_few_lines():
+    before = Run("e", order="parallel", jobs={n: JobRecord() for n in ("a", "b", "c")})
+    after = before.copy()
+    after.jobs["a"] = JobRecord(state=JobState.SUCCEEDED, job_id="1", exit_code=0)
+    after.jobs["b"] = JobRecord(state=JobState.NOT_STARTED, reason="same state: no change")
+    after = after.with_changes_since(before)
+    assert after.changes == [{"job": "a", "state": "SUCCEEDED", "job_id": "1", "exit_code": 0}]
+    assert after.changes_more is None and after.job_counts() == {"NOT_STARTED": 2, "SUCCEEDED": 1}
+    # a job the record before did not list was not started
+    assert after.with_changes_since(Run("e", order="parallel")).changes == after.changes
+
+
+def test_changes_list_the_first_few_and_count_the_rest():
+    from stepcluster.record import CHANGES_IN_RECORD
+
+    names = [f"j{i}" for i in range(CHANGES_IN_RECORD + 7)]
+    before = Run("e", order="parallel", jobs={n: JobRecord() for n in names})
+    after = before.copy()
+    for n in names:
+        after.jobs[n] = JobRecord(state=JobState.PENDING, job_id=n)
+    after = after.with_changes_since(before)
+    assert [c["job"] for c in after.changes] == names[:CHANGES_IN_RECORD] and after.changes_more == 7
+    assert "changes" not in after.with_changes_since(after).to_dict()       # the next task's own
+
+
+def test_a_wide_record_carries_its_table_and_no_jobs():
+    run = Run.from_dict({"execution": "e", "order": "parallel", "jobs_table": {"shards": {}, "counts": {"NOT_STARTED": 5}}})
+    assert run.jobs == {} and "jobs" not in run.to_dict() and run.to_dict()["jobs_table"]["counts"] == {"NOT_STARTED": 5}
+    with pytest.raises(InputError, match="jobs_table is not an object"):
+        Run.from_dict({"execution": "e", "jobs_table": ["x"]})

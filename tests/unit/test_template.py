@@ -408,8 +408,10 @@ def test_environment_matches_what_the_code_reads(template):
     variables = template["Globals"]["Function"]["Environment"]["Variables"]
     read = {f"STEPCLUSTER_{f.name.upper()}" for f in dataclasses.fields(Settings)}
     # Lambda sets AWS_REGION, which Settings falls back to; the cluster functions alone get the
-    # release function (a global one would make that function depend on itself)
-    assert set(variables) == read - {"STEPCLUSTER_REGION", "STEPCLUSTER_RELEASE_FUNCTION"} | {"LOG_LEVEL"}
+    # release function (a global one would make that function depend on itself); how many jobs
+    # a record carries is the code's bound (tests and the benchmark lower it), not a parameter
+    assert set(variables) == read - {"STEPCLUSTER_REGION", "STEPCLUSTER_RELEASE_FUNCTION",
+                                     "STEPCLUSTER_JOBS_IN_RECORD"} | {"LOG_LEVEL"}
     for function in ("ClusterFunction", "ParallelClusterFunction"):
         own = template["Resources"][function]["Properties"]["Environment"]["Variables"]
         assert own == {"STEPCLUSTER_RELEASE_FUNCTION": {"Ref": "ReleaseHeadNodeFunction"}}
@@ -426,7 +428,9 @@ def test_results_go_to_the_stacks_own_bucket_written_only_by_the_functions_that_
     assert all(bucket["Properties"]["PublicAccessBlockConfiguration"].values())
     writers = {path[0]: json.dumps(s["Resource"]) for path, s in statements(resources)
                if "s3:PutObject" in as_list(s["Action"]) and "ArtifactsBucket" in json.dumps(s["Resource"])}
-    assert set(writers) == {"JobResultsPolicy", "JobStagingPolicy"}
+    assert set(writers) == {"JobResultsPolicy", "JobStagingPolicy", "JobTablePolicy"}
+    # a wide run's job records: only below a run's .jobs/ (no job's results are there)
+    assert writers["JobTablePolicy"] == json.dumps({"Fn::Sub": "${ArtifactsBucket.Arn}/*/.jobs/*"})
     holders = {name: r["Properties"]["ManagedPolicyArns"] for name, r in resources.items()
                if r["Type"] == "AWS::IAM::Role" and "JobResultsPolicy" in json.dumps(r["Properties"].get("ManagedPolicyArns"))}
     # the polling round that sees a job end, the release, and for an existing head node the
@@ -785,10 +789,14 @@ def test_cleanup_policy_reads_only_this_state_machines_executions(template, tran
                   "arn:aws:states:us-east-1:123456789012:stateMachine:JobsStateMachine-AbC"):
         assert not fnmatch.fnmatchcase(other, sub(scope)), other
     assert found["FindRunSecrets"]["Action"] == "secretsmanager:ListSecrets"
-    # no other statement anywhere grants a Step Functions action
-    states = {path[0] for path, s in statements(resources)
+    # no other statement anywhere grants a Step Functions action, but the resume check's, which
+    # reads the same executions (is the run to resume still running?) for every backend
+    states = {path[0]: s for path, s in statements(resources)
               if any(a.startswith("states:") for a in as_list(s["Action"]))}
-    assert states == {"ClusterCleanupPolicy"}
+    assert set(states) == {"ClusterCleanupPolicy", "ResumeCheckPolicy"}
+    assert states["ResumeCheckPolicy"]["Action"] == "states:DescribeExecution"
+    assert states["ResumeCheckPolicy"]["Resource"] == describe["Resource"]
+    assert "Condition" not in resources["ResumeCheckPolicy"]
 
 
 def test_the_sweep_runs_on_a_schedule_for_backends_that_create_clusters(template, transformed):

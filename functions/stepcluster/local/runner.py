@@ -7,6 +7,7 @@ and a private key read from moto's Secrets Manager) to the local cluster's head 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import json
@@ -109,7 +110,8 @@ def run_local(config_path: str, cluster_name: str, *, scheduler: str = "slurm",
               on_start: Callable[[LocalLambdaEndpoint], None] | None = None,
               on_finish: Callable[["RunReport"], None] | None = None,
               standin_failure: str | None = None, s3_dir: str | Path | None = None,
-              artifacts_dir: str | Path | None = None, staging: str = "ssh") -> RunReport:
+              artifacts_dir: str | Path | None = None, staging: str = "ssh",
+              resume: str | None = None) -> RunReport:
     """Run CONFIG end to end; raises ConfigError for a bad config, FileNotFoundError for no rig.
 
     backend "existing" uses the local head node as it is; "cfncluster" runs cfncluster's own
@@ -127,6 +129,8 @@ def run_local(config_path: str, cluster_name: str, *, scheduler: str = "slurm",
     are keys (`s3://bucket/prefix/` in a config is read from `S3_DIR/bucket/prefix/`).
     `artifacts_dir`: after the run, everything the run wrote to the artifacts bucket is
     written here with the same keys (`ARTIFACTS_DIR/EXECUTION/JOB/stdout`...).
+    `resume`: an earlier execution (name or ARN) whose finished jobs are not run again; its
+    manifest is read from `artifacts_dir` (where that run-local wrote it) into the bucket.
     `staging="head-node"`: the head node downloads the jobs' files itself with presigned URLs;
     S3 is then also served over HTTP on 127.0.0.1 (moto's server), which the head node reaches.
 
@@ -155,6 +159,9 @@ def run_local(config_path: str, cluster_name: str, *, scheduler: str = "slurm",
                                                    standin_failure)
             _load_s3_dir(s3_dir)
             boto3_client("s3").create_bucket(Bucket=ARTIFACTS_BUCKET)
+            if resume is not None:
+                _load_manifest(artifacts_dir, resume)
+                execution_input = {**(execution_input or {"cluster_name": cluster_name}), "resume": resume}
             plan = build_plan(config, Path(plan_dir) / "plan", backend=backend, cluster_config=cluster_config)
             os.environ["STEPCLUSTER_PLAN_DIR"] = str(Path(plan_dir) / "plan")
             if on_start:
@@ -264,6 +271,16 @@ def _load_s3_dir(folder) -> None:
             s3.upload_file(str(path), bucket.name, path.relative_to(bucket).as_posix())
 
 
+def _load_manifest(folder, execution: str) -> None:
+    """The manifest of the run to resume, from the `--artifacts-dir` an earlier run-local wrote
+    it to, into the artifacts bucket (its results stay in the folder: the new run's manifest
+    points at them). None there: the run fails at Create Cluster saying so, as in AWS."""
+    name = str(execution).rsplit(":", 1)[-1]
+    path = Path(folder or ".") / name / "manifest.json"
+    if folder and path.is_file():
+        boto3_client("s3").upload_file(str(path), ARTIFACTS_BUCKET, f"{name}/manifest.json")
+
+
 def _write_artifacts(folder: Path) -> None:
     s3 = boto3_client("s3")
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=ARTIFACTS_BUCKET):
@@ -337,8 +354,7 @@ def _execute(plan, cluster, cluster_name, execution_input, endpoint, progress, t
     output = json.loads(described["output"]) if described.get("output") else None
     run = output or follower.last_run or {}
     results = (run.get("results") or {}).get("prefix")
-    jobs = [_job_row(name, job, results) for name, job in run.get("jobs", {}).items()] or \
-        [_job_row(job.name, {"state": "NOT_STARTED"}, None) for job in plan.jobs]
+    jobs = _job_rows(run, plan, execution_name)
     if cleanup is not None:
         jobs = _as_kept(jobs, execution_name)
     events = follower.events
@@ -558,10 +574,28 @@ def _as_kept(jobs: list[dict], execution: str) -> list[dict]:
     return rows
 
 
+def _job_rows(run: dict, plan, execution: str) -> list[dict]:
+    """A row for every job of the plan: from the record, or for a wide run (whose jobs are
+    not in its record: jobtable.py) from the manifest its release wrote."""
+    results = (run.get("results") or {}).get("prefix")
+    jobs = run.get("jobs")
+    if jobs is None and run.get("jobs_table") is not None:
+        jobs = (_kept_manifest(execution) or {}).get("jobs")
+    jobs = jobs or {}
+    return [_job_row(job.name, jobs.get(job.name) or {"state": "NOT_STARTED"}, results) for job in plan.jobs]
+
+
 def _job_row(name: str, job: dict, results_prefix: str | None) -> dict:
-    return {"name": name, "job_id": job.get("job_id"), "state": job.get("state"),
-            "exit_code": job.get("exit_code"), "started": job.get("started"), "ended": job.get("ended"),
-            "results": job.get("results") or (f"{results_prefix}{name}/" if results_prefix and job.get("job_id") else None)}
+    row = {"name": name, "job_id": job.get("job_id"), "state": job.get("state"),
+           "exit_code": job.get("exit_code"), "started": job.get("started"), "ended": job.get("ended"),
+           "results": job.get("results") or (f"{results_prefix}{name}/" if results_prefix and job.get("job_id") else None)}
+    if job.get("resumed_from"):
+        # finished by an earlier execution, whose prefix holds its results
+        row["resumed_from"] = job["resumed_from"]
+        row["results"] = f"s3://{ARTIFACTS_BUCKET}/{job['resumed_from']}/{name}/"
+    if job.get("attempts"):
+        row["attempts"] = len(job["attempts"]) + 1
+    return row
 
 
 class _HistoryFollower:
@@ -571,7 +605,7 @@ class _HistoryFollower:
         self.sfn, self.arn, self.progress = sfn, arn, progress
         self.events: list[dict] = []
         self.last_run: dict | None = None
-        self._job_states: dict[str, str] = {}
+        self._job_states: dict[str, tuple] = {}     # job -> (state, attempt) last reported
         self._silent_since: int | None = None
         self._t0 = time.monotonic()
         self.stopped = False     # after a Ctrl-C's StopExecution: only ExecutionAborted ends it
@@ -599,6 +633,30 @@ class _HistoryFollower:
     def say(self, text: str) -> None:
         self.progress(f"[{time.monotonic() - self._t0:6.1f}s] {text}")
 
+    def _report_changes(self, run: dict) -> None:
+        """The jobs the state's task changed (the record lists the first few of them, and how
+        many more: a wide run's jobs are not in the record at all); a state that passes the
+        record on repeats them, and is not reported twice."""
+        def seen(change):
+            return change.get("state"), change.get("attempt")
+        fresh = [c for c in run.get("changes") or []
+                 if self._job_states.get(c.get("job"), ("NOT_STARTED", None)) != seen(c)]
+        for change in fresh:
+            self._job_states[change["job"]] = seen(change)
+            detail = f" (job {change['job_id']})" if change.get("job_id") else ""
+            if change.get("exit_code") is not None:
+                detail += f", exit code {change['exit_code']}"
+            if change.get("attempt"):
+                detail += f", attempt {change['attempt']}"
+            if change.get("resumed_from"):
+                detail += f", finished by {change['resumed_from']}"
+            self.say(f"  job {change['job']}: {change['state']}{detail}")
+        if fresh and run.get("changes_more"):
+            counts = (run.get("jobs_table") or {}).get("counts") or collections.Counter(
+                job.get("state", "NOT_STARTED") for job in (run.get("jobs") or {}).values())
+            self.say(f"  ... and {run['changes_more']} more jobs changed; now "
+                     + ", ".join(f"{n} {state}" for state, n in counts.items()))
+
     def _report(self, event: dict) -> None:
         kind = event["type"]
         if kind.endswith("StateEntered"):
@@ -611,7 +669,7 @@ class _HistoryFollower:
             except ValueError:
                 return
             run = state.get("run") if isinstance(state, dict) else None
-            if isinstance(run, dict) and "jobs" in run:
+            if isinstance(run, dict) and ("jobs" in run or "jobs_table" in run):
                 self.last_run = run
                 silent = run.get("scheduler_silent_since")
                 if silent != self._silent_since:
@@ -619,13 +677,7 @@ class _HistoryFollower:
                     self.say(f"  the scheduler does not answer ({run.get('scheduler_said')}): "
                               "waiting for it, the jobs go on" if silent is not None
                               else "  the scheduler answers again")
-                for name, job in run["jobs"].items():
-                    if self._job_states.get(name, "NOT_STARTED") != job["state"]:
-                        self._job_states[name] = job["state"]
-                        detail = f" (job {job['job_id']})" if job.get("job_id") else ""
-                        if job.get("exit_code") is not None:
-                            detail += f", exit code {job['exit_code']}"
-                        self.say(f"  job {name}: {job['state']}{detail}")
+                self._report_changes(run)
         elif self.stopped and kind in ("ExecutionFailed", "ExecutionSucceeded"):
             return           # moto ending a stopped execution as its last Lambda call ended
         elif kind == "ExecutionFailed":

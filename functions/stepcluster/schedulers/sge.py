@@ -303,6 +303,7 @@ class SGE(Scheduler):
 
     def parse_status(self, out: CommandOutput, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         wanted = [str(i) for i in job_ids]
+        asked = set(wanted)      # (a look at 10,000 jobs: a list would make this quadratic)
         if out.exit_code != 0:
             raise SchedulerError(f"qstat failed: {raw_output(out)}", scheduler=self.name, output=out,
                                  job_ids=wanted)
@@ -330,7 +331,7 @@ class SGE(Scheduler):
                 raise SchedulerError(f"qstat -xml job entry without number or state: {raw_output(out)}",
                                      scheduler=self.name, output=out, job_ids=wanted)
             # array jobs list one entry per task group: the first one is kept
-            if job_id in wanted and job_id not in found:
+            if job_id in asked and job_id not in found:
                 state = state.strip()
                 category = self.categorize(state)
                 reason = blocked = None

@@ -362,6 +362,7 @@ class Slurm(Scheduler):
 
     def parse_status(self, out: CommandOutput, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         wanted = [str(i) for i in job_ids]
+        asked = set(wanted)      # (a look at 10,000 jobs: a list would make this quadratic)
         found: dict[str, JobStatus] = {}
         tasks: dict[str, list[JobStatus]] = {}
         if out.exit_code != 0 and not (_UNKNOWN_ID.search(out.stderr) and not out.stdout.strip()):
@@ -378,7 +379,7 @@ class Slurm(Scheduler):
             # an array's tasks are rows "ID_TASK" (or "ID_[2-8%2]" while pending): they stand
             # for the array ID, which has no row of its own
             array_id = job_id.split("_", 1)[0] if "_" in job_id else None
-            if (job_id in wanted and job_id not in found) or array_id in wanted:
+            if (job_id in asked and job_id not in found) or array_id in asked:
                 priority = m.group("priority")
                 status = self._status(array_id or job_id, m.group("state").strip(),
                                       _reason(m.group("reason").strip()),

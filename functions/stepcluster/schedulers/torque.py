@@ -238,6 +238,7 @@ class Torque(Scheduler):
 
     def parse_status(self, out: CommandOutput, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         wanted = [str(i) for i in job_ids]
+        asked = set(wanted)      # (a look at 10,000 jobs: a list would make this quadratic)
         unknown_lines = [line for line in out.stderr.splitlines() if _UNKNOWN.search(line)]
         other_errors = [line for line in out.stderr.splitlines()
                         if line.strip() and not _UNKNOWN.search(line)]
@@ -252,7 +253,7 @@ class Torque(Scheduler):
         by_seq = {_seq(i): i for i in wanted}
         found: dict[str, JobStatus] = {}
         for printed_id, attrs in jobs:
-            job_id = printed_id if printed_id in wanted else by_seq.get(_seq(printed_id))
+            job_id = printed_id if printed_id in asked else by_seq.get(_seq(printed_id))
             if job_id is None or job_id in found:
                 continue
             if "job_state" not in attrs:
