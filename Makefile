@@ -20,7 +20,13 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --silent
 	touch $@
 
-install: $(STAMP) $(NODE_STAMP)
+# Graphviz's dot draws `stepcluster graph`'s pictures (Debian's package).
+GRAPHVIZ := /usr/bin/dot
+$(GRAPHVIZ):
+	command -v apt-get >/dev/null || { echo "install Graphviz (its dot command) for stepcluster graph" >&2; exit 1; }
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends graphviz >/dev/null
+
+install: $(STAMP) $(NODE_STAMP) $(GRAPHVIZ)
 
 # OpenSSH on 127.0.0.1:2222, Slurm and Grid Engine (installs them with apt on first use).
 cluster-up:

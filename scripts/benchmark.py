@@ -99,6 +99,7 @@ class Floor:
         self.client.connect(cluster.host, port=cluster.port, username=cluster.user, pkey=key,
                             look_for_keys=False, allow_agent=False)
         self.home = self.run("echo $HOME").strip()
+        self.looks: list[float] = []      # seconds of each squeue/qstat over the jobs in flight
 
     def run(self, command: str) -> str:
         _, out, err = self.client.exec_command(command)
@@ -118,6 +119,13 @@ class Floor:
         return [line.split(";")[0] for line in out.split()]
 
     def live(self, ids: list[str]) -> set[str]:
+        began = time.monotonic()
+        try:
+            return self._live(ids)
+        finally:
+            self.looks.append(time.monotonic() - began)
+
+    def _live(self, ids: list[str]) -> set[str]:
         if self.scheduler == "slurm":
             out = self.run(f"squeue -h -o %i -j {','.join(ids)} 2>/dev/null")
         else:
@@ -278,12 +286,15 @@ def wide_case(folder: Path, scheduler: str, floor: Floor, count: int = 1000) -> 
         report = execute(cfg, scheduler)
     d = report.durations
     polls = d.get("PollJobsFunction", [])
+    floor.looks.clear()
     floor_seconds = floor.jobs("true", count, parallel=True)
+    floor_looks = list(floor.looks)
     jobs = jobs_seconds(report)
     return [row(f"{count} x true, parallel, wait_time 2", report, jobs_seconds=round(jobs, 2),
                 submit_s=round(sum(d.get("SubmitJobsFunction", [])), 2),
                 look_s_median=round(statistics.median(looks.seconds), 2) if looks.seconds else None,
                 look_s_max=round(max(looks.seconds), 2) if looks.seconds else None,
+                floor_look_s_median=round(statistics.median(floor_looks), 2) if floor_looks else None,
                 poll_round_median_s=round(statistics.median(polls), 2) if polls else None,
                 keep_s_total=round(sum(keeps.seconds), 2),
                 release_s=round(sum(d.get("ReleaseHeadNodeFunction", [])), 2),
@@ -300,8 +311,8 @@ def graph_case(folder: Path, scheduler: str, levels: int = 10, width: int = 100)
     (job / "run.sh").write_text("#!/bin/bash\ntrue\n")
     names = [[f"l{level}j{i:03d}" for i in range(width)] for level in range(levels)]
     lines = ["[order]", "parallel = " + ", ".join(n for row in names for n in row), ""]
-    for level, row in enumerate(names):
-        for i, name in enumerate(row):
+    for level, layer in enumerate(names):
+        for i, name in enumerate(layer):
             lines += [f"[job {name}]", "handler = run.sh", "local_path = graph", "wait_time = 2"]
             if level:
                 lines.append("depends_on = " + ", ".join(names[level - 1][k] for k in range(i % 10, width, 10)))

@@ -1,4 +1,7 @@
-"""The `stepcluster` command: validate, preprocess, run-local, cleanup.
+"""The `stepcluster` command: a workflow checked, drawn, run here or on a deployed stack, followed.
+
+validate, graph, preprocess, run-local, cleanup; and for a deployed stack: start, status,
+executions, results, logs.
 
 Exit codes: 0 success; 1 the run failed (run-local), or the cleanup function failed (cleanup);
 2 bad input (config, options, missing local cluster, no such stack or execution); 130
@@ -13,7 +16,7 @@ import sys
 from pathlib import Path
 
 from stepcluster.config import load_jobs_config
-from stepcluster.errors import ConfigError, StepclusterError
+from stepcluster.errors import ConfigError, InputError, StepclusterError
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -46,6 +49,40 @@ def cmd_validate(args) -> int:
             return EXIT_BAD_INPUT
     print(config.summary())
     return EXIT_OK
+
+
+def cmd_graph(args) -> int:
+    """A picture of the workflow (`tools/drawing.py`), coloured by a run's final states."""
+    from stepcluster.tools import drawing
+
+    try:
+        config = load_jobs_config(args.config)
+    except ConfigError as exc:
+        _print_problems(exc)
+        return EXIT_BAD_INPUT
+    states = None
+    if args.execution:
+        states = drawing.states_from_manifest(_read_manifest(args.execution))
+    fmt = args.output.suffix.lstrip(".").lower()
+    data = drawing.render(config, fmt, states)
+    args.output.write_bytes(data)
+    print(f"{args.output}: {len(config.jobs)} jobs ({len(data):,} bytes)")
+    return EXIT_OK
+
+
+def _read_manifest(where: str) -> dict:
+    """A run's manifest: a local file (run-local's --artifacts-dir), or s3://BUCKET/KEY."""
+    try:
+        if where.startswith("s3://"):
+            import boto3
+
+            bucket, _, key = where[5:].partition("/")
+            return json.loads(boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read())
+        return json.loads(Path(where).read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read the manifest {where}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - botocore's errors: no credentials, no such key
+        raise InputError(f"cannot read the manifest {where}: {type(exc).__name__}: {exc}") from None
 
 
 def cmd_preprocess(args) -> int:
@@ -84,7 +121,7 @@ def cmd_run_local(args) -> int:
         report = run_local(args.config, args.cluster_name, scheduler=args.scheduler,
                            backend=args.backend, progress=progress, timeout=args.timeout,
                            s3_dir=args.s3_dir, artifacts_dir=args.artifacts_dir, staging=args.staging,
-                           resume=args.resume,
+                           resume=args.resume, max_hours=args.max_hours,
                            settings_overrides=overrides)
     except ConfigError as exc:
         _print_problems(exc)
@@ -92,23 +129,102 @@ def cmd_run_local(args) -> int:
     except FileNotFoundError as exc:
         print(f"stepcluster: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
-    else:
-        print()
-        print(f"{report.status}" + (f": {report.error}: {report.cause}" if report.cause else ""))
-        width = max([len(j["name"]) for j in report.jobs] + [4])
-        print(f"{'job':<{width}}  {'id':>8}  {'state':<11} {'exit':>4}  started               ended")
-        for job in report.jobs:
-            exit_code = "" if job["exit_code"] is None else job["exit_code"]
-            print(f"{job['name']:<{width}}  {job['job_id'] or '-':>8}  {job['state']:<11} {exit_code!s:>4}  "
-                  f"{job['started'] or '-':<20}  {job['ended'] or '-'}")
-        print("counts: " + ", ".join(f"{k}={v}" for k, v in report.counts.items()))
-        if args.artifacts_dir:
-            print(f"results: {args.artifacts_dir}/<execution>/<job>/ (stdout, stderr, exit_code, output/)")
+    _print_report(report, args.json)
+    if args.artifacts_dir and not args.json:
+        print(f"results: {args.artifacts_dir}/<execution>/<job>/ (stdout, stderr, exit_code, output/)")
     if report.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_OK if report.status == "SUCCEEDED" else EXIT_RUN_FAILED
+
+
+def _print_report(report, as_json: bool) -> None:
+    """A run's report, the same for run-local and start --follow: one JSON object, or a table."""
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return
+    print()
+    print(f"{report.status}" + (f": {report.error}: {report.cause}" if report.cause else ""))
+    width = max([len(j["name"]) for j in report.jobs] + [4])
+    print(f"{'job':<{width}}  {'id':>8}  {'state':<11} {'exit':>4}  started               ended")
+    for job in report.jobs:
+        exit_code = "" if job["exit_code"] is None else job["exit_code"]
+        note = f"  (from {job['resumed_from']})" if job.get("resumed_from") else \
+            f"  ({job['attempts']} attempts)" if job.get("attempts") else ""
+        print(f"{job['name']:<{width}}  {job['job_id'] or '-':>8}  {job['state']:<11} {exit_code!s:>4}  "
+              f"{job['started'] or '-':<20}  {job['ended'] or '-'}{note}")
+    print("counts: " + ", ".join(f"{k}={v}" for k, v in report.counts.items()))
+
+
+def _runs(args):
+    from stepcluster.tools.client import Runs
+
+    return Runs.of_stack(args.stack, args.region)
+
+
+def cmd_start(args) -> int:
+    """Start a run of a deployed stack; with --follow, print its progress and report as run-local does."""
+    from stepcluster.tools.client import execution_input
+
+    runs = _runs(args)
+    value = execution_input(args.cluster_name, keep_cluster=args.keep_cluster, resume=args.resume,
+                            max_hours=args.max_hours)
+    arn = runs.start(value, name=args.name)
+    out = sys.stderr if args.json else sys.stdout
+    print(f"execution {arn.rsplit(':', 1)[-1]} started: {runs.console_url(arn)}", file=out)
+    if not args.follow:
+        if args.json:
+            print(json.dumps({"execution_arn": arn, "console_url": runs.console_url(arn)}))
+        return EXIT_OK
+    follower = runs.follower(arn, lambda line: print(line, file=out))
+    described = runs.follow(follower)
+    report = runs.report(described, follower, _plan_names(runs, described))
+    _print_report(report, args.json)
+    return EXIT_OK if report.status == "SUCCEEDED" else EXIT_RUN_FAILED
+
+
+def _plan_names(runs, described) -> list[str]:
+    """The run's jobs in the plan's order: its manifest's (the functions hold the plan)."""
+    manifest = runs.manifest(described["executionArn"]) or {}
+    output = json.loads(described.get("output") or "{}")
+    return list((manifest.get("jobs") or {}) or (output.get("jobs") or {}))
+
+
+def cmd_status(args) -> int:
+    status = _runs(args).status(args.execution)
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        print(f"{status['execution']}: {status['status']} (started {status['started']}, "
+              f"ended {status['stopped'] or '-'})")
+        if status["cause"]:
+            print(f"{status['error']}: {status['cause']}")
+        print("jobs: " + (", ".join(f"{n} {s}" for s, n in status["jobs"].items()) or "none kept yet"))
+        print(f"results: {status['results']}")
+    return EXIT_OK
+
+
+def cmd_executions(args) -> int:
+    rows = _runs(args).executions(args.limit)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    width = max([len(r["execution"]) for r in rows] + [9])
+    print(f"{'execution':<{width}}  {'status':<9}  started               seconds  jobs  failed")
+    for r in rows:
+        print(f"{r['execution']:<{width}}  {r['status']:<9}  {r['started'] or '-':<20}  "
+              f"{r['seconds'] if r['seconds'] is not None else '-':>7}  {r['jobs']:>4}  {r['failed']:>6}")
+    return EXIT_OK
+
+
+def cmd_results(args) -> int:
+    written = _runs(args).results(args.execution, args.output, job=args.job)
+    print(f"{len(written)} files into {args.output}/")
+    return EXIT_OK
+
+
+def cmd_logs(args) -> int:
+    sys.stdout.buffer.write(_runs(args).log(args.execution, args.job, stderr=args.stderr, task=args.task))
+    return EXIT_OK
 
 
 def cmd_cleanup(args) -> int:
@@ -178,6 +294,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "for this scheduler")
     p.set_defaults(func=cmd_validate)
 
+    p = sub.add_parser("graph", help="draw the workflow: jobs, what each asks for, who waits for whom")
+    p.add_argument("config")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="the picture: .svg, .png or .pdf (Graphviz), .mmd (Mermaid text) or .dot")
+    p.add_argument("--execution", default=None, metavar="MANIFEST",
+                   help="colour each job by its final state in this run: its manifest.json (a "
+                        "file, e.g. in run-local's --artifacts-dir, or s3://BUCKET/EXECUTION/manifest.json)")
+    p.set_defaults(func=cmd_graph)
+
     p = sub.add_parser("preprocess", help="compile a jobs config into what `sam build && sam deploy` ship")
     p.add_argument("config")
     p.add_argument("--plan-dir", type=Path, default=None,
@@ -222,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--artifacts-dir", type=Path, default=None,
                    help="after the run, write what it kept in the artifacts bucket here (same keys)")
     p.add_argument("--timeout", type=float, default=3600, help="give up after this many seconds")
+    p.add_argument("--max-hours", type=float, default=None, metavar="HOURS",
+                   help="the run's budget: past this since it started, its jobs are cancelled, "
+                        "their results kept, and it fails saying so")
     p.add_argument("--resume", default=None, metavar="EXECUTION",
                    help="do not run again what this earlier execution finished (its manifest is read "
                         "from --artifacts-dir)")
@@ -229,6 +357,43 @@ def build_parser() -> argparse.ArgumentParser:
                    help="template parameters, as `sam deploy` takes them (BlockedJobTimeoutSeconds=20 "
                         "ClusterPollSeconds=5 ...): checked against template.yaml's constraints")
     p.set_defaults(func=cmd_run_local)
+
+    def deployed(name, help_text):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--stack", required=True, help="the deployed stack (sam deploy's stack name)")
+        p.add_argument("--region", default=None)
+        return p
+
+    p = deployed("start", "start a run of a deployed stack (its console URL; --follow: progress and report)")
+    p.add_argument("--cluster-name", required=True)
+    p.add_argument("--keep-cluster", action="store_true", help="keep the cluster after a success")
+    p.add_argument("--resume", default=None, metavar="EXECUTION",
+                   help="do not run again what this earlier execution finished")
+    p.add_argument("--max-hours", type=float, default=None, metavar="HOURS",
+                   help="the run's budget: past it, its jobs are cancelled and it fails saying so")
+    p.add_argument("--name", default=None, help="the execution's name (default: Step Functions')")
+    p.add_argument("--follow", action="store_true", help="print progress until it ends, then its report")
+    p.add_argument("--json", action="store_true", help="with --follow: one JSON report on stdout")
+    p.set_defaults(func=cmd_start)
+    p = deployed("status", "an execution's status, its jobs by state and where its results are")
+    p.add_argument("execution", metavar="EXECUTION", help="its name or ARN")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+    p = deployed("executions", "the stack's recent runs: status, start, duration, failed jobs")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_executions)
+    p = deployed("results", "download what a run kept (every job's, or one's)")
+    p.add_argument("execution", metavar="EXECUTION")
+    p.add_argument("-o", "--output", type=Path, default=Path("."), help="into this folder (FOLDER/JOB/...)")
+    p.add_argument("--job", default=None)
+    p.set_defaults(func=cmd_results)
+    p = deployed("logs", "a job's stdout (or stderr) as the run kept it")
+    p.add_argument("execution", metavar="EXECUTION")
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("--stderr", action="store_true")
+    p.add_argument("--task", default=None, help="an array job's task index")
+    p.set_defaults(func=cmd_logs)
 
     p = sub.add_parser("cleanup", help="after an interrupted or aborted run: cancel its jobs, keep "
                                        "their results, remove its folder (what the abort rule does)")

@@ -383,7 +383,8 @@ def decide(run: Run, changed: Sequence[str], *, wait_times: Mapping[str, int], s
                                 f"{limits.scheduler_outage_seconds} s): {run.scheduler_said}"}
     elif left is not None and left <= 0 and unfinished:
         run.phase = Phase.FAILED
-        run.failure = {"Error": "RunTimeLimitReached", "Cause": _over_time(run, limits, scheduler)}
+        run.failure = {"Error": "BudgetReached" if _budget_binds(run, limits) else "RunTimeLimitReached",
+                       "Cause": _over_time(run, limits, scheduler)}
     elif ready:
         run.phase = Phase.NEXT
     elif run.active_jobs():
@@ -420,18 +421,29 @@ def _failures(run: Run, names: Sequence[str], causes: Sequence[str],
 
 
 def _time_left(run: Run, now: int | None, limits: Limits | None) -> int | None:
-    """Seconds until MaxRunMinutes is reached (None: no limit, or no start time known)."""
-    if now is None or limits is None or limits.max_run_seconds is None or run.started_at is None:
+    """Seconds until MaxRunMinutes, or the execution's own budget (`max_hours`), whichever is
+    sooner, is reached (None: no limit, or no start time known)."""
+    bounds = [b for b in ((limits.max_run_seconds if limits else None), run.max_seconds) if b is not None]
+    if now is None or not bounds or run.started_at is None:
         return None
-    return run.started_at + limits.max_run_seconds - now
+    return run.started_at + min(bounds) - now
+
+
+def _budget_binds(run: Run, limits: Limits) -> bool:
+    """The execution's own budget, not the deployment's MaxRunMinutes, ended the run."""
+    return run.max_seconds is not None and (limits.max_run_seconds is None or run.max_seconds <= limits.max_run_seconds)
 
 
 def _over_time(run: Run, limits: Limits, scheduler: str) -> str:
     in_flight = ", ".join(f"{n!r} ({scheduler} job {run.jobs[n].job_id}, {run.jobs[n].state.value})"
                           for n in run.active_jobs())
     never = [n for n, j in run.jobs.items() if j.state == JobState.NOT_STARTED]
-    text = (f"The run reached its time limit (MaxRunMinutes={limits.max_run_seconds // 60}; it started "
-            f"at {iso(run.started_at)})")
+    if _budget_binds(run, limits):
+        text = (f"The run reached its budget (max_hours = {run.max_seconds / 3600:g}, given when it was "
+                f"started; it started at {iso(run.started_at)})")
+    else:
+        text = (f"The run reached its time limit (MaxRunMinutes={limits.max_run_seconds // 60}; it started "
+                f"at {iso(run.started_at)})")
     if in_flight:
         text += f": jobs {in_flight} were still queued or running and are cancelled, their results so far kept"
     if never:

@@ -7,6 +7,7 @@ function, which runs on another Python with its own layer, does not ship it.
 
 from __future__ import annotations
 
+import math
 import time
 
 import difflib
@@ -29,7 +30,9 @@ log = logs.logger(__name__)
 RELEASE_WAIT_SECONDS = 75
 
 #: Every key the execution input may hold.
-INPUT_KEYS = ("cluster_name", "keep_cluster", "resume")
+INPUT_KEYS = ("cluster_name", "keep_cluster", "resume", "max_hours")
+#: A budget longer than Step Functions' year would never bind.
+MAX_HOURS = 8760
 _INPUT_EXAMPLE = 'a JSON object like {"cluster_name": "my-cluster"}'
 _JSON_KINDS = {list: "an array", str: "a string", bool: "a boolean", type(None): "null",
                int: "a number", float: "a number"}
@@ -42,6 +45,7 @@ class RunInput:
     cluster_name: Any       # checked by the backend, whose naming rules it is
     keep_cluster: bool = False
     resume: str | None = None   # an earlier execution (name or ARN) whose finished jobs are not run again
+    max_hours: float | None = None  # past this since its start, the run stops its jobs and tears down
 
 
 def parse_run_input(value: Any) -> RunInput:
@@ -67,7 +71,12 @@ def parse_run_input(value: Any) -> RunInput:
     resume = value.get("resume")
     if resume is not None:
         resume_module.execution_name(resume)
-    return RunInput(value["cluster_name"], keep, resume)
+    hours = value.get("max_hours")
+    if hours is not None and (isinstance(hours, bool) or not isinstance(hours, (int, float))
+                              or not 0 < hours <= MAX_HOURS):
+        raise InputError(f"max_hours must be a number of hours above 0 and at most {MAX_HOURS} (a "
+                         f"year), got {hours!r}")
+    return RunInput(value["cluster_name"], keep, resume, hours)
 
 
 class ClusterLifecycle:
@@ -111,6 +120,7 @@ class ClusterLifecycle:
             jobs={} if wide else {job.name: JobRecord() for job in plan.jobs},
             jobs_table=jobtable.new_table(len(plan.jobs)) if wide else None,
             resume={"from": resume_module.execution_name(user_input.resume)} if user_input.resume else None,
+            max_seconds=math.ceil(user_input.max_hours * 3600) if user_input.max_hours else None,
             next=0, phase=Phase.READY, wait_seconds=min(j.wait_time for j in plan.jobs))
         log.info("cluster %s: %s", ctx.cluster_name, cluster["status"])
         return created

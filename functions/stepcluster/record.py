@@ -196,6 +196,7 @@ class Run:
     input: Any = None                    # the execution input as the user gave it: checked by create
     cluster_name: str | None = None
     started_at: int | None = None        # epoch the cluster was asked for (MaxRunMinutes counts from it)
+    max_seconds: int | None = None       # the execution's own budget (input max_hours), from started_at
     keep_cluster: bool = False
     order: str | None = None             # "sequential" or "parallel", from the plan
     cluster: ClusterRecord | None = None

@@ -640,3 +640,21 @@ def test_a_retried_job_becomes_its_next_attempt_keeping_the_last_one():
     cause = d.decide(last, ["a"], wait_times=WAITS, scheduler="slurm").failure["Cause"]
     assert cause.startswith("Job 'a' (slurm job id-a2) ended FAILED killed by signal 9 on its attempt 2; "
                             "earlier attempts: 1 (slurm job id-a) killed by signal 9")
+
+
+def test_the_executions_own_budget_ends_the_run_when_it_is_the_sooner_limit():
+    run = run_of("parallel", a="RUNNING", b="SUCCEEDED")
+    run.started_at, run.max_seconds = NOW - 36, 36
+    limits = Limits(600, max_run_seconds=7 * 86400)
+    over = d.decide(run, [], wait_times=WAITS, scheduler="slurm", now=NOW, limits=limits)
+    assert over.action == Action.FAIL and over.failure["Error"] == "BudgetReached"
+    assert over.failure["Cause"].startswith("The run reached its budget (max_hours = 0.01, given when it was "
+                                            "started; it started at 2023-11-14T22:12:44Z): jobs 'a' (slurm job "
+                                            "id-a, RUNNING) were still queued or running and are cancelled")
+    # a second before: rounds wait no longer than what is left
+    early = d.decide(run, [], wait_times=WAITS, scheduler="slurm", now=NOW - 1, limits=limits)
+    assert early.action == Action.WAIT and early.wait_seconds == 1
+    # the deployment's MaxRunMinutes, when it is the sooner, says so as before
+    run.max_seconds = 10 * 86400
+    assert d.decide(run, [], wait_times=WAITS, scheduler="slurm", now=NOW + 7 * 86400,
+                    limits=limits).failure["Error"] == "RunTimeLimitReached"

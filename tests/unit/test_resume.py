@@ -90,3 +90,13 @@ def test_the_execution_input_takes_resume():
     assert parse_run_input({"cluster_name": "c2", "resume": "run-1"}).resume == "run-1"
     with pytest.raises(InputError, match="resume must be an earlier execution's name or ARN, got 7"):
         parse_run_input({"cluster_name": "c2", "resume": 7})
+
+
+@pytest.mark.parametrize("hours", [0, -1, 8761, "6", True, None])
+def test_a_budget_is_a_number_of_hours(hours):
+    if hours is None:
+        assert parse_run_input({"cluster_name": "c"}).max_hours is None
+        return
+    with pytest.raises(InputError, match="max_hours must be a number of hours above 0 and at most 8760"):
+        parse_run_input({"cluster_name": "c", "max_hours": hours})
+    assert parse_run_input({"cluster_name": "c", "max_hours": 0.5}).max_hours == 0.5

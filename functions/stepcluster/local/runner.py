@@ -7,7 +7,6 @@ and a private key read from moto's Secrets Manager) to the local cluster's head 
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import copy
 import json
@@ -28,6 +27,8 @@ from stepcluster import cleanup_client, definition, secrets
 from stepcluster.config import JobsConfig, load_jobs_config
 from stepcluster.errors import InputError
 from stepcluster.local.lambda_endpoint import FUNCTIONS, LocalLambdaEndpoint
+from stepcluster.tools import client
+from stepcluster.tools.client import RunReport, Runs
 from stepcluster.plan import build_plan
 from stepcluster.remote import ssh
 
@@ -69,29 +70,6 @@ class LocalCluster:
                     f"{path} is missing: the local cluster is not set up (run `make cluster-up`)")
 
 
-@dataclass
-class RunReport:
-    status: str
-    cause: str | None
-    error: str | None
-    jobs: list[dict]
-    counts: dict
-    execution_arn: str
-    output: dict | None = None
-    invocations: dict = field(default_factory=dict)
-    events: list[dict] = field(default_factory=list, repr=False)
-    interrupted: bool = False    # stopped by a Ctrl-C (the CLI exits 130)
-    cleanup: dict | None = None  # then: what the cluster function's cleanup returned
-    durations: dict = field(default_factory=dict, repr=False)  # function: [seconds per call]
-
-    def to_dict(self) -> dict:
-        report = {"status": self.status, "error": self.error, "cause": self.cause, "jobs": self.jobs,
-                  "counts": self.counts, "execution_arn": self.execution_arn}
-        if self.cleanup is not None:
-            report["cleanup"] = self.cleanup
-        return report
-
-
 class Interrupted(KeyboardInterrupt):
     """A second Ctrl-C while the cleanup of the first ran: run-local exits at once. `left`
     says what may still be on the head node and the command that finishes the cleanup (the
@@ -111,7 +89,7 @@ def run_local(config_path: str, cluster_name: str, *, scheduler: str = "slurm",
               on_finish: Callable[["RunReport"], None] | None = None,
               standin_failure: str | None = None, s3_dir: str | Path | None = None,
               artifacts_dir: str | Path | None = None, staging: str = "ssh",
-              resume: str | None = None) -> RunReport:
+              resume: str | None = None, max_hours: float | None = None) -> RunReport:
     """Run CONFIG end to end; raises ConfigError for a bad config, FileNotFoundError for no rig.
 
     backend "existing" uses the local head node as it is; "cfncluster" runs cfncluster's own
@@ -131,6 +109,7 @@ def run_local(config_path: str, cluster_name: str, *, scheduler: str = "slurm",
     written here with the same keys (`ARTIFACTS_DIR/EXECUTION/JOB/stdout`...).
     `resume`: an earlier execution (name or ARN) whose finished jobs are not run again; its
     manifest is read from `artifacts_dir` (where that run-local wrote it) into the bucket.
+    `max_hours`: the execution's budget (its input's max_hours).
     `staging="head-node"`: the head node downloads the jobs' files itself with presigned URLs;
     S3 is then also served over HTTP on 127.0.0.1 (moto's server), which the head node reaches.
 
@@ -158,17 +137,18 @@ def run_local(config_path: str, cluster_name: str, *, scheduler: str = "slurm",
             cluster_config = _local_cluster_config(backend, cluster, scheduler, Path(plan_dir),
                                                    standin_failure)
             _load_s3_dir(s3_dir)
-            boto3_client("s3").create_bucket(Bucket=ARTIFACTS_BUCKET)
-            if resume is not None:
-                _load_manifest(artifacts_dir, resume)
-                execution_input = {**(execution_input or {"cluster_name": cluster_name}), "resume": resume}
             plan = build_plan(config, Path(plan_dir) / "plan", backend=backend, cluster_config=cluster_config)
             os.environ["STEPCLUSTER_PLAN_DIR"] = str(Path(plan_dir) / "plan")
+            _install_head_node_key(cluster)
+            _deploy(plan)
+            if resume is not None:
+                _load_manifest(artifacts_dir, resume)
+            if execution_input is None:
+                execution_input = client.execution_input(cluster_name, resume=resume, max_hours=max_hours)
+            os.environ["AWS_ENDPOINT_URL_LAMBDA"] = endpoint.url
             if on_start:
                 on_start(endpoint)
-            os.environ["AWS_ENDPOINT_URL_LAMBDA"] = endpoint.url
-            report = _execute(plan, cluster, cluster_name, execution_input, endpoint, progress, timeout,
-                              artifacts_dir)
+            report = _execute(plan, cluster_name, execution_input, endpoint, progress, timeout, artifacts_dir)
             if artifacts_dir:
                 _write_artifacts(Path(artifacts_dir))
             if on_finish:
@@ -319,28 +299,45 @@ def _install_head_node_key(cluster: LocalCluster) -> None:
     os.environ["STEPCLUSTER_SSH_KEY_SECRET_ID"] = secret["ARN"]
 
 
-def _execute(plan, cluster, cluster_name, execution_input, endpoint, progress, timeout,
-             artifacts_dir=None) -> RunReport:
-    _install_head_node_key(cluster)
+#: The embedded stack: its outputs are a deployed one's (StateMachineArn, ArtifactsBucketName),
+#: so that run-local, like `stepcluster start --stack`, finds its state machine through them.
+LOCAL_STACK = "stepcluster-local"
+_LOCAL_STACK_TEMPLATE = {
+    "Parameters": {"StateMachineArn": {"Type": "String"}},
+    "Resources": {"ArtifactsBucket": {"Type": "AWS::S3::Bucket", "Properties": {"BucketName": ARTIFACTS_BUCKET}}},
+    "Outputs": {"StateMachineArn": {"Value": {"Ref": "StateMachineArn"}},
+                "ArtifactsBucketName": {"Value": {"Ref": "ArtifactsBucket"}}}}
+
+
+def _deploy(plan) -> None:
+    """What `sam deploy` makes, in moto: the state machine from the shipped definition (every
+    function ARN served by the local endpoint) and a stack whose outputs name it and the
+    artifacts bucket."""
     values = {f"{name}Arn": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{name}" for name in FUNCTIONS}
     values["JobsPlanDigest"] = plan.digest
-    sfn = boto3_client("stepfunctions")
-    machine = sfn.create_state_machine(
+    machine = boto3_client("stepfunctions").create_state_machine(
         name=STATE_MACHINE, definition=definition.substitute(definition.read_definition(), values),
         roleArn=f"arn:aws:iam::{ACCOUNT}:role/stepcluster-local")["stateMachineArn"]
+    boto3_client("cloudformation").create_stack(
+        StackName=LOCAL_STACK, TemplateBody=json.dumps(_LOCAL_STACK_TEMPLATE),
+        Parameters=[{"ParameterKey": "StateMachineArn", "ParameterValue": machine}])
+
+
+def _execute(plan, cluster_name, execution_input, endpoint, progress, timeout,
+             artifacts_dir=None) -> RunReport:
+    runs = Runs.of_stack(LOCAL_STACK, REGION)
+    sfn = runs.sfn
     ssh_before = ssh.connections_opened
     execution_name = f"local-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     cleanup = None
     with _ctrl_c_requests() as interrupt:
-        arn = sfn.start_execution(
-            stateMachineArn=machine, name=execution_name,
-            input=json.dumps(execution_input if execution_input is not None else {"cluster_name": cluster_name}),
-        )["executionArn"]
+        arn = runs.start(execution_input, name=execution_name)
         progress(f"execution {execution_name} started ({len(plan.jobs)} jobs, {plan.order}, "
                  f"scheduler {os.environ['STEPCLUSTER_SCHEDULER']})")
-        follower = _HistoryFollower(sfn, arn, progress)
+        follower = runs.follower(arn, progress, events_after=_moto_events_after)
         try:
-            described = _follow(sfn, arn, follower, timeout, interrupt)
+            described = runs.follow(follower, every=0.2, wait=interrupt.wait,
+                                    on_tick=_ticker(sfn, arn, timeout, interrupt))
         except _CtrlCAgain:
             raise _left_behind(execution_name, progress, artifacts_dir) from None
         except KeyboardInterrupt:
@@ -350,47 +347,36 @@ def _execute(plan, cluster, cluster_name, execution_input, endpoint, progress, t
     if interrupted:        # outside the `with`: a second Ctrl-C raises again, at once
         described, cleanup = _interrupted(sfn, arn, follower, endpoint, progress, artifacts_dir)
         interrupted = described["status"] != "SUCCEEDED"
-    follower.update()
-    output = json.loads(described["output"]) if described.get("output") else None
-    run = output or follower.last_run or {}
-    results = (run.get("results") or {}).get("prefix")
-    jobs = _job_rows(run, plan, execution_name)
+    report = runs.report(described, follower, plan.names)
     if cleanup is not None:
-        jobs = _as_kept(jobs, execution_name)
-    events = follower.events
-    counts = {
-        "history_events": len(events),
-        "state_transitions": sum(1 for e in events if e["type"].endswith("StateEntered")),
-        "lambda_invocations": endpoint.total_invocations,
-        "ssh_connections": ssh.connections_opened - ssh_before,
-    }
-    status, error, cause = described["status"], described.get("error"), described.get("cause")
-    if interrupted and status == "RUNNING":
-        status = "ABORTED"      # stopped: AWS says so at once, moto once its Lambda call returns
+        report.jobs = _as_kept(report.jobs, execution_name)
+    # here the endpoint counts the calls it served, and the SSH connections are this process's
+    report.counts.update(lambda_invocations=endpoint.total_invocations,
+                         ssh_connections=ssh.connections_opened - ssh_before)
+    if interrupted and report.status == "RUNNING":
+        report.status = "ABORTED"      # stopped: AWS says so at once, moto once its Lambda call returns
     if interrupted:
         # moto's StopExecution drops the error and cause it is given; AWS would show them
-        error, cause = error or INTERRUPTED_ERROR, cause or INTERRUPTED_CAUSE
-    return RunReport(status, cause, error, jobs, counts, arn, output, dict(endpoint.invocations), events,
-                     interrupted, cleanup, {k: list(v) for k, v in endpoint.durations.items()})
+        report.error, report.cause = report.error or INTERRUPTED_ERROR, report.cause or INTERRUPTED_CAUSE
+    report.invocations, report.interrupted, report.cleanup = dict(endpoint.invocations), interrupted, cleanup
+    report.durations = {k: list(v) for k, v in endpoint.durations.items()}
+    return report
 
 
-def _follow(sfn, arn, follower, timeout, interrupt: threading.Event) -> dict:
-    """Report the execution's progress until it ends; its DescribeExecution. Raises
-    KeyboardInterrupt when Ctrl-C was pressed (seen here, between two calls to moto)."""
+def _ticker(sfn, arn, timeout, interrupt: threading.Event):
+    """Before each look: Ctrl-C (seen here, between two calls to moto, as KeyboardInterrupt),
+    and past `timeout`, the execution stopped (run-local gives up)."""
     deadline = time.monotonic() + timeout
-    while True:
+    stopped = []
+
+    def tick():
         if interrupt.is_set():
             raise KeyboardInterrupt
-        described = sfn.describe_execution(executionArn=arn)
-        follower.update()
-        if described["status"] != "RUNNING":
-            return described
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline and not stopped:
             sfn.stop_execution(executionArn=arn, error="RunLocalTimeout",
                                cause=f"run-local gave up after {timeout:.0f} s")
-            time.sleep(1)
-            continue
-        interrupt.wait(0.2)
+            stopped.append(True)
+    return tick
 
 
 @contextlib.contextmanager
@@ -572,119 +558,6 @@ def _as_kept(jobs: list[dict], execution: str) -> list[dict]:
                              if job.get(k) is not None}, "results": job.get("results") or row["results"]}
         rows.append(row)
     return rows
-
-
-def _job_rows(run: dict, plan, execution: str) -> list[dict]:
-    """A row for every job of the plan: from the record, or for a wide run (whose jobs are
-    not in its record: jobtable.py) from the manifest its release wrote."""
-    results = (run.get("results") or {}).get("prefix")
-    jobs = run.get("jobs")
-    if jobs is None and run.get("jobs_table") is not None:
-        jobs = (_kept_manifest(execution) or {}).get("jobs")
-    jobs = jobs or {}
-    return [_job_row(job.name, jobs.get(job.name) or {"state": "NOT_STARTED"}, results) for job in plan.jobs]
-
-
-def _job_row(name: str, job: dict, results_prefix: str | None) -> dict:
-    row = {"name": name, "job_id": job.get("job_id"), "state": job.get("state"),
-           "exit_code": job.get("exit_code"), "started": job.get("started"), "ended": job.get("ended"),
-           "results": job.get("results") or (f"{results_prefix}{name}/" if results_prefix and job.get("job_id") else None)}
-    if job.get("resumed_from"):
-        # finished by an earlier execution, whose prefix holds its results
-        row["resumed_from"] = job["resumed_from"]
-        row["results"] = f"s3://{ARTIFACTS_BUCKET}/{job['resumed_from']}/{name}/"
-    if job.get("attempts"):
-        row["attempts"] = len(job["attempts"]) + 1
-    return row
-
-
-class _HistoryFollower:
-    """Reads the execution history as it grows; reports state and job changes."""
-
-    def __init__(self, sfn, arn, progress):
-        self.sfn, self.arn, self.progress = sfn, arn, progress
-        self.events: list[dict] = []
-        self.last_run: dict | None = None
-        self._job_states: dict[str, tuple] = {}     # job -> (state, attempt) last reported
-        self._silent_since: int | None = None
-        self._t0 = time.monotonic()
-        self.stopped = False     # after a Ctrl-C's StopExecution: only ExecutionAborted ends it
-
-    def update(self) -> None:
-        """Report the events added since the last call: O(new events) when moto's history
-        can be read in place (`_moto_events_after`), else one full read."""
-        new = _moto_events_after(self.arn, len(self.events))
-        if new is None:
-            new = self._all_events()[len(self.events):]
-        for event in new:
-            self._report(event)
-        self.events.extend(new)
-
-    def _all_events(self) -> list[dict]:
-        events, token = [], None
-        while True:
-            page = self.sfn.get_execution_history(executionArn=self.arn, maxResults=1000,
-                                                  **({"nextToken": token} if token else {}))
-            events.extend(page["events"])
-            token = page.get("nextToken")
-            if not token:
-                return events
-
-    def say(self, text: str) -> None:
-        self.progress(f"[{time.monotonic() - self._t0:6.1f}s] {text}")
-
-    def _report_changes(self, run: dict) -> None:
-        """The jobs the state's task changed (the record lists the first few of them, and how
-        many more: a wide run's jobs are not in the record at all); a state that passes the
-        record on repeats them, and is not reported twice."""
-        def seen(change):
-            return change.get("state"), change.get("attempt")
-        fresh = [c for c in run.get("changes") or []
-                 if self._job_states.get(c.get("job"), ("NOT_STARTED", None)) != seen(c)]
-        for change in fresh:
-            self._job_states[change["job"]] = seen(change)
-            detail = f" (job {change['job_id']})" if change.get("job_id") else ""
-            if change.get("exit_code") is not None:
-                detail += f", exit code {change['exit_code']}"
-            if change.get("attempt"):
-                detail += f", attempt {change['attempt']}"
-            if change.get("resumed_from"):
-                detail += f", finished by {change['resumed_from']}"
-            self.say(f"  job {change['job']}: {change['state']}{detail}")
-        if fresh and run.get("changes_more"):
-            counts = (run.get("jobs_table") or {}).get("counts") or collections.Counter(
-                job.get("state", "NOT_STARTED") for job in (run.get("jobs") or {}).values())
-            self.say(f"  ... and {run['changes_more']} more jobs changed; now "
-                     + ", ".join(f"{n} {state}" for state, n in counts.items()))
-
-    def _report(self, event: dict) -> None:
-        kind = event["type"]
-        if kind.endswith("StateEntered"):
-            name = event["stateEnteredEventDetails"]["name"]
-            if name not in ("Wait For Jobs", "Poll Jobs", "Are Jobs Done?"):
-                self.say(name)
-        elif kind.endswith("StateExited"):
-            try:
-                state = json.loads(event["stateExitedEventDetails"].get("output") or "{}")
-            except ValueError:
-                return
-            run = state.get("run") if isinstance(state, dict) else None
-            if isinstance(run, dict) and ("jobs" in run or "jobs_table" in run):
-                self.last_run = run
-                silent = run.get("scheduler_silent_since")
-                if silent != self._silent_since:
-                    self._silent_since = silent
-                    self.say(f"  the scheduler does not answer ({run.get('scheduler_said')}): "
-                              "waiting for it, the jobs go on" if silent is not None
-                              else "  the scheduler answers again")
-                self._report_changes(run)
-        elif self.stopped and kind in ("ExecutionFailed", "ExecutionSucceeded"):
-            return           # moto ending a stopped execution as its last Lambda call ended
-        elif kind == "ExecutionFailed":
-            details = event.get("executionFailedEventDetails", {})
-            self.say(f"execution FAILED: {details.get('error')}: {details.get('cause')}")
-        elif kind == "ExecutionSucceeded":
-            self.say("execution SUCCEEDED")
 
 
 def _moto_events_after(arn: str, seen: int) -> list[dict] | None:
