@@ -13,7 +13,7 @@ import logging
 import os
 
 from stepcluster import logs
-from stepcluster.errors import InternalError
+from stepcluster.errors import InputError, InternalError
 
 log = logs.logger(__name__)
 _service = None
@@ -56,6 +56,23 @@ def run_task(task: str, event, run_service=None) -> dict:
             raise InternalError(f"{task} failed on an unexpected {type(exc).__name__}: {exc} (a bug: "
                                 "the function's log has its traceback)", error=exc) from exc
         raise
+
+
+def notify_task(execution_arn: str) -> dict:
+    """The message about an ended execution (notify.py), to the deployment's topic."""
+    import boto3
+
+    from stepcluster.notify import Notifier
+    from stepcluster.settings import Settings
+
+    settings = Settings.from_env()
+    if not settings.notify_topic_arn:
+        raise InputError("STEPCLUSTER_NOTIFY_TOPIC_ARN is not set: there is no topic to tell")
+    with logs.run_context(str(execution_arn).rsplit(":", 1)[-1]):
+        region = execution_arn.split(":")[3]
+        return Notifier(boto3.client("stepfunctions", region_name=region), boto3.client("s3"),
+                        boto3.client("sns", region_name=settings.notify_topic_arn.split(":")[3]),
+                        settings.artifacts_bucket, settings.notify_topic_arn).notify(execution_arn)
 
 
 def cleanup_task(execution_arn: str, call) -> dict:

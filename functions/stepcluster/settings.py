@@ -41,6 +41,7 @@ class Settings:
     # a run of more jobs keeps their records in the artifacts bucket, not in the run record
     # (jobtable.py): 200 records stay far below Step Functions' 256 KiB whatever their reasons say
     jobs_in_record: int = 200
+    notify_topic_arn: str | None = None  # the notify function's: where a run's end is told (SNS)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":

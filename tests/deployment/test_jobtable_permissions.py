@@ -107,3 +107,52 @@ def test_submit_jobs_may_read_the_manifest_of_the_run_it_resumes(resume_calls, b
     reads = [c for c in resume_calls if c.service == "s3"]
     assert refused(policy, call_needs(reads, {}, "resume")) == []
     assert policy.allows("s3:ListBucket", f"arn:aws:s3:::{BUCKET}", {})
+
+
+# -- told when a run ends: the notify function's calls ------------------------------------------
+
+@pytest.fixture(scope="module")
+def notify_calls():
+    """Every call of the notify function telling a run's end: the execution, its manifest (and
+    one that kept none), the message."""
+    from stepcluster.notify import Notifier
+
+    from .template import STATE_MACHINE_ARN, execution_arn
+
+    recorder = Recorder()
+    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}), recorder.installed():
+        sfn, s3, sns = (boto3.client(n, region_name="us-east-1") for n in ("stepfunctions", "s3", "sns"))
+        s3.create_bucket(Bucket=BUCKET)
+        topic = sns.create_topic(Name="runs")["TopicArn"]
+        machine = sfn.create_state_machine(name=STATE_MACHINE_ARN.rsplit(":", 1)[-1], roleArn="arn:aws:iam::123456789012:role/r",
+                                           definition=json.dumps({"StartAt": "P", "States": {"P": {"Type": "Pass", "End": True}}}))
+        for name in ("run-1", "run-2"):
+            sfn.start_execution(stateMachineArn=machine["stateMachineArn"], name=name, input="{}")
+        s3.put_object(Bucket=BUCKET, Key="run-1/manifest.json", Body=b'{"jobs": {}}')
+        recorder.take()
+        for name in ("run-1", "run-2"):
+            Notifier(sfn, s3, sns, BUCKET, topic).notify(execution_arn(name))
+        return recorder.take(), topic
+
+
+@pytest.mark.parametrize("parameters", [{"NotificationEmail": "me@example.org"},
+                                        {"NotificationTopicArn": "arn:aws:sns:us-east-1:123456789012:runs"}])
+def test_the_notify_function_may_make_every_call_and_publish_only_to_its_topic(notify_calls, parameters):
+    calls, topic = notify_calls
+    assert {c.name for c in calls} == {"stepfunctions:DescribeExecution", "s3:GetObject", "sns:Publish"}
+    template = json.loads(json.dumps(cfn_yaml.load(str(ROOT / "template.yaml"))))
+    policy = role_policy(template, "NotifyFunctionRole", {"ClusterBackend": "existing", **parameters})
+    ours = topic if "NotificationTopicArn" in parameters else None
+    needs = [c for c in calls if c.service != "sns"]
+    assert refused(policy, call_needs(needs, {}, "notify")) == []
+    assert policy.allows("s3:ListBucket", f"arn:aws:s3:::{BUCKET}", {})
+    published = parameters.get("NotificationTopicArn") or policy_topic(template, parameters)
+    assert policy.allows("sns:Publish", published, {}) and (ours is None or policy.allows("sns:Publish", ours, {}))
+    assert not policy.allows("sns:Publish", "arn:aws:sns:us-east-1:123456789012:someone-elses", {})
+
+
+def policy_topic(template, parameters):
+    """The ARN the stack's own topic would have (the resolver's physical name of NotificationTopic)."""
+    from .iam import Resolver
+
+    return Resolver(template, {"ClusterBackend": "existing", **parameters}).value({"Ref": "NotificationTopic"})

@@ -37,7 +37,9 @@ SHARED_CODE_FUNCTIONS = {
     "CancelJobsFunction": "cancel_jobs",
     "ReleaseHeadNodeFunction": "release_head_node",
 }
-FUNCTIONS = [*SHARED_CODE_FUNCTIONS, "ParallelClusterFunction"]
+#: Outside the state machine: told when a run ends (exists when a notification is asked for).
+NOTIFY_FUNCTIONS = {"NotifyFunction": "notify"}
+FUNCTIONS = [*SHARED_CODE_FUNCTIONS, "ParallelClusterFunction", *NOTIFY_FUNCTIONS]
 # The head node's work, over SSH; the cluster functions never SSH.
 SSH_FUNCTIONS = {"PrepareHeadNodeFunction", "SubmitJobsFunction", "PollJobsFunction",
                  "CancelJobsFunction", "ReleaseHeadNodeFunction"}
@@ -275,7 +277,7 @@ def test_no_task_gives_up_before_its_function_does(template):
             called.add(function)
             timeout = template["Resources"][function]["Properties"].get("Timeout", default)
             assert state.get("TimeoutSeconds", 0) >= timeout, f"{name}: TimeoutSeconds < {function} Timeout {timeout}"
-    assert called == set(FUNCTIONS)
+    assert called == set(FUNCTIONS) - set(NOTIFY_FUNCTIONS)      # told by EventBridge, not a state
 
 
 def test_state_machine_may_invoke_exactly_the_functions_that_exist(template):
@@ -296,7 +298,7 @@ def test_python311_functions_share_one_code_folder_and_their_handlers_exist(temp
     assert glob["CodeUri"] == "functions/" and glob["Runtime"] == "python3.11"
     functions = {k: v for k, v in template["Resources"].items() if v["Type"] == "AWS::Serverless::Function"}
     assert set(functions) == set(FUNCTIONS)
-    for name, module in SHARED_CODE_FUNCTIONS.items():
+    for name, module in {**SHARED_CODE_FUNCTIONS, **NOTIFY_FUNCTIONS}.items():
         props = functions[name]["Properties"]
         assert "CodeUri" not in props and "Runtime" not in props, name
         assert props["Handler"] == f"handlers.{module}.handler"
@@ -411,7 +413,7 @@ def test_environment_matches_what_the_code_reads(template):
     # release function (a global one would make that function depend on itself); how many jobs
     # a record carries is the code's bound (tests and the benchmark lower it), not a parameter
     assert set(variables) == read - {"STEPCLUSTER_REGION", "STEPCLUSTER_RELEASE_FUNCTION",
-                                     "STEPCLUSTER_JOBS_IN_RECORD"} | {"LOG_LEVEL"}
+                                     "STEPCLUSTER_JOBS_IN_RECORD", "STEPCLUSTER_NOTIFY_TOPIC_ARN"} | {"LOG_LEVEL"}
     for function in ("ClusterFunction", "ParallelClusterFunction"):
         own = template["Resources"][function]["Properties"]["Environment"]["Variables"]
         assert own == {"STEPCLUSTER_RELEASE_FUNCTION": {"Ref": "ReleaseHeadNodeFunction"}}
@@ -624,7 +626,7 @@ def test_run_key_names_fall_under_the_iam_scopes(transformed):
     assert console["Action"] == "ec2:GetConsoleOutput" and "aws:ResourceTag/stepcluster:execution" in json.dumps(console)
     # the per-run resources belong to the cluster function of a backend that creates clusters
     attached = {name: managed_policies(resources[f"{name}Role"]).get("RunResourcesPolicy", "-") for name in FUNCTIONS}
-    assert attached == {**{name: "-" for name in SSH_FUNCTIONS},
+    assert attached == {**{name: "-" for name in SSH_FUNCTIONS}, "NotifyFunction": "-",
                         "ClusterFunction": "UseCfncluster", "ParallelClusterFunction": None}
 
 
@@ -700,7 +702,7 @@ def test_only_the_functions_that_ssh_run_in_the_vpc(template, transformed):
     assert "VpcConfig" not in template["Globals"]["Function"]
     resources = transformed["Resources"]
     conditions = {name: vpc_condition(resources[name]) for name in FUNCTIONS}
-    assert conditions == {**{name: "UseVpc" for name in SSH_FUNCTIONS},
+    assert conditions == {**{name: "UseVpc" for name in SSH_FUNCTIONS}, "NotifyFunction": None,
                           "ClusterFunction": "ClusterFunctionInVpc", "ParallelClusterFunction": None}
     for backend in BACKENDS:
         for network in ({}, VPC):
@@ -734,7 +736,12 @@ def test_each_function_writes_only_its_own_log_group(transformed):
 def test_one_cleanup_rule_for_this_state_machines_failed_executions(template, transformed):
     resources = transformed["Resources"]
     rules = {name: r for name, r in resources.items() if r["Type"] == "AWS::Events::Rule"}
-    assert set(rules) == {f"{function}ExecutionEnded" for function in CLUSTER_FUNCTIONS}
+    assert set(rules) == {f"{function}ExecutionEnded" for function in [*CLUSTER_FUNCTIONS, *NOTIFY_FUNCTIONS]}
+    # the notify function hears every end, SUCCEEDED too, only when a notification is asked for
+    told = rules.pop("NotifyFunctionExecutionEnded")
+    assert told["Condition"] == "Notifies"
+    assert told["Properties"]["EventPattern"]["detail"] == {
+        "status": ["SUCCEEDED", "FAILED", "ABORTED", "TIMED_OUT"], "stateMachineArn": [{"Ref": "JobsStateMachine"}]}
     event = json.loads((ROOT / "events" / "cluster_cleanup.json").read_text())
     for function, condition in CLUSTER_FUNCTIONS.items():
         rule = rules[f"{function}ExecutionEnded"]
@@ -793,7 +800,8 @@ def test_cleanup_policy_reads_only_this_state_machines_executions(template, tran
     # reads the same executions (is the run to resume still running?) for every backend
     states = {path[0]: s for path, s in statements(resources)
               if any(a.startswith("states:") for a in as_list(s["Action"]))}
-    assert set(states) == {"ClusterCleanupPolicy", "ResumeCheckPolicy"}
+    assert set(states) == {"ClusterCleanupPolicy", "ResumeCheckPolicy", "NotifyFunctionRole"}
+    assert states["NotifyFunctionRole"]["Resource"] == describe["Resource"]
     assert states["ResumeCheckPolicy"]["Action"] == "states:DescribeExecution"
     assert states["ResumeCheckPolicy"]["Resource"] == describe["Resource"]
     assert "Condition" not in resources["ResumeCheckPolicy"]
