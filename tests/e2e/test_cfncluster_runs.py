@@ -21,7 +21,8 @@ USER_SECRETS = {"stepcluster/local-head-node-key"}
 def leftovers() -> dict:
     """What the run created and left behind, in moto."""
     cfn, ec2, sm = boto3.client("cloudformation"), boto3.client("ec2"), boto3.client("secretsmanager")
-    stacks = [s["StackName"] for s in cfn.describe_stacks()["Stacks"] if s["StackStatus"] != "DELETE_COMPLETE"]
+    stacks = [s["StackName"] for s in cfn.describe_stacks()["Stacks"]
+              if s["StackStatus"] != "DELETE_COMPLETE" and s["StackName"] != runner.LOCAL_STACK]   # (the deployment)
     pairs = [k["KeyName"] for k in ec2.describe_key_pairs()["KeyPairs"] if k["KeyName"] not in USER_KEY_PAIRS]
     secrets = [s["Name"] for s in sm.list_secrets()["SecretList"] if s["Name"] not in USER_SECRETS]
     running = [i["InstanceId"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]
@@ -46,7 +47,8 @@ def test_the_example_runs_on_a_cfncluster_stack_that_is_then_deleted(local_clust
     def during(endpoint):
         def watch(name, event):
             if name == "PollJobsFunction" and "stacks" not in seen:
-                seen["stacks"] = [s["StackName"] for s in boto3.client("cloudformation").describe_stacks()["Stacks"]]
+                seen["stacks"] = [s["StackName"] for s in boto3.client("cloudformation").describe_stacks()["Stacks"]
+                                  if s["StackName"] != runner.LOCAL_STACK]
                 seen["params"] = boto3.client("cloudformation").describe_stacks(
                     StackName="cfncluster-cfn-demo")["Stacks"][0]["Parameters"]
         endpoint.fault = watch
