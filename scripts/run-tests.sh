@@ -34,7 +34,9 @@ report() {  # wait for the phase's processes, print their reports in order
 start unit-functional-deployment -m "not e2e"
 start e2e-faults -m e2e tests/e2e/test_faults.py
 report
-start e2e-workflows -m e2e tests/e2e/test_workflows.py
-start e2e-rest -m e2e tests/e2e --ignore=tests/e2e/test_faults.py --ignore=tests/e2e/test_workflows.py
+# (split by measured time: about three and a half minutes each here)
+start e2e-workflows -m e2e tests/e2e/test_workflows.py tests/e2e/test_graphs.py tests/e2e/test_user_side.py
+start e2e-rest -m e2e tests/e2e --ignore=tests/e2e/test_faults.py --ignore=tests/e2e/test_workflows.py \
+    --ignore=tests/e2e/test_graphs.py --ignore=tests/e2e/test_user_side.py
 report
 exit $failed

@@ -25,4 +25,4 @@ def handler(event, context):
         return cleanup_task(arn, lambda: service().sweep(arn))
     if event.get("action") not in ACTIONS:
         raise InputError(f"unknown action {event.get('action')!r}: one of {', '.join(ACTIONS)} or sweep")
-    return run_task(ACTIONS[event["action"]], event.get("run"))
+    return run_task(ACTIONS[event["action"]], event.get("run"), context=context)

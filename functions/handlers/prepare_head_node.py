@@ -4,4 +4,4 @@ from stepcluster.runtime import run_task
 
 
 def handler(event, context):
-    return run_task("prepare_head_node", event)
+    return run_task("prepare_head_node", event, context=context)

@@ -10,4 +10,4 @@ def handler(event, context):
     if isinstance(event, dict) and event.get("action") == "release_aborted":
         return cleanup_task(event["execution"],
                             lambda: service().release_aborted(event["execution"], event["cluster"]))
-    return run_task("release_head_node", event)
+    return run_task("release_head_node", event, context=context)

@@ -4,4 +4,4 @@ from stepcluster.runtime import run_task
 
 
 def handler(event, context):
-    return run_task("submit_jobs", event)
+    return run_task("submit_jobs", event, context=context)

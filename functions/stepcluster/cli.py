@@ -153,6 +153,24 @@ def _print_report(report, as_json: bool) -> None:
         print(f"{job['name']:<{width}}  {job['job_id'] or '-':>8}  {job['state']:<11} {exit_code!s:>4}  "
               f"{job['started'] or '-':<20}  {job['ended'] or '-'}{note}")
     print("counts: " + ", ".join(f"{k}={v}" for k, v in report.counts.items()))
+    if report.usage:
+        print("usage: " + _usage_line(report.usage))
+
+
+def _usage_line(used: dict) -> str:
+    parts = [f"{used.get('lambda_invocations', 0)} Lambda calls"]
+    if used.get("lambda_gb_seconds") is not None:
+        parts[-1] += f" ({used['lambda_gb_seconds']} GB-s)"
+    if used.get("ssh_connections"):
+        parts.append(f"{used['ssh_connections']} SSH connections")
+    if used.get("cluster_seconds") is not None:
+        parts.append(f"cluster {used['cluster_seconds']} s")
+    if used.get("jobs_elapsed_seconds") is not None:
+        parts.append(f"jobs {used['jobs_elapsed_seconds']} s, {used.get('jobs_core_hours', 0)} core-hours")
+    estimate = used.get("estimate") or {}
+    parts.append(f"estimate ${estimate['usd']}" if estimate.get("usd") is not None else
+                 f"no estimate ({estimate.get('note', 'no price table')})")
+    return ", ".join(parts)
 
 
 def _runs(args):

@@ -675,15 +675,8 @@ def _job_list(value: str, field: _Field) -> list[str] | None:
     defined = dict.fromkeys(s.name for s in headers)  # in file order
     defined_fold = {s.name.casefold(): s.name for s in headers}
     listed_fold = {i.casefold() for i in items if i}
-    seen: dict[str, str] = {}
-    names: list[str] = []
-    for item in (i for i in items if i):
-        problem = _list_item_problem(item, seen)
-        if problem:
-            field.error(problem)
-            continue
-        seen[item.casefold()] = item
-        names.append(item)
+    names = _names_in(items, field)
+    for item in names:
         if item not in defined:
             if item.casefold() in defined_fold:
                 hint = (
@@ -698,6 +691,21 @@ def _job_list(value: str, field: _Field) -> list[str] | None:
             field.error(f"job {item!r} is listed but there is no [job {item}] section{hint}")
     # Even with errors in the list, return the names so the caller can still warn about
     # unlisted sections in the same pass.
+    return names
+
+
+def _names_in(items: list[str], field: _Field) -> list[str]:
+    """The job names of a list's non-empty items, in order; what is wrong with the others
+    (not a name, listed twice) reported."""
+    seen: dict[str, str] = {}
+    names: list[str] = []
+    for item in (i for i in items if i):
+        problem = _list_item_problem(item, seen)
+        if problem:
+            field.error(problem)
+            continue
+        seen[item.casefold()] = item
+        names.append(item)
     return names
 
 
@@ -936,18 +944,7 @@ def _depends_on(value: str, field: _Field) -> tuple[str, ...] | None:
     """``depends_on``: the jobs this one waits for, comma-separated (checked against [order]
     once the whole file is read: `_Checker.check_graph`)."""
     items = _list_items(value, field)
-    if items is None:
-        return None
-    seen: dict[str, str] = {}
-    names = []
-    for item in (i for i in items if i):
-        problem = _list_item_problem(item, seen)
-        if problem:
-            field.error(problem)
-            continue
-        seen[item.casefold()] = item
-        names.append(item)
-    return tuple(names)
+    return None if items is None else tuple(_names_in(items, field))
 
 
 def _retries(value: str, field: _Field) -> int | None:

@@ -134,10 +134,13 @@ def iso(epoch: int | None) -> str | None:
 
 
 def epoch(stamp: str | None) -> int | None:
-    """The inverse of `iso` (None for None or a stamp `iso` did not write)."""
+    """The inverse of `iso` (None for None or a stamp `iso` did not write). fromisoformat, not
+    strptime: a manifest write reads every job's two stamps, each round."""
+    if not isinstance(stamp, str) or len(stamp) != 20 or stamp[10] != "T" or stamp[-1] != "Z":
+        return None
     try:
-        return int(datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp())
-    except (TypeError, ValueError):
+        return int(datetime.fromisoformat(stamp[:-1]).replace(tzinfo=timezone.utc).timestamp())
+    except ValueError:
         return None
 
 

@@ -13,7 +13,8 @@ import io
 import tarfile
 import time
 
-from stepcluster import adoption, decisions, directives, jobrequests, jobscripts, logs, results, resume, staging
+from stepcluster import (adoption, decisions, directives, jobrequests, jobscripts, logs, results, resume, staging,
+                         usage)
 from stepcluster.decisions import JobObservation, Limits
 from stepcluster.errors import (HeadNodeError, InputError, RequestRefused, SchedulerError, SchedulerUnavailable,
                                StagingError, TransientSSHError)
@@ -92,7 +93,8 @@ class HeadNodeWork:
             return run
         w = self.wiring
         manifest = resume.earlier_manifest(w.s3, w.settings.artifacts_bucket, run.resume["from"], None)
-        skipped = resume.skipped_jobs(manifest, self._digests(), w.plan.prerequisites)
+        digests = {job.name: job.work_digest for job in w.plan.jobs}
+        skipped = resume.skipped_jobs(manifest, digests, w.plan.prerequisites)
         run = run.copy()
         run.jobs.update(skipped)
         run.resume = {**run.resume, "skipped": len(skipped)}
@@ -100,8 +102,9 @@ class HeadNodeWork:
                  len(skipped), len(run.jobs))
         return run
 
-    def _digests(self) -> dict[str, str]:
-        return {job.name: job.work_digest for job in self.wiring.plan.jobs}
+    def _facts(self) -> dict:
+        """What the manifest says beyond the record (results.plan_facts)."""
+        return results.plan_facts(self.wiring.plan, usage.parse_prices(self.wiring.settings.price_table))
 
     def _submit(self, run: Run, ssh) -> Run:
         plan = self.wiring.plan
@@ -355,7 +358,7 @@ class HeadNodeWork:
             return run
         kept = run.copy()
         try:
-            results.collect(ssh, kept, bucket, names=names, s3_client=self.wiring.s3, digests=self._digests())
+            results.collect(ssh, kept, bucket, names=names, s3_client=self.wiring.s3, facts=self._facts())
         except Exception as exc:  # noqa: BLE001 - a head start: Release Head Node keeps what this missed
             log.warning("could not keep the results of jobs %s yet (Release Head Node will try): %s: %s",
                         names, type(exc).__name__, exc)
@@ -483,7 +486,7 @@ class HeadNodeWork:
         run = run.copy()
         bucket = self.wiring.settings.artifacts_bucket
         if bucket:
-            results.write_summary(self.wiring.s3, bucket, run, self._digests())
+            results.write_summary(self.wiring.s3, bucket, run, self._facts())
         run.release_note = decisions.release_note(
             run, scheduler=self.scheduler(run).name, unreachable=why,
             cluster_deleted=self._cluster_deleted_next(run))
@@ -497,7 +500,7 @@ class HeadNodeWork:
         bucket = self.wiring.settings.artifacts_bucket
         cancel = self._cancel_leftovers(ssh, run)
         if bucket:
-            results.collect(ssh, run, bucket, s3_client=self.wiring.s3, digests=self._digests())
+            results.collect(ssh, run, bucket, s3_client=self.wiring.s3, facts=self._facts())
         if cancel.unconfirmed:
             log.warning("keeping %s: jobs %s may still be running in it", run.run_dir, cancel.unconfirmed)
         else:

@@ -17,6 +17,7 @@ from typing import Any
 
 from stepcluster import jobtable, logs
 from stepcluster import resume as resume_module
+from stepcluster import usage as usage_module
 from stepcluster.clusters.base import RunContext, SshKey
 from stepcluster.errors import InputError, PlanError
 from stepcluster.executions import ENDED
@@ -79,6 +80,12 @@ def parse_run_input(value: Any) -> RunInput:
     return RunInput(value["cluster_name"], keep, resume, hours)
 
 
+def _lived(run: Run) -> Run:
+    run = run.copy()
+    run.usage = usage_module.cluster_lived(run.usage, run.started_at, int(time.time()))
+    return run
+
+
 class ClusterLifecycle:
     def __init__(self, wiring: Wiring):
         self.wiring = wiring
@@ -100,6 +107,7 @@ class ClusterLifecycle:
                          w.backend.check_name(user_input.cluster_name))
         if user_input.resume is not None:
             self._check_resume(user_input.resume, run)
+        usage_module.parse_prices(w.settings.price_table)       # a bad table fails here, not at the end
         key = self._run_key(ctx)
         try:
             cluster = w.backend.create(ctx, key)
@@ -180,7 +188,7 @@ class ClusterLifecycle:
         if run.cluster is None:              # creation never started: nothing to delete
             return self._with_cluster(run, {"status": ClusterStatus.DELETED.value})
         if run.keep_cluster and run.phase == Phase.SUCCEEDED and run.failure is None:
-            return self._with_cluster(run, {**run.cluster.to_dict(), "status": ClusterStatus.KEPT.value})
+            return _lived(self._with_cluster(run, {**run.cluster.to_dict(), "status": ClusterStatus.KEPT.value}))
         return self._after_deletion(self._with_cluster(run, self.wiring.backend.delete(run.cluster.to_dict())))
 
     def deletion_status(self, run: Run) -> Run:
@@ -188,8 +196,11 @@ class ClusterLifecycle:
             self._with_cluster(run, self.wiring.backend.deletion_status(run.cluster.to_dict())))
 
     def _after_deletion(self, run: Run) -> Run:
-        """Once the cluster is gone, its key goes too (only a key made for this run)."""
+        """Once the cluster is gone, its key goes too (only a key made for this run), and the
+        run's usage says how long the cluster lived."""
         cluster = run.cluster
+        if cluster.status in (ClusterStatus.DELETED, ClusterStatus.RELEASED):
+            run = _lived(run)
         if cluster.status == ClusterStatus.DELETED and (cluster.key or {}).get("owned"):
             self.wiring.keys.delete(run.execution)
             return self._with_cluster(run, {**cluster.to_dict(), "key": {**cluster.key, "deleted": True}})

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import collections
 import json
-from datetime import datetime, timezone
 
 from stepcluster import logs
+from stepcluster.decisions import epoch, iso
+from stepcluster.resources import hms
 
 log = logs.logger(__name__)
 
@@ -25,18 +26,8 @@ TABLE_ROWS = 500
 CAUSE_CHARS = 8_000
 
 
-def _epoch(stamp: str | None) -> int | None:
-    try:
-        return int(datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp())
-    except (TypeError, ValueError):
-        return None
-
-
 def _duration(seconds: float | None) -> str:
-    if seconds is None or seconds < 0:
-        return "-"
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+    return "-" if seconds is None or seconds < 0 else hms(int(seconds))
 
 
 def console_url(execution_arn: str) -> str:
@@ -84,7 +75,7 @@ def _table(jobs: dict) -> list[str]:
         exit_code = entry.get("exit_code")
         if entry.get("signal"):
             exit_code = f"sig{entry['signal']}"
-        start, end = _epoch(entry.get("started")), _epoch(entry.get("ended"))
+        start, end = epoch(entry.get("started")), epoch(entry.get("ended"))
         took = _duration(end - start) if start is not None and end is not None else "-"
         attempts = len(entry.get("attempts") or []) + 1 if entry.get("job_id") else 0
         note = f"  (from {entry['resumed_from']})" if entry.get("resumed_from") else ""
@@ -96,7 +87,7 @@ def _table(jobs: dict) -> list[str]:
 
 
 def _iso(when) -> str:
-    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if when else "-"
+    return iso(int(when.timestamp())) if when else "-"
 
 
 class Notifier:

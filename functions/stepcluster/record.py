@@ -222,6 +222,9 @@ class Run:
     #: CHANGES_IN_RECORD of them, and how many more there were
     changes: list | None = None
     changes_more: int | None = None
+    #: what the run used so far (usage.py): Lambda calls and GB-seconds, SSH connections, the
+    #: cluster's lifetime once it is gone
+    usage: dict | None = None
 
     @classmethod
     def from_dict(cls, data: Any) -> Run:

@@ -55,6 +55,11 @@ class Resources:
     scheduler_options: tuple[str, ...] = ()
     array: str | None = None            # the array's task indices, as parse_array wrote them
 
+    @property
+    def cores(self) -> int:
+        """The cores the job asks for in all (tasks x cpus_per_task; 1 each by default)."""
+        return (self.tasks or 1) * (self.cpus_per_task or 1)
+
     def __bool__(self) -> bool:
         return any(getattr(self, f.name) for f in fields(self))
 

@@ -51,7 +51,7 @@ import threading
 from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
-from stepcluster import jobscripts, logs
+from stepcluster import jobscripts, logs, usage
 from stepcluster.record import Run
 
 log = logs.logger(__name__)
@@ -84,7 +84,7 @@ NOT_KEPT_NAMES_IN_MANIFEST = 1000
 ARCHIVE_NAME = "output.tar.gz"
 
 
-def collect(ssh, run: Run, bucket: str, *, s3_client, names=None, digests=None) -> dict:
+def collect(ssh, run: Run, bucket: str, *, s3_client, names=None, facts=None) -> dict:
     """Stream jobs' results from the head node into S3; (re)write the run's manifest.
 
     `names`: the jobs to keep now (the polling round that saw them end passes those); by
@@ -92,8 +92,8 @@ def collect(ssh, run: Run, bucket: str, *, s3_client, names=None, digests=None) 
     marked `kept` in `run.jobs` (so it is not copied again), and `run.results` becomes the run's
     summary so far: {"prefix", "manifest", "jobs_collected"} and, when some file could not be
     kept, "not_kept" ({JOB: [names...]}, truncated) and "not_kept_count" (all of them), over
-    every call of the run. Returns that summary. `digests`: each job's work digest, for the
-    manifest (what a resumed run compares).
+    every call of the run. Returns that summary. `facts`: what the plan says of each job, for
+    the manifest (`plan_facts`).
     """
     s3 = s3_client
     if names is None:
@@ -122,7 +122,7 @@ def collect(ssh, run: Run, bucket: str, *, s3_client, names=None, digests=None) 
             extra["not_kept"] = not_kept[name][:NOT_KEPT_NAMES_IN_MANIFEST]
             extra["not_kept_count"] = len(not_kept[name])
         extras[name] = extra
-    manifest = write_manifest(s3, bucket, run, extras, digests)
+    manifest = write_manifest(s3, bucket, run, extras, facts)
     log.info("kept results of %d jobs under %s (%d files in %d archives)", sum(1 for n in names if kept.get(n)),
              _prefix(bucket, run), sum(archives.values()), len(archives))
     if not_kept:
@@ -133,16 +133,24 @@ def collect(ssh, run: Run, bucket: str, *, s3_client, names=None, digests=None) 
     return run.results
 
 
+def plan_facts(plan, prices: dict | None = None) -> dict:
+    """What the manifest says of each job beyond its record: its work digest (what a resumed
+    run compares, resume.py) and the cores it asked for (its core-hours), and the run's price
+    table (usage.py)."""
+    return {"jobs": {job.name: {"digest": job.work_digest, "cores": job.resources.cores} for job in plan.jobs},
+            "prices": prices}
+
+
 def write_manifest(s3, bucket: str, run: Run, extras: dict[str, dict] | None = None,
-                   digests=None) -> dict:
+                   facts=None) -> dict:
     """s3://BUCKET/EXECUTION/manifest.json: every job's record and where its results are.
 
     Written each time some results are kept, so that it is there whatever happens later (the
     head node lost, the execution aborted). `extras` are what this call learnt of some jobs
     (their packed output, the files not kept); the other jobs keep what the manifest already
-    said of them. Each job's `digest` (of `digests`: its handler, source and resources) and
-    the execution's ARN are what a resumed run checks it against (resume.py). Returns the
-    manifest."""
+    said of them. Each job's `digest` (its handler, source and resources) and the execution's
+    ARN are what a resumed run checks it against (resume.py); each job's `usage` (elapsed,
+    core-hours) and the run's `usage` (usage.py) say what it used. Returns the manifest."""
     key = f"{run.execution}/manifest.json"
     before = {}
     try:
@@ -156,10 +164,17 @@ def write_manifest(s3, bucket: str, run: Run, extras: dict[str, dict] | None = N
         extra = (extras or {}).get(name, earlier)
         # a resumed job's results stay where the run that made them kept them
         where = f"s3://{bucket}/{job.resumed_from}/{name}/" if job.resumed_from else f"{prefix}{name}/"
-        digest = {"digest": digests[name]} if digests and name in digests else {}
-        jobs[name] = {**job.to_dict(), "results": where if job.kept else None, **digest, **extra}
+        fact = ((facts or {}).get("jobs") or {}).get(name) or {}
+        digest = {"digest": fact["digest"]} if "digest" in fact else {}
+        used = usage.job_usage(job.started, job.ended, fact.get("cores", 1)) if not job.resumed_from else {}
+        jobs[name] = {**job.to_dict(), "results": where if job.kept else None, **digest,
+                      **({"usage": used} if used else {}), **extra}
+    used = {**(run.usage or {}), **usage.jobs_total({n: e.get("usage") or {} for n, e in jobs.items()})}
+    used["estimate"] = usage.estimate(used, (facts or {}).get("prices"))
+    if (facts or {}).get("prices"):
+        used["prices"] = facts["prices"]
     manifest = {"execution": run.execution, "execution_arn": run.execution_arn, "plan_digest": run.plan_digest,
-                "cluster_name": run.cluster_name, "jobs": jobs}
+                "cluster_name": run.cluster_name, "usage": used, "jobs": jobs}
     lost = sum(entry.get("not_kept_count", 0) for entry in jobs.values())
     if lost:
         manifest["not_kept_count"] = lost
@@ -168,10 +183,10 @@ def write_manifest(s3, bucket: str, run: Run, extras: dict[str, dict] | None = N
     return manifest
 
 
-def write_summary(s3, bucket: str, run: Run, digests=None) -> dict:
+def write_summary(s3, bucket: str, run: Run, facts=None) -> dict:
     """The manifest and the run's summary from the record alone, nothing copied (the head node
     cannot be reached: what the rounds kept is what there is)."""
-    run.results = _summary(bucket, run, write_manifest(s3, bucket, run, digests=digests))
+    run.results = _summary(bucket, run, write_manifest(s3, bucket, run, facts=facts))
     return run.results
 
 

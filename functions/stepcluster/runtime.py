@@ -39,16 +39,18 @@ def reset() -> None:
     _service = None
 
 
-def run_task(task: str, event, run_service=None) -> dict:
+def run_task(task: str, event, run_service=None, *, context=None) -> dict:
     """Parse the run record in `event`, run `task` on it (on the shared service, or the one
-    given), return the record as a dict."""
+    given), return the record as a dict. `context`: Lambda's, whose memory size the task's
+    usage is counted at."""
     from stepcluster.record import Run
 
     run = None
     try:
         run = Run.from_dict(event)
+        memory = getattr(context, "memory_limit_in_mb", None) or os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
         with logs.run_context(run.execution, run.cluster_name):
-            return (run_service or service()).task(task, run).to_dict()
+            return (run_service or service()).task(task, run, memory_mb=int(memory) if memory else None).to_dict()
     except Exception as exc:
         with logs.run_context(getattr(run, "execution", None), getattr(run, "cluster_name", None)):
             log.error("%s failed: %s: %s", task, type(exc).__name__, exc, exc_info=True)

@@ -15,7 +15,10 @@ and the abort cleanup and periodic sweep, which need both. The record they pass 
 
 from __future__ import annotations
 
-from stepcluster import logs
+import sys
+import time
+
+from stepcluster import logs, usage
 from stepcluster.clusters.base import EXECUTION_TAG
 from stepcluster.errors import ClusterError, InputError
 from stepcluster.executions import ENDED, execution_prefix
@@ -36,6 +39,13 @@ RUN_TASKS = {
 }
 
 
+def _ssh_connections() -> int:
+    """SSH connections this process opened so far (0 where paramiko was never imported: the
+    cluster functions)."""
+    ssh = sys.modules.get("stepcluster.remote.ssh")
+    return ssh.connections_opened if ssh else 0
+
+
 class RunService:
     def __init__(self, settings, **parts):
         self.wiring = Wiring(settings, **parts)
@@ -50,19 +60,25 @@ class RunService:
     def plan(self):
         return self.wiring.plan
 
-    def task(self, name: str, run: Run) -> Run:
+    def task(self, name: str, run: Run, *, memory_mb: int | None = None) -> Run:
         """Run one state's task on the record; the record it returns says which jobs the task
-        changed. A wide run's jobs are loaded for the head node's tasks and stored after them
-        (jobtable.py); the cluster's tasks pass its table on as it is."""
+        changed, and what the run has used (this task's Lambda call at `memory_mb`, its SSH
+        connections: usage.py). A wide run's jobs are loaded for the head node's tasks and
+        stored after them (jobtable.py); the cluster's tasks pass its table on as it is."""
         if name not in RUN_TASKS:
             raise InputError(f"no task {name!r}: the tasks are {', '.join(RUN_TASKS)}")
+        began, connections = time.monotonic(), _ssh_connections()
         part = RUN_TASKS[name]
         table = None
         if part == "head_node" and run.jobs_table is not None:
             table = JobTable(self.wiring.s3, self.settings.artifacts_bucket, self.plan.names)
             given, run = run, table.load(run)
         done = getattr(getattr(self, part), name)(run).with_changes_since(run)
-        return table.store(done, given) if table is not None else done
+        if table is not None:
+            done = table.store(done, given)
+        done.usage = usage.add_task(done.usage, seconds=time.monotonic() - began, memory_mb=memory_mb,
+                                    ssh_connections=_ssh_connections() - connections)
+        return done
 
     def cleanup_execution(self, execution_arn: str) -> dict:
         """After an abort or timeout (the EventBridge rule, and the sweep below): keep the

@@ -42,6 +42,7 @@ class Settings:
     # (jobtable.py): 200 records stay far below Step Functions' 256 KiB whatever their reasons say
     jobs_in_record: int = 200
     notify_topic_arn: str | None = None  # the notify function's: where a run's end is told (SNS)
+    price_table: str | None = None  # PriceTable: USD prices (JSON) for the usage's estimate (usage.py)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":

@@ -66,3 +66,26 @@ def test_a_run_past_its_budget_stops_its_jobs_keeps_their_results_and_says_so(
     assert (tmp_path / execution / "long" / "stdout").read_text() == "started\n"
     assert not remote_exists(head_node, f"stepcluster-runs/{execution}")
     assert report.invocations["ReleaseHeadNodeFunction"] == 1
+
+
+def test_a_runs_usage_is_counted_where_it_happens_and_priced_only_with_a_price_table(local_cluster, tmp_path):
+    """The example on the local Slurm: each call counted at the template's memory, the SSH
+    connections, the cluster's life, the jobs' core-hours; an estimate only with PriceTable."""
+    report = runner.run_local("examples/jobs.ini", "usage", cluster=local_cluster, artifacts_dir=tmp_path, timeout=150)
+    assert report.status == "SUCCEEDED", report.cause
+    used = report.usage
+    assert used["lambda_invocations"] == report.counts["lambda_invocations"]
+    assert used["ssh_connections"] == report.counts["ssh_connections"]
+    assert used["state_transitions"] == report.counts["state_transitions"]
+    assert 0 < used["lambda_gb_seconds"] < 60 and used["cluster_seconds"] >= used["jobs_elapsed_seconds"] > 0
+    assert used["jobs_core_hours"] > 0 and used["estimate"]["usd"] is None
+    manifest = json.loads((tmp_path / report.execution_arn.rsplit(":", 1)[-1] / "manifest.json").read_text())
+    assert manifest["jobs"]["simulate"]["usage"]["elapsed_seconds"] >= 4          # it sleeps five seconds
+    assert manifest["usage"]["jobs_core_hours"] == used["jobs_core_hours"]
+
+    prices = {"lambda_gb_second": 0.0000166667, "lambda_request": 0.0000002, "state_transition": 0.000025}
+    priced = runner.run_local("examples/jobs.ini", "usage-priced", cluster=local_cluster, timeout=150,
+                              settings_overrides={"price_table": json.dumps(prices)})
+    estimate = priced.usage["estimate"]
+    assert estimate["parts"]["state transitions"] == round(priced.counts["state_transitions"] * 0.000025, 6)
+    assert estimate["usd"] > 0 and "not_priced" not in estimate

@@ -18,8 +18,9 @@ class Service:
     def __init__(self, fail=None):
         self.calls, self.fail = [], fail
 
-    def task(self, name, run):
+    def task(self, name, run, *, memory_mb=None):
         self.calls.append((name, run))
+        self.memory_mb = memory_mb
         logs.logger("stepcluster.test").info("working on %s", name)
         if self.fail:
             try:
@@ -49,6 +50,19 @@ def test_a_handler_parses_once_runs_one_task_and_returns_json(service, caplog):
     [(name, run)] = service.calls
     assert name == "poll_jobs" and isinstance(run, Run)
     assert "[exec-1 cluster=c1] working on poll_jobs" in caplog.messages
+
+
+def test_a_task_is_counted_at_the_functions_memory(service, monkeypatch):
+    """Lambda's context (or its environment) says the function's memory: the task's usage is
+    counted at it (usage.py)."""
+    poll_jobs.handler(RECORD, type("Context", (), {"memory_limit_in_mb": 512})())
+    assert service.memory_mb == 512
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1769")
+    poll_jobs.handler(RECORD, None)
+    assert service.memory_mb == 1769
+    monkeypatch.delenv("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+    cluster.handler({"action": "status", "run": RECORD}, None)
+    assert service.memory_mb is None
 
 
 def test_the_cluster_handler_maps_the_definitions_actions(service):

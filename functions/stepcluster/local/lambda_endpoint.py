@@ -15,6 +15,7 @@ import threading
 import time
 import traceback
 import urllib.parse
+from types import SimpleNamespace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,9 @@ class LocalLambdaEndpoint:
 
     def __init__(self, functions: dict[str, str] | None = None):
         self.functions = dict(functions or FUNCTIONS)
+        from stepcluster.local.parameters import memory_sizes
+
+        self.memory_mb = memory_sizes()
         self.invocations: dict[str, int] = {}
         self.durations: dict[str, list[float]] = {}
         self.in_flight: dict[str, int] = {}   # calls not returned yet, per function
@@ -76,7 +80,10 @@ class LocalLambdaEndpoint:
         with self._lock:
             self.in_flight[name] = self.in_flight.get(name, 0) + 1
         try:
-            result = module.handler(event, None)
+            # Lambda's context, as much of it as the handlers read: the memory size a task's
+            # usage is counted at (the template's)
+            result = module.handler(event, SimpleNamespace(function_name=name,
+                                                           memory_limit_in_mb=self.memory_mb.get(name)))
         finally:
             with self._lock:
                 self.durations.setdefault(name, []).append(time.monotonic() - began)

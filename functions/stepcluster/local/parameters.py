@@ -30,6 +30,15 @@ SET_BY_RUN_LOCAL = {
 WHERE = "--parameter-overrides"
 
 
+def memory_sizes(template: Path = TEMPLATE) -> dict[str, int]:
+    """{function: its MemorySize in MB} as the template gives them (the Globals' by default):
+    what a local run counts each call's GB-seconds at."""
+    doc = _template(template)
+    default = ((doc.get("Globals") or {}).get("Function") or {}).get("MemorySize", 128)
+    return {name: int((r.get("Properties") or {}).get("MemorySize", default))
+            for name, r in (doc.get("Resources") or {}).items() if r.get("Type") == "AWS::Serverless::Function"}
+
+
 def _template(path: Path) -> dict:
     import yaml
 

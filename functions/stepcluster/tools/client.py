@@ -13,8 +13,10 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import timezone
 from typing import Callable
+
+from stepcluster import notify
+from stepcluster.decisions import iso
 
 
 @dataclass
@@ -31,10 +33,11 @@ class RunReport:
     interrupted: bool = False    # stopped by a Ctrl-C (the CLI exits 130)
     cleanup: dict | None = None  # then: what the cluster function's cleanup returned
     durations: dict = field(default_factory=dict, repr=False)  # function: [seconds per call]
+    usage: dict | None = None    # what the run used, and its estimate (usage.py)
 
     def to_dict(self) -> dict:
         report = {"status": self.status, "error": self.error, "cause": self.cause, "jobs": self.jobs,
-                  "counts": self.counts, "execution_arn": self.execution_arn}
+                  "counts": self.counts, "usage": self.usage, "execution_arn": self.execution_arn}
         if self.cleanup is not None:
             report["cleanup"] = self.cleanup
         return report
@@ -219,11 +222,7 @@ class Runs:
         return self.sfn.start_execution(stateMachineArn=self.state_machine_arn, input=json.dumps(value),
                                         name=name)["executionArn"]
 
-    @staticmethod
-    def console_url(execution_arn: str) -> str:
-        region = execution_arn.split(":")[3]
-        return (f"https://{region}.console.aws.amazon.com/states/home?region={region}"
-                f"#/v2/executions/details/{execution_arn}")
+    console_url = staticmethod(notify.console_url)
 
     def follower(self, execution_arn: str, progress, events_after=None) -> HistoryFollower:
         return HistoryFollower(self.sfn, execution_arn, progress, events_after=events_after)
@@ -241,15 +240,23 @@ class Runs:
             wait(every)
 
     def report(self, described: dict, follower: HistoryFollower, names) -> RunReport:
-        """The run's report: status, cause, each job, the counts (from its history)."""
+        """The run's report: status, cause, each job, the counts (from its history), what it
+        used (its record's, its manifest's, the history's transitions) and cost."""
+        from stepcluster import usage
+
         follower.update()
         arn = described["executionArn"]
         output = json.loads(described["output"]) if described.get("output") else None
         run = output or follower.last_run or {}
         execution = arn.rsplit(":", 1)[-1]
-        jobs = job_rows(run, names, lambda: self.manifest(execution), self.bucket)
+        manifest = self.manifest(execution)
+        jobs = job_rows(run, names, lambda: manifest, self.bucket)
+        counts = history_counts(follower.events)
+        used = {**((manifest or {}).get("usage") or {}), **(run.get("usage") or {}),
+                "state_transitions": counts["state_transitions"]}
+        used["estimate"] = usage.estimate(used, used.get("prices"), state_transitions=counts["state_transitions"])
         return RunReport(described["status"], described.get("cause"), described.get("error"), jobs,
-                         history_counts(follower.events), arn, output, events=follower.events)
+                         counts, arn, output, events=follower.events, usage=used)
 
     # -- what a run kept ---------------------------------------------------------------------
     def manifest(self, execution: str) -> dict | None:
@@ -336,4 +343,4 @@ def _name(execution: str) -> str:
 
 
 def _iso(when) -> str | None:
-    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if when is not None else None
+    return iso(int(when.timestamp())) if when is not None else None

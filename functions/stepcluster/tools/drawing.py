@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 from typing import Mapping
 
+from stepcluster import resources
 from stepcluster.config import JobsConfig, JobSpec
 from stepcluster.errors import InputError
 
@@ -38,9 +39,9 @@ def _asks(job: JobSpec) -> list[str]:
         if value:
             parts.append(f"{label} {value}")
     if r.memory_kib:
-        parts.append(f"memory {_memory(r.memory_kib)}")
+        parts.append(f"memory {resources.memory_text(r.memory_kib)}")
     if r.time_limit:
-        parts.append(f"time {r.time_limit // 3600}:{r.time_limit % 3600 // 60:02d}:{r.time_limit % 60:02d}")
+        parts.append(f"time {resources.hms(r.time_limit)}")
     if r.queue:
         parts.append(f"queue {r.queue}")
     if r.array:
@@ -48,13 +49,6 @@ def _asks(job: JobSpec) -> list[str]:
     if job.retries:
         parts.append(f"retries {job.retries}" + (f" on {', '.join(job.retry_on)}" if job.retry_on else ""))
     return parts
-
-
-def _memory(kib: int) -> str:
-    for unit, size in (("T", 1024 ** 3), ("G", 1024 ** 2), ("M", 1024)):
-        if kib % size == 0:
-            return f"{kib // size}{unit}"
-    return f"{kib}K"
 
 
 def _dot_text(text: str) -> str:
