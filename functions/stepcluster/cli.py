@@ -165,6 +165,8 @@ def _usage_line(used: dict) -> str:
         parts.append(f"{used['ssh_connections']} SSH connections")
     if used.get("cluster_seconds") is not None:
         parts.append(f"cluster {used['cluster_seconds']} s")
+    if used.get("instance_hours"):
+        parts.append("instances " + ", ".join(f"{kind} {hours} h" for kind, hours in used["instance_hours"].items()))
     if used.get("jobs_elapsed_seconds") is not None:
         parts.append(f"jobs {used['jobs_elapsed_seconds']} s, {used.get('jobs_core_hours', 0)} core-hours")
     estimate = used.get("estimate") or {}

@@ -189,7 +189,20 @@ class ClusterLifecycle:
             return self._with_cluster(run, {"status": ClusterStatus.DELETED.value})
         if run.keep_cluster and run.phase == Phase.SUCCEEDED and run.failure is None:
             return _lived(self._with_cluster(run, {**run.cluster.to_dict(), "status": ClusterStatus.KEPT.value}))
+        run = self._count_instances(run)
         return self._after_deletion(self._with_cluster(run, self.wiring.backend.delete(run.cluster.to_dict())))
+
+    def _count_instances(self, run: Run) -> Run:
+        """Before the cluster goes: the hours its instances ran, into the run's usage. Best
+        effort: a count that fails must not keep the cluster alive."""
+        try:
+            instances = self.wiring.backend.instances(run.cluster.to_dict())
+        except Exception as exc:  # noqa: BLE001 - botocore's errors: access, throttling
+            log.warning("cannot count the cluster's instances for the run's usage: %s: %s", type(exc).__name__, exc)
+            return run
+        run = run.copy()
+        run.usage = usage_module.with_instances(run.usage, instances, int(time.time()))
+        return run
 
     def deletion_status(self, run: Run) -> Run:
         return self._after_deletion(

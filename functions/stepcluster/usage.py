@@ -65,6 +65,19 @@ def cluster_lived(usage: Mapping | None, started_at: int | None, now: int) -> di
     return out
 
 
+def with_instances(usage: Mapping | None, instances, now: int) -> dict:
+    """The usage with the hours each instance type ran (`ClusterBackend.instances`: launched
+    to ended, or to `now` for those still running when the cluster is deleted)."""
+    out = dict(usage or {})
+    hours: dict[str, float] = {}
+    for instance in instances:
+        ran = max(0, (instance.get("ended") or now) - instance["launched"])
+        hours[instance["type"]] = hours.get(instance["type"], 0) + ran / 3600
+    if hours:
+        out["instance_hours"] = {kind: round(h, 4) for kind, h in sorted(hours.items())}
+    return out
+
+
 def parse_prices(text: str | None) -> dict | None:
     """The price table (PriceTable), checked; None when there is none."""
     if not text:

@@ -156,3 +156,24 @@ def policy_topic(template, parameters):
     from .iam import Resolver
 
     return Resolver(template, {"ClusterBackend": "existing", **parameters}).value({"Ref": "NotificationTopic"})
+
+
+# -- a run's usage: the instances its cluster ran ----------------------------------------------
+
+@pytest.mark.parametrize("role, backend", [("ClusterFunctionRole", "cfncluster"),
+                                           ("ParallelClusterFunctionRole", "parallelcluster")])
+def test_the_cluster_function_may_count_the_instances_its_cluster_ran(role, backend):
+    from stepcluster.clusters.base import tagged_instances
+
+    from .template import execution_arn
+
+    recorder = Recorder()
+    with mock_aws(), recorder.installed():
+        tagged_instances(boto3.client("ec2", region_name="us-east-1"), execution_arn("run-1"))
+        calls = recorder.take()
+    assert {c.name for c in calls} == {"ec2:DescribeInstances"}
+    template = json.loads(json.dumps(cfn_yaml.load(str(ROOT / "template.yaml"))))
+    policy = role_policy(template, role, {"ClusterBackend": backend})
+    # DescribeInstances has no resource-level permission: "*", in this region
+    assert policy.allows("ec2:DescribeInstances", "*", {"aws:RequestedRegion": "us-east-1"})
+    assert not policy.allows("ec2:DescribeInstances", "*", {"aws:RequestedRegion": "eu-west-1"})

@@ -138,6 +138,28 @@ def test_the_stack_is_the_one_pcluster_builds_for_this_config(case):
         assert len(launch_templates) == 1 + 3  # the head node's, one per compute resource
 
 
+def test_every_instance_the_cluster_launches_carries_the_runs_tag(case):
+    """A run's usage counts its cluster's instances by this tag (clusters.base.tagged_instances):
+    the head node is tagged by the stack, compute nodes by their launch templates, which
+    clustermgtd launches from long after the stack was created."""
+    _, cluster, _ = case
+    execution = cluster.stack_tags["stepcluster:execution"]
+
+    def tags(pairs):
+        return {t["Key"]: t["Value"] for t in pairs}
+
+    head_nodes = [r for _, _, r in cluster.resources() if r["Type"] == "AWS::EC2::Instance"]
+    compute = [r for _, name, r in cluster.resources()
+               if r["Type"] == "AWS::EC2::LaunchTemplate" and not name.startswith("HeadNode")]
+    assert head_nodes and compute
+    for head in head_nodes:
+        assert tags(head["Properties"]["Tags"])["stepcluster:execution"] == execution
+    for template in compute:
+        specs = template["Properties"]["LaunchTemplateData"]["TagSpecifications"]
+        instance_tags = [tags(s["Tags"]) for s in specs if s["ResourceType"] == "instance"]
+        assert instance_tags and all(t.get("stepcluster:execution") == execution for t in instance_tags)
+
+
 def test_the_stack_creates_iam_roles_only_where_the_deployment_may(case):
     name, cluster, mode = case
     made = sorted(logical for _, logical, r in cluster.resources() if r["Type"] == "AWS::IAM::Role")

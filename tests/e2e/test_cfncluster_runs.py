@@ -60,6 +60,9 @@ def test_the_example_runs_on_a_cfncluster_stack_that_is_then_deleted(local_clust
     assert {"ParameterKey": "Scheduler", "ParameterValue": "slurm"} in seen["params"]
     assert report.output["cluster"]["status"] == "DELETED"
     assert report.output["cluster"]["head_node"]["user"] == "hpc"  # discovered from the stack
+    # the run's usage: the instance the stack ran (moto's EC2, tagged by CloudFormation with the
+    # run's execution), from its launch to the deletion
+    assert set(report.usage["instance_hours"]) == {"t2.micro"} and 0 < report.usage["instance_hours"]["t2.micro"] < 1
     assert after.left == NOTHING
 
 

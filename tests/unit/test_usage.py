@@ -54,3 +54,48 @@ def test_a_bad_price_table_is_named(text, says):
         usage.parse_prices(text)
     assert says in str(info.value)
     assert usage.parse_prices("") is None and usage.parse_prices('{"state_transition": 0.000025}')
+
+
+def test_instance_hours_run_from_launch_to_end_or_to_the_deletion():
+    instances = [{"type": "c5.xlarge", "launched": 0, "ended": 3600}, {"type": "c5.xlarge", "launched": 1800, "ended": None},
+                 {"type": "t3.small", "launched": 0, "ended": None}]
+    used = usage.with_instances({"lambda_invocations": 3}, instances, now=7200)
+    assert used["instance_hours"] == {"c5.xlarge": 2.5, "t3.small": 2.0} and used["lambda_invocations"] == 3
+    assert usage.estimate(used, PRICES)["parts"]["c5.xlarge instances"] == 0.425
+    assert "instance_hours" not in usage.with_instances({}, [], now=1)
+
+
+def test_the_instances_carrying_the_runs_tag_are_found_with_when_they_ran(monkeypatch):
+    import boto3
+    from moto import mock_aws
+
+    from stepcluster.clusters.base import EXECUTION_TAG, tagged_instances
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        ec2 = boto3.client("ec2")
+        ours = "arn:aws:states:us-east-1:123456789012:execution:m:run-1"
+
+        def launch(kind, execution):
+            return ec2.run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1, InstanceType=kind, TagSpecifications=[
+                {"ResourceType": "instance", "Tags": [{"Key": EXECUTION_TAG, "Value": execution}]}])["Instances"][0]["InstanceId"]
+        head, compute = launch("c5.large", ours), launch("c5.xlarge", ours)
+        launch("c5.large", ours.replace("run-1", "run-2"))
+        ec2.terminate_instances(InstanceIds=[compute])
+        found = {i["id"]: i for i in tagged_instances(ec2, ours)}
+        assert set(found) == {head, compute}
+        assert found[head]["type"] == "c5.large" and found[head]["ended"] is None and found[head]["launched"] > 0
+        assert found[compute]["ended"] is not None and found[compute]["ended"] >= found[compute]["launched"]
+        assert tagged_instances(ec2, None) == []
+
+
+def test_the_report_prints_what_the_run_used():
+    from stepcluster.cli import _usage_line
+
+    line = _usage_line({"lambda_invocations": 10, "lambda_gb_seconds": 4.53, "ssh_connections": 8,
+                        "cluster_seconds": 812, "instance_hours": {"c5.large": 0.2256, "c5.xlarge": 0.5},
+                        "jobs_elapsed_seconds": 5, "jobs_core_hours": 0.0014,
+                        "estimate": {"usd": None, "note": "no price table (template parameter PriceTable): no estimate"}})
+    assert line == ("10 Lambda calls (4.53 GB-s), 8 SSH connections, cluster 812 s, instances c5.large 0.2256 h, "
+                    "c5.xlarge 0.5 h, jobs 5 s, 0.0014 core-hours, no estimate (no price table (template parameter "
+                    "PriceTable): no estimate)")

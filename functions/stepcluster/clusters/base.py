@@ -20,6 +20,7 @@ from __future__ import annotations
 import abc
 import re
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 
 from stepcluster.errors import InputError
 
@@ -104,3 +105,36 @@ class ClusterBackend(abc.ABC):
     def find_clusters(self, execution_arn: str) -> list[dict]:
         """Records of the live clusters tagged with this execution (for the abort cleanup)."""
         return []
+
+    def instances(self, cluster: dict) -> list[dict]:
+        """The EC2 instances the run's cluster ran, for its usage: [{"type", "launched",
+        "ended"}] (epochs; "ended" None while it runs). An existing head node is not the run's:
+        none."""
+        return []
+
+
+#: "User initiated (2026-12-06 10:00:00 GMT)": when EC2 says an instance stopped or ended (moto
+#: writes UTC).
+_TRANSITION_TIME = re.compile(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (?:GMT|UTC)\)")
+
+
+def tagged_instances(ec2, execution_arn: str | None) -> list[dict]:
+    """The instances carrying this execution's tag (the cluster tools copy it onto what they
+    launch: CloudFormation onto the stack's instances, ParallelCluster from its config's Tags
+    onto head and compute nodes), still listed by EC2 (terminated ones stay about an hour)."""
+    if not execution_arn:
+        return []
+    found = []
+    for page in ec2.get_paginator("describe_instances").paginate(
+            Filters=[{"Name": f"tag:{EXECUTION_TAG}", "Values": [execution_arn]}]):
+        for reservation in page.get("Reservations", []):
+            for instance in reservation.get("Instances", []):
+                ended = None
+                if instance.get("State", {}).get("Name") in ("stopped", "terminated", "shutting-down"):
+                    when = _TRANSITION_TIME.search(instance.get("StateTransitionReason") or "")
+                    if when:
+                        ended = int(datetime.strptime(when.group(1), "%Y-%m-%d %H:%M:%S")
+                                    .replace(tzinfo=timezone.utc).timestamp())
+                found.append({"type": instance.get("InstanceType"), "id": instance.get("InstanceId"),
+                              "launched": int(instance["LaunchTime"].timestamp()), "ended": ended})
+    return found

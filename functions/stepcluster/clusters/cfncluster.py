@@ -40,7 +40,7 @@ from botocore.exceptions import ClientError
 
 from stepcluster import logs
 from stepcluster.clusters.base import (EXECUTION_TAG, ClusterBackend, HeadNode, RunContext,
-                                       SshKey)
+                                       SshKey, tagged_instances)
 from stepcluster.clusters.cfncluster_config import (SCHEDULERS, DEFAULT_SCHEDULER,
                                                     check_cfncluster_config, config_for_run,
                                                     read_cfncluster_config)
@@ -449,6 +449,9 @@ class CfnClusterBackend(ClusterBackend):
         return ("[global]\ncluster_template = stepcluster\nupdate_check = false\n"
                 "sanity_check = false\n\n[aws]\n\n[cluster stepcluster]\n"
                 "key_name = unused-by-delete\nvpc_settings = stepcluster\n\n[vpc stepcluster]\n")
+
+    def instances(self, cluster: dict) -> list[dict]:
+        return tagged_instances(self.ec2, cluster.get("execution_arn"))
 
     def delete(self, cluster: dict) -> dict:
         stack = self._describe(self._ref(cluster))

@@ -41,7 +41,8 @@ import time
 from datetime import datetime
 
 from stepcluster import logs
-from stepcluster.clusters.base import EXECUTION_TAG, ClusterBackend, HeadNode, RunContext, SshKey
+from stepcluster.clusters.base import (EXECUTION_TAG, ClusterBackend, HeadNode, RunContext, SshKey,
+                                      tagged_instances)
 from stepcluster.clusters.hostkeys import read_host_key
 from stepcluster.errors import ClusterError, InputError
 
@@ -406,6 +407,9 @@ class ParallelClusterBackend(ClusterBackend):
             return HeadNode.from_dict(data)
         except KeyError as exc:
             raise ClusterError(f"cluster {cluster.get('name')}: head node record lacks {exc}") from exc
+
+    def instances(self, cluster: dict) -> list[dict]:
+        return tagged_instances(self.ec2, cluster.get("execution_arn"))
 
     def delete(self, cluster: dict) -> dict:
         name = cluster["name"]
