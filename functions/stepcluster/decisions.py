@@ -540,12 +540,14 @@ def next_batch(run: Run, plan_order: Sequence[str],
 
 
 def submitted(run: Run, job_ids: Mapping[str, str], *, wait_times: Mapping[str, int],
-              watching: bool = False) -> Run:
+              watching: bool = False, source_versions: Mapping[str, str] | None = None) -> Run:
     """The record once the scheduler accepted these jobs (`watching`: the next round waits on
-    the head node, so the definition goes straight to it)."""
+    the head node, so the definition goes straight to it; `source_versions`: what the s3_uri
+    jobs among them were staged from)."""
     run = run.copy()
     for name, job_id in job_ids.items():
-        run.jobs[name] = run.jobs[name].but(job_id=job_id, state=JobState.PENDING)
+        version = (source_versions or {}).get(name, run.jobs[name].source_version)
+        run.jobs[name] = run.jobs[name].but(job_id=job_id, state=JobState.PENDING, source_version=version)
     run.phase = Phase.WATCHING if watching else Phase.RUNNING
     run.wait_seconds = wait_seconds(run, wait_times)
     return run

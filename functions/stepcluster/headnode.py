@@ -94,7 +94,16 @@ class HeadNodeWork:
         w = self.wiring
         manifest = resume.earlier_manifest(w.s3, w.settings.artifacts_bucket, run.resume["from"], None)
         digests = {job.name: job.work_digest for job in w.plan.jobs}
-        skipped = resume.skipped_jobs(manifest, digests, w.plan.prerequisites)
+        # an s3_uri job is spared only while its objects are those the earlier run staged: one
+        # listing per address, of the jobs that could be spared
+        uris = {name: w.plan.job(name).s3_uri for name in resume.finished_unchanged(manifest, digests)
+                if w.plan.job(name).s3_uri}
+        now = {uri: staging.current_source_version(uri, w.s3) for uri in set(uris.values())}
+        versions = {name: now[uri] for name, uri in uris.items()}
+        for name in resume.objects_changed(manifest, versions):
+            log.info("resuming %s: job %s runs again: the objects at %s are not those it ran with",
+                     run.resume["from"], name, uris[name])
+        skipped = resume.skipped_jobs(manifest, digests, w.plan.prerequisites, versions)
         run = run.copy()
         run.jobs.update(skipped)
         run.resume = {**run.resume, "skipped": len(skipped)}
@@ -122,7 +131,7 @@ class HeadNodeWork:
         try:
             bundle = io.BytesIO()
             with tarfile.open(fileobj=bundle, mode="w:gz") as tar:
-                fetches, handlers = self._stage(run, batch, tar)
+                fetches, handlers, versions = self._stage(run, batch, tar)
                 if not fetches:
                     requests = self._requests(ssh, scheduler, run, batch, handlers)
                     self._add_wrappers(tar, run, batch, requests)
@@ -168,27 +177,30 @@ class HeadNodeWork:
             raise SchedulerError(f"the submit script reported nothing for jobs {missing}: {result.tail()}",
                                  scheduler=scheduler.name)
         return decisions.submitted(run, accepted, wait_times=self.wiring.plan.wait_times,
-                                   watching=self.limits().watching)
+                                   watching=self.limits().watching, source_versions=versions)
 
-    def _stage(self, run: Run, batch, tar: tarfile.TarFile) -> tuple[list[str], dict[str, bytes]]:
+    def _stage(self, run: Run, batch, tar: tarfile.TarFile):
         """The batch's files into `tar` (or, in head-node staging, the scripts that make the
-        head node download them itself), and each handler's bytes where they passed through
-        here. Everything is staged before anything of the batch reaches the scheduler: a job
-        whose files cannot be staged fails the run first."""
+        head node download them itself), each handler's bytes where they passed through here,
+        and the s3_uri jobs' `source_version`s. Everything is staged before anything of the
+        batch reaches the scheduler: a job whose files cannot be staged fails the run first."""
         w = self.wiring
         by_head_node = w.settings.staging == "head-node"
-        fetches, handlers = [], {}
+        fetches, handlers, versions = [], {}, {}
         for job in batch:
             try:
                 if by_head_node:
-                    fetches.append(staging.fetch_script(
+                    script, version = staging.fetch_script(
                         w.plan, job, job_dir=jobscripts.job_dir(run.run_dir, job.name),
-                        s3_client=w.s3, artifacts_bucket=w.settings.artifacts_bucket))
+                        s3_client=w.s3, artifacts_bucket=w.settings.artifacts_bucket)
+                    fetches.append(script)
                 else:
-                    handlers[job.name] = staging.add_job_files(tar, w.plan, job, s3_client=w.s3)
+                    handlers[job.name], version = staging.add_job_files(tar, w.plan, job, s3_client=w.s3)
             except StagingError as exc:
                 raise _NotSubmittable(job.name, str(exc)) from exc
-        return fetches, handlers
+            if version:
+                versions[job.name] = version
+        return fetches, handlers, versions
 
     def _requests(self, ssh, scheduler: Scheduler, run: Run, batch, handlers: dict[str, bytes]) -> dict:
         """{job name: its JobRequest}: the options in each staged handler and the config's

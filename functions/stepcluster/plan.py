@@ -75,8 +75,9 @@ class PlannedJob:
     @functools.cached_property
     def work_digest(self) -> str:
         """What the job does: its handler, its source (a local_path package is named by its
-        content; an s3_uri by its address) and what it asks of the scheduler. A resumed run
-        skips a job that succeeded before only if this is the same."""
+        content; an s3_uri by its address, its objects by the record's `source_version`) and
+        what it asks of the scheduler. A resumed run skips a job that succeeded before only if
+        this is the same."""
         source = self.s3_uri or self.archive
         canonical = json.dumps({"handler": self.handler, "source": source,
                                 "resources": self.resources.to_dict() if self.resources else {}},

@@ -126,6 +126,9 @@ class JobRecord:
     #: "scheduler_state", "reason", "started", "ended"}] (their files: JOB/attempt-K/)
     attempts: list | None = None
     resumed_from: str | None = None      # succeeded in this earlier execution, not run again
+    #: an s3_uri job's objects as its last attempt staged them (staging.source_version): a
+    #: resumed run spares the job only while they are the same
+    source_version: str | None = None
 
     @classmethod
     def from_dict(cls, data: Any, name: str = "?") -> JobRecord:

@@ -3,8 +3,9 @@
 `{"cluster_name": "c2", "resume": "<earlier execution name or ARN>"}`. The earlier execution's
 manifest in this stack's artifacts bucket is the source of truth (each stack has its own bucket,
 so another stack's execution is simply not there): every job it lists as SUCCEEDED whose work is
-unchanged (`PlannedJob.work_digest`: handler, source, resources) and whose prerequisites are all
-skipped too is not run again. It is SUCCEEDED in the new run from the start, its results are the
+unchanged (`PlannedJob.work_digest`: handler, source, resources; for an s3_uri job also the
+objects at that address, `staging.source_version`) and whose prerequisites are all skipped too
+is not run again. It is SUCCEEDED in the new run from the start, its results are the
 earlier ones (the manifest says where: `resumed_from`, and `results` under that execution's
 prefix), and the jobs that wait for it run as if it had just succeeded. A job whose work changed
 runs again, and so does every job that waits for it.
@@ -74,24 +75,40 @@ def _machine(execution_arn: str) -> str:
     return f"{head}:stateMachine:{rest.rsplit(':', 1)[0]}"
 
 
-def skipped_jobs(manifest: dict, digests: Mapping[str, str],
-                 prerequisites: Mapping[str, tuple[str, ...]]) -> dict[str, JobRecord]:
+def finished_unchanged(manifest: dict, digests: Mapping[str, str]) -> list[str]:
+    """The jobs the earlier execution finished (SUCCEEDED) with the same work digest: those
+    that may be spared, once their objects (s3_uri) and prerequisites are looked at."""
+    return [name for name, entry in manifest["jobs"].items()
+            if isinstance(entry, dict) and entry.get("state") == JobState.SUCCEEDED.value
+            and entry.get("digest") and entry.get("digest") == digests.get(name)]
+
+
+def objects_changed(manifest: dict, source_versions: Mapping[str, str | None]) -> list[str]:
+    """The s3_uri jobs among `source_versions` ({job: its objects' version now, None when they
+    cannot be read}) whose objects are not those the earlier execution staged."""
+    return [name for name, now in source_versions.items()
+            if not now or (manifest["jobs"].get(name) or {}).get("source_version") != now]
+
+
+def skipped_jobs(manifest: dict, digests: Mapping[str, str], prerequisites: Mapping[str, tuple[str, ...]],
+                 source_versions: Mapping[str, str | None] | None = None) -> dict[str, JobRecord]:
     """{job: its record in the new run} of the jobs the earlier execution finished and this one
     does not run again: SUCCEEDED there, the same work (`digests`: the plan's work digests),
-    and every job it waits for skipped too (pure: the manifest is read by the caller)."""
+    for an s3_uri job the same objects (`source_versions`: theirs now, for each s3_uri job of
+    `finished_unchanged`), and every job it waits for skipped too (pure: the caller reads the
+    manifest and lists the objects)."""
     earlier = manifest["jobs"]
     source = manifest.get("execution")
+    spared = set(finished_unchanged(manifest, digests)) - set(objects_changed(manifest, source_versions or {}))
     skipped: dict[str, JobRecord] = {}
     for level in graph.levels(prerequisites):
         for name in level:
-            entry = earlier.get(name)
-            if (not isinstance(entry, dict) or entry.get("state") != JobState.SUCCEEDED.value
-                    or not entry.get("digest") or entry.get("digest") != digests.get(name)
-                    or not all(p in skipped for p in prerequisites.get(name, ()))):
+            if name not in spared or not all(p in skipped for p in prerequisites.get(name, ())):
                 continue
+            entry = earlier[name]
             skipped[name] = JobRecord(
                 state=JobState.SUCCEEDED, job_id=entry.get("job_id"), exit_code=entry.get("exit_code", 0),
                 started=entry.get("started"), ended=entry.get("ended"), kept=True,
                 # results stay where they were kept: a job resumed twice points at the first run
-                resumed_from=entry.get("resumed_from") or source)
+                resumed_from=entry.get("resumed_from") or source, source_version=entry.get("source_version"))
     return skipped

@@ -138,3 +138,37 @@ def test_resuming_an_execution_this_stack_never_ran_fails_at_once(local_cluster,
     assert (report.status, report.error) == ("FAILED", "InputError")
     assert "this stack has no execution 'no-such-run'" in report.cause
     assert "SubmitJobsFunction" not in report.invocations and "PrepareHeadNodeFunction" not in report.invocations
+
+
+def test_a_resumed_run_runs_an_s3_job_again_once_its_objects_changed(local_cluster, tmp_path):
+    mark = Path("/tmp") / f"stepcluster-e2e-fail-{uuid.uuid4().hex[:8]}"
+    mark.write_text("")
+    inputs = tmp_path / "s3" / "inputs" / "prep"
+    inputs.mkdir(parents=True)
+    (inputs / "run.sh").write_text("cp data.txt $STEPCLUSTER_OUTPUT/seen.txt\n")
+    (inputs / "data.txt").write_text("v1\n")
+    (tmp_path / "local").mkdir()
+    (tmp_path / "local" / "report.sh").write_text(f"if [ -e {mark} ]; then exit 5; fi\n")
+    config = tmp_path / "jobs.ini"
+    config.write_text("[order]\nparallel = prepare, report\n\n"
+                      "[job prepare]\nhandler = run.sh\ns3_uri = s3://inputs/prep/\nwait_time = 1\n\n"
+                      "[job report]\nhandler = report.sh\nlocal_path = local\nwait_time = 1\ndepends_on = prepare\n")
+    results = tmp_path / "results"
+    run = functools.partial(run_local, str(config), cluster=local_cluster, s3_dir=tmp_path / "s3",
+                            artifacts_dir=results)
+
+    first = run("first")
+    assert (first.status, jobs_by_name(first)["prepare"]["state"]) == ("FAILED", "SUCCEEDED")
+    first_name = first.execution_arn.rsplit(":", 1)[-1]
+    same = run("same", resume=first_name)                   # the objects as they were: spared
+    assert jobs_by_name(same)["prepare"]["resumed_from"] == first_name
+    assert jobs_by_name(same)["prepare"]["job_id"] == jobs_by_name(first)["prepare"]["job_id"]
+
+    (inputs / "data.txt").write_text("v2\n")                # new data under the same address
+    mark.unlink()
+    changed = run("changed", resume=same.execution_arn.rsplit(":", 1)[-1])
+    assert changed.status == "SUCCEEDED", changed.cause
+    prepare = jobs_by_name(changed)["prepare"]
+    assert not prepare.get("resumed_from") and prepare["job_id"] != jobs_by_name(first)["prepare"]["job_id"]
+    execution = changed.execution_arn.rsplit(":", 1)[-1]
+    assert (results / execution / "prepare" / "output" / "seen.txt").read_text() == "v2\n"

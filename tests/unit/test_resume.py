@@ -48,6 +48,21 @@ def test_a_changed_job_runs_again_and_so_does_every_job_that_waits_for_it():
     assert resume.skipped_jobs(earlier, DIGESTS, DIAMOND) == {}
 
 
+def test_an_s3_job_whose_objects_changed_runs_again_and_so_does_every_job_that_waits_for_it():
+    earlier = manifest(a="SUCCEEDED", b="SUCCEEDED", c="SUCCEEDED", d="FAILED")
+    earlier["jobs"]["a"]["source_version"] = "objects-1"
+    earlier["jobs"]["b"]["source_version"] = "objects-1"
+    same = resume.skipped_jobs(earlier, DIGESTS, DIAMOND, {"a": "objects-1", "b": "objects-1"})
+    assert sorted(same) == ["a", "b", "c"] and same["a"].source_version == "objects-1"
+    assert sorted(resume.skipped_jobs(earlier, DIGESTS, DIAMOND, {"a": "objects-1", "b": "objects-2"})) == ["a", "c"]
+    assert resume.skipped_jobs(earlier, DIGESTS, DIAMOND, {"a": "objects-2", "b": "objects-1"}) == {}
+    # objects that cannot be read now, or a manifest that did not record them: never a guess
+    assert sorted(resume.skipped_jobs(earlier, DIGESTS, DIAMOND, {"a": "objects-1", "b": None})) == ["a", "c"]
+    assert sorted(resume.skipped_jobs(earlier, DIGESTS, DIAMOND, {"a": "objects-1", "c": "objects-1"})) == ["a", "b"]
+    assert resume.objects_changed(earlier, {"a": "objects-1", "b": "objects-2", "c": "x"}) == ["b", "c"]
+    assert resume.finished_unchanged(earlier, {**DIGESTS, "b": "changed"}) == ["a", "c"]
+
+
 def test_a_job_resumed_twice_points_at_the_run_that_made_its_results():
     earlier = manifest(a="SUCCEEDED", b="FAILED", c="FAILED", d="NOT_STARTED")
     earlier["jobs"]["a"]["resumed_from"] = "run-0"

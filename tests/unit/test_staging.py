@@ -123,8 +123,9 @@ def test_nothing_at_the_uri_is_a_clear_error(s3):
 def test_head_node_fetch_quotes_every_url_and_copies_a_bundled_package_once(tmp_path, s3):
     s3.create_bucket(Bucket="artifacts")
     plan, job = local_job(tmp_path, archive({"run.sh": b"x"}))
-    script = staging.fetch_script(plan, job, job_dir="/home/hpc/runs/e/jobs/a", s3_client=s3,
-                                  artifacts_bucket="artifacts")
+    script, version = staging.fetch_script(plan, job, job_dir="/home/hpc/runs/e/jobs/a", s3_client=s3,
+                                           artifacts_bucket="artifacts")
+    assert version is None   # a package is named by its content already
     url = next(line for line in script.splitlines() if line.startswith("curl "))
     assert url.startswith("curl -fsS --retry 3 'https://") and "| tar -xzf - --no-same-owner" in url
     assert s3.get_object(Bucket="artifacts", Key="packages/a.tar.gz")["Body"].read() == \
@@ -142,8 +143,9 @@ def test_head_node_fetch_of_an_s3_prefix_downloads_each_file_to_its_place(s3, mo
     monkeypatch.setattr(s3, "generate_presigned_url", lambda op, Params, ExpiresIn: signed.append(
         (op, Params, ExpiresIn)) or f"https://signed/{Params['Key']}")
     job = PlannedJob("a", "run.sh", 10, s3_uri=f"s3://{BUCKET}/proj")   # a prefix, without the slash
-    script = staging.fetch_script(Plan("sequential", (job,), "d"), job, job_dir="/r/jobs/a", s3_client=s3,
-                                  artifacts_bucket="artifacts")
+    script, version = staging.fetch_script(Plan("sequential", (job,), "d"), job, job_dir="/r/jobs/a",
+                                           s3_client=s3, artifacts_bucket="artifacts")
+    assert version == staging.current_source_version(job.s3_uri, s3)
     assert script.splitlines() == [
         "mkdir -p /r/jobs/a/src && cd /r/jobs/a/src || exit 3",
         "fail=0",
@@ -174,3 +176,29 @@ def test_only_s3_uris_are_split():
     assert staging.split_s3_uri("s3://b/k/x") == ("b", "k/x")
     with pytest.raises(StagingError, match="not an S3 URI"):
         staging.split_s3_uri("https://b/k")
+
+
+def version_staged(s3, job: PlannedJob) -> str | None:
+    with tarfile.open(fileobj=io.BytesIO(), mode="w") as tar:
+        return staging.add_job_files(tar, Plan("sequential", (job,), "d"), job, s3_client=s3)[1]
+
+
+def test_an_s3_jobs_objects_have_a_version_that_any_change_of_content_or_listing_changes(s3):
+    for key in ("proj/run.sh", "proj/data/in.txt"):
+        s3.put_object(Bucket=BUCKET, Key=key, Body=b"v1")
+    job = PlannedJob("a", "run.sh", 10, s3_uri=f"s3://{BUCKET}/proj/")
+    first = version_staged(s3, job)
+    assert first and version_staged(s3, job) == first == staging.current_source_version(job.s3_uri, s3)
+    s3.put_object(Bucket=BUCKET, Key="proj/data/in.txt", Body=b"v1")   # same bytes again: same version
+    assert staging.current_source_version(job.s3_uri, s3) == first
+    s3.put_object(Bucket=BUCKET, Key="proj/data/in.txt", Body=b"v2")   # new content
+    second = staging.current_source_version(job.s3_uri, s3)
+    assert second != first and version_staged(s3, job) == second
+    s3.put_object(Bucket=BUCKET, Key="proj/data/more.txt", Body=b"v2")  # an object more
+    assert staging.current_source_version(job.s3_uri, s3) not in (first, second)
+    single = PlannedJob("b", "run.sh", 10, s3_uri=f"s3://{BUCKET}/proj/run.sh")   # one object
+    before = version_staged(s3, single)
+    s3.put_object(Bucket=BUCKET, Key="proj/run.sh", Body=b"v3")
+    assert before and staging.current_source_version(single.s3_uri, s3) != before
+    assert staging.current_source_version(f"s3://{BUCKET}/gone/", s3) is None
+    assert staging.current_source_version("s3://no-such-bucket-here/x/", s3) is None
