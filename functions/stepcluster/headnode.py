@@ -238,7 +238,8 @@ class HeadNodeWork:
                 run_dir=run.run_dir, name=job.name, handler=job.handler,
                 env={"STEPCLUSTER_JOB_NAME": job.name, "STEPCLUSTER_EXECUTION": run.execution,
                      "STEPCLUSTER_CLUSTER_NAME": run.cluster_name},
-                directives=requests[job.name].directives, array=bool(job.resources.array))
+                directives=requests[job.name].directives, array=bool(job.resources.array),
+                attempt=run.jobs[job.name].attempt or 1)
             _add_bytes(tar, f"jobs/{job.name}/run.sh", wrapper.encode(), 0o755)
 
     def _run_submit_script(self, ssh, scheduler: Scheduler, run: Run, submissions):

@@ -33,8 +33,24 @@ from stepcluster.schedulers.base import CommandOutput
 q = shlex.quote
 
 
+def bash_array(variable: str, words: Iterable[str]) -> str:
+    """`VARIABLE=(WORD ...)`, each word as given (quote it first, or leave a glob to expand).
+
+    A loop over a job list goes over such an array (`for n in "${VARIABLE[@]}"`), never over
+    the words themselves: bash takes time quadratic in the length of a literal `for` list
+    (2.4 s for 10,000 names on this project's rig, against 0.08 s for the array and its loop)."""
+    return f"{variable}=({' '.join(words)})"
+
+
 def job_dir(run_dir: str, name: str) -> str:
     return f"{run_dir}/jobs/{name}"
+
+
+def events_dir(run_dir: str) -> str:
+    """Where each wrapper leaves an empty marker when its job (or array task) starts or ends:
+    a new entry changes the folder's time, which a watching round tests once a tick, however
+    many jobs are in flight (`watch_script`)."""
+    return f"{run_dir}/events"
 
 
 def prepare_run_script(scheduler: str, probe_argv: Sequence[str], remote_root: str,
@@ -49,7 +65,7 @@ def prepare_run_script(scheduler: str, probe_argv: Sequence[str], remote_root: s
             "fi\n"
             f"root={q(remote_root)}; case $root in /*) ;; *) root=\"$HOME/$root\";; esac\n"
             f"run=\"$root\"/{q(execution)}\n"
-            "mkdir -p \"$run/jobs\" && printf '@@run_dir %s\\n' \"$run\"\n")
+            "mkdir -p \"$run/jobs\" \"$run/events\" && printf '@@run_dir %s\\n' \"$run\"\n")
 
 
 #: What a job's attempt leaves in its folder (beside src/ and run.sh, which the next attempt
@@ -83,13 +99,15 @@ def find_run_script(remote_root: str, execution: str) -> str:
 
 
 def wrapper_script(*, run_dir: str, name: str, handler: str, env: Mapping[str, str],
-                   directives: Sequence[str] = (), array: bool = False) -> str:
+                   directives: Sequence[str] = (), array: bool = False, attempt: int = 1) -> str:
     """The batch script for one job: runs the handler, records exit code and signal.
 
     `directives` are the handler's own directive lines (`#SBATCH ...`), placed before the
     wrapper's first command, where the scheduler reads them as it would in the handler.
     `array`: each task keeps its own record in RUN/jobs/NAME/TASK/ (started, result, stdout,
     stderr, output/), its index in $STEPCLUSTER_TASK_ID; the job's `started` is its first task's.
+    After its start file and after its result, it leaves a marker in `events_dir` named by the
+    job, the `attempt` (and the task): each is a new entry, so each changes the folder's time.
     """
     d = job_dir(run_dir, name)
     exports = "\n".join(f"export {key}={q(value)}" for key, value in sorted(env.items()))
@@ -102,11 +120,15 @@ def wrapper_script(*, run_dir: str, name: str, handler: str, env: Mapping[str, s
 {carried}JOB_DIR={q(d)}
 {exports}
 export STEPCLUSTER_JOB_DIR="$JOB_DIR" STEPCLUSTER_SOURCE="$JOB_DIR/src"
+# a marker for a watching round (no process: a builtin; a marker that cannot be made is seen
+# by the round's slower look at every job's files)
+mark() {{ {{ : > {q(events_dir(run_dir))}/"$1"; }} 2>/dev/null; }}
+MARK={q(f"{name}.{int(attempt)}")}
 {_TASK_RECORD if array else 'REC_DIR=$JOB_DIR'}
 export STEPCLUSTER_OUTPUT="$REC_DIR/output"
 mkdir -p -- "$STEPCLUSTER_OUTPUT"
-date +%s > "$REC_DIR/started"
-record() {{ printf '%s %s %s\\n' "$1" "$2" "$(date +%s)" > "$REC_DIR/result.tmp" && mv -f -- "$REC_DIR/result.tmp" "$REC_DIR/result"; }}
+date +%s > "$REC_DIR/started"{'' if array else '; mark "$MARK.started"'}
+record() {{ printf '%s %s %s\\n' "$1" "$2" "$(date +%s)" > "$REC_DIR/result.tmp" && mv -f -- "$REC_DIR/result.tmp" "$REC_DIR/result"; mark "$MARK{'.$task' if array else ''}.ended"; }}
 cd "$STEPCLUSTER_SOURCE" || {{ echo "stepcluster: cannot enter $STEPCLUSTER_SOURCE" >&2; record 127 0; exit 127; }}
 handler={q(handler)}
 # "./": a handler named like an option ("--version", "-x.sh") stays a path for every command
@@ -141,7 +163,7 @@ exit "$rc"
 #: scheduler's -o/-e are one file for the whole array).
 _TASK_RECORD = r"""task=${SLURM_ARRAY_TASK_ID:-${SGE_TASK_ID:-${PBS_ARRAYID:-}}}
 case $task in ''|*[!0-9]*) echo "stepcluster: an array task without a task index (got '$task')" >&2; exit 127;; esac
-[ -e "$JOB_DIR/started" ] || date +%s > "$JOB_DIR/started"
+[ -e "$JOB_DIR/started" ] || { date +%s > "$JOB_DIR/started"; mark "$MARK.started"; }
 REC_DIR=$JOB_DIR/$task
 mkdir -p -- "$REC_DIR" && exec > "$REC_DIR/stdout" 2> "$REC_DIR/stderr"
 export STEPCLUSTER_TASK_ID=$task"""
@@ -263,7 +285,8 @@ def inspect_script(run_dir: str, names: Iterable[str], status_argv: Sequence[str
         # other than digits and spaces shown as "?" so that a record stays one line
         each = ("for f in started result; do [ -e \"$n/$f\" ] || continue; v=; IFS= read -r v < \"$n/$f\"; "
                 "printf '@@%s %s %s\\n' \"$f\" \"$n\" \"${v//[!0-9 ]/?}\"; done")
-        lines.append(f"if cd {q(run_dir + '/jobs')} 2>/dev/null; then for n in {' '.join(q(n) for n in names)}; do {each}; done")
+        lines.append(bash_array("names", map(q, names)))
+        lines.append(f"if cd {q(run_dir + '/jobs')} 2>/dev/null; then for n in \"${{names[@]}}\"; do {each}; done")
         for name in arrays:
             lines.append(f"  set -- {q(name)}/[0-9]*/started; [ -e \"$1\" ] && n=$# || n=0; "
                          f"printf '@@tasks %s %s %s\\n' {q(name)} \"$n\" \"$(awk {q(_TALLY)} "
@@ -277,27 +300,43 @@ def inspect_script(run_dir: str, names: Iterable[str], status_argv: Sequence[str
     return "\n".join(lines) + "\n"
 
 
+#: A watching round looks at every job's files at least this often even with no marker new
+#: (a wrapper that could not leave one: a full disk, a folder made by an older release).
+WATCH_FULL_LOOK_SECONDS = 10
+
+
 def watch_script(run_dir: str, names: Iterable[str], arrays: Mapping[str, int], seconds: int,
                  tick: float, pending: Iterable[str] = ()) -> str:
     """Wait on the head node, at most `seconds`, for a job to end (a result file of one of
     `names`, or more task results of an array job of `arrays` than the count given) or to
     start (a start file of one of `pending`).
 
-    Looks every `tick` seconds with bash builtins only (a file test is no load on anything);
-    prints `@@watch changed` as soon as it sees one, `@@watch quiet` when the time is up, and
-    `@@watch gone` when the run's folder is (the run was cleaned up meanwhile: an abort).
+    A tick (every `tick` seconds) is one test, whatever the number of jobs: is the events
+    folder (`events_dir`, where the wrappers leave markers) not older than this round's
+    reference file? Only then, or every WATCH_FULL_LOOK_SECONDS, does it look at the jobs'
+    files, having first renewed the reference, so that a marker made during the look is seen
+    at the next tick ("not older": the kernel's clock is coarse, a marker may share the
+    reference's time). Bash builtins only, but `sleep`. Prints `@@watch changed` as soon as it
+    sees one, `@@watch quiet` when the time is up, and `@@watch gone` when the run's folder is
+    (the run was cleaned up meanwhile: an abort).
     """
-    checks = [f"for n in {' '.join(q(n) for n in names)}; do [ -e \"$n/result\" ] && return 0; done"] if names else []
-    pending = list(pending)
+    names, pending = list(names), list(pending)
+    checks = ["for n in \"${names[@]}\"; do [ -e \"$n/result\" ] && return 0; done"] if names else []
     if pending:
-        checks.append(f"for n in {' '.join(q(n) for n in pending)}; do [ -e \"$n/started\" ] && return 0; done")
+        checks.append("for n in \"${pending[@]}\"; do [ -e \"$n/started\" ] && return 0; done")
     checks += [f"set -- {q(name)}/[0-9]*/result; [ -e \"$1\" ] && [ $# -gt {int(count)} ] && return 0"
                for name, count in arrays.items()]
     return "\n".join([
         f"jobs={q(run_dir + '/jobs')}; cd \"$jobs\" 2>/dev/null || {{ echo '@@watch gone'; exit 0; }}",
+        f"events={q(events_dir(run_dir))}; [ -d \"$events\" ] || mkdir -p \"$events\"",
+        f"ref={q(run_dir)}/.watch-$$; trap 'rm -f \"$ref\"' EXIT",
+        bash_array("names", map(q, names)), bash_array("pending", map(q, pending)),
         "changed() { " + "; ".join(checks + ["return 1"]) + "; }",
-        f"end=$((SECONDS + {int(seconds)}))",
-        "while [ $SECONDS -lt $end ]; do changed && { echo '@@watch changed'; exit 0; }; "
+        f"end=$((SECONDS + {int(seconds)})); full=0",
+        "while [ $SECONDS -lt $end ]; do "
+        "if ! [ \"$ref\" -nt \"$events\" ] || [ $SECONDS -ge $full ]; then "
+        f": > \"$ref\"; full=$((SECONDS + {WATCH_FULL_LOOK_SECONDS})); "
+        "changed && { echo '@@watch changed'; exit 0; }; fi; "
         f"[ -d \"$jobs\" ] || {{ echo '@@watch gone'; exit 0; }}; sleep {tick:g}; done",
         "if changed; then echo '@@watch changed'; else echo '@@watch quiet'; fi"]) + "\n"
 
@@ -387,13 +426,14 @@ def results_script(run_dir: str, names: Iterable[str]) -> str:
     run (stderr is not read while the stream is).
     """
     lines = [f"cd {q(run_dir + '/jobs')} || exit 3", "files=()"]
-    wanted = " ".join(q(f"{n}/{f}") for n in names for f in RESULT_FILES)
-    lines.append(f"for f in {wanted}; do [ -e \"$f\" ] && files+=(\"$f\"); done")
+    names = list(names)
+    lines.append(bash_array("wanted", (q(f"{n}/{f}") for n in names for f in RESULT_FILES)))
+    lines.append('for f in "${wanted[@]}"; do [ -e "$f" ] && files+=("$f"); done')
     # an array job's tasks: NAME/TASK/{stdout,stderr,result,output} (the glob matches no other),
     # and a retried job's earlier attempts: NAME/attempt-K/{...}, NAME/attempt-K/TASK/{...}
-    tasks = " ".join(f"{q(n)}/{where}/{f}" for n in names for f in RESULT_FILES
-                     for where in ("[0-9]*", "attempt-[0-9]*", "attempt-[0-9]*/[0-9]*"))
-    lines.append(f"for f in {tasks}; do [ -e \"$f\" ] && files+=(\"$f\"); done")
+    lines.append(bash_array("tasks", (f"{q(n)}/{where}/{f}" for n in names for f in RESULT_FILES
+                                      for where in ("[0-9]*", "attempt-[0-9]*", "attempt-[0-9]*/[0-9]*"))))
+    lines.append('for f in "${tasks[@]}"; do [ -e "$f" ] && files+=("$f"); done')
     lines.append('[ ${#files[@]} -gt 0 ] || exit 0')
     lines.append('exec tar -czf - -- "${files[@]}" 2> ../collect.err')
     return "\n".join(lines) + "\n"

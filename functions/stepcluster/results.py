@@ -238,7 +238,8 @@ def _output_counts(ssh, run_dir: str, names: list[str]) -> dict[str, int]:
     script = "\n".join([
         f"cd {q(run_dir + '/jobs')} || exit 0",
         "dirs=()",
-        f"for n in {' '.join(q(n) for n in names)}; do [ -d \"$n/output\" ] && dirs+=(\"$n/output\"); done",
+        jobscripts.bash_array("names", map(q, names)),
+        'for n in "${names[@]}"; do [ -d "$n/output" ] && dirs+=("$n/output"); done',
         '[ ${#dirs[@]} -gt 0 ] || exit 0',
         # %H: the starting point (NAME/output; job names have no newline), once a file
         "find \"${dirs[@]}\" -type f -printf '%H\\n' 2>/dev/null | uniq -c", "exit 0", ""])

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from functional.test_results import LocalStream
-from stepcluster import adoption, decisions, headnode
+from stepcluster import adoption, decisions, headnode, jobscripts
 from stepcluster import service as service_module
 from stepcluster.config import parse_jobs_config
 from stepcluster.errors import HeadNodeError, InputError, PlanError, SchedulerError, TransientSSHError
@@ -183,9 +183,14 @@ def world(tmp_path, monkeypatch):
 
 
 def finish(run, name, code, signal=0, ended=1_700_000_000):
+    """What the job's wrapper leaves: its start and result files, each followed by its marker."""
     job_dir = Path(run["cluster"]["run_dir"]) / "jobs" / name
+    events = Path(jobscripts.events_dir(run["cluster"]["run_dir"]))
+    attempt = ((run.get("jobs") or {}).get(name) or {}).get("attempt") or 1   # (a wide run's are in the bucket)
     (job_dir / "started").write_text(f"{ended - 5}\n")
+    (events / f"{name}.{attempt}.started").write_text("")
     (job_dir / "result").write_text(f"{code} {signal} {ended}\n")
+    (events / f"{name}.{attempt}.ended").write_text("")
 
 
 def test_create_refuses_bad_input_and_a_stale_plan(world):
@@ -237,7 +242,9 @@ def test_a_watching_round_reports_a_start_once_it_has_run_its_wait_time_then_wai
     # b (wait_time 2) starts 0.5 s into the round: the round reports it once it has run 2 s (a
     # job ending sooner would cost one round, not two), not at once and not at the window's end
     threading.Timer(0.4, scheduler.status_file.write_text, ("id-a Q\nid-b R\nid-c Q\n",)).start()
-    threading.Timer(0.5, lambda: (jobs / "b" / "started").write_text(f"{time.time():.0f}\n")).start()
+    events = Path(jobscripts.events_dir(run["cluster"]["run_dir"]))
+    threading.Timer(0.5, lambda: ((jobs / "b" / "started").write_text(f"{time.time():.0f}\n"),
+                                  (events / "b.1.started").write_text(""))).start()
     began = time.monotonic()
     run = svc.poll_jobs(run)
     took = time.monotonic() - began

@@ -523,12 +523,16 @@ def test_watch_returns_when_a_result_appears_and_not_before(box):
     (Path(jobscripts.job_dir(box.run_dir, "arr")) / "2" / "result").write_text("0 0 1\n")
     assert records(box.bash(jobscripts.watch_script(box.run_dir, [], {"arr": 1}, 5, 0.1)).stdout) == \
         [Record("watch", ("changed",))]
-    writer = threading.Timer(0.5, lambda: (Path(jobscripts.job_dir(box.run_dir, "b")) / "result").write_text("0 0 1\n"))
+    def wrapper_ends_b():   # as a wrapper does: its result, then its marker
+        (Path(jobscripts.job_dir(box.run_dir, "b")) / "result").write_text("0 0 1\n")
+        (Path(jobscripts.events_dir(box.run_dir)) / "b.1.ended").write_text("")
+    writer = threading.Timer(0.5, wrapper_ends_b)
     began = clock.monotonic()
     writer.start()
     p = box.bash(jobscripts.watch_script(box.run_dir, ["a", "b"], {"arr": 2}, 30, 0.1))
     assert records(p.stdout) == [Record("watch", ("changed",))]
-    assert clock.monotonic() - began < 10            # seen long before its 30 s window
+    # seen at the next tick after its marker, long before the next full look or the window's end
+    assert clock.monotonic() - began < jobscripts.WATCH_FULL_LOOK_SECONDS
     # a start file of a job still pending is a change too (of a running one: no)
     (Path(jobscripts.job_dir(box.run_dir, "a")) / "started").write_text("1\n")
     assert records(box.bash(jobscripts.watch_script(box.run_dir, [], {}, 1, 0.1, pending=["b"])).stdout) == \
@@ -538,6 +542,64 @@ def test_watch_returns_when_a_result_appears_and_not_before(box):
     shutil.rmtree(box.run_dir)
     assert records(box.bash(jobscripts.watch_script(box.run_dir, ["a"], {}, 5, 0.1)).stdout) == \
         [Record("watch", ("gone",))]
+
+
+def test_a_watching_tick_tests_one_folder_not_each_job(box):
+    """However many jobs are in flight, a quiet tick is one test of the events folder; the
+    jobs' files are looked at when a marker is new, and every WATCH_FULL_LOOK_SECONDS."""
+    names = [f"j{i}" for i in range(200)]
+    for name in names:
+        box.job(name)
+    script = jobscripts.watch_script(box.run_dir, names, {}, 2, 0.1)
+    p = box.bash("set -x\n" + script)
+    assert records(p.stdout) == [Record("watch", ("quiet",))]
+    looks = p.stderr.count("'[' -e j199/result ']'")
+    ticks = p.stderr.count("sleep 0.1")
+    # the first look and the last; one more when the folder shared the reference's clock tick
+    assert ticks >= 10 and looks in (2, 3), (ticks, looks)
+
+    # a marker makes the next tick look, and only that one
+    def marker_and_nothing_else():
+        (Path(jobscripts.events_dir(box.run_dir)) / "other.1.ended").write_text("")
+    import threading
+    threading.Timer(0.7, marker_and_nothing_else).start()
+    p = box.bash("set -x\n" + script)
+    assert records(p.stdout) == [Record("watch", ("quiet",))]
+    assert 3 <= p.stderr.count("'[' -e j199/result ']'") <= 5   # + the marker's (twice when it shares a clock tick)
+
+
+def test_a_result_without_its_marker_is_seen_by_the_full_look(box):
+    box.job("a")
+    import threading
+    threading.Timer(0.5, lambda: (Path(jobscripts.job_dir(box.run_dir, "a")) / "result").write_text("0 0 1\n")).start()
+    script = jobscripts.watch_script(box.run_dir, ["a"], {}, jobscripts.WATCH_FULL_LOOK_SECONDS + 5, 0.1)
+    p = box.bash("set -x\n" + script)
+    assert records(p.stdout) == [Record("watch", ("changed",))]
+    # the first look (and its clock tick's), then the full look that saw it
+    assert p.stderr.count("'[' -e a/result ']'") in (2, 3)
+
+
+def test_a_wrapper_leaves_a_marker_for_each_start_and_end_of_each_attempt(box):
+    for attempt in (1, 2):
+        box.job("a").joinpath("src").mkdir(exist_ok=True)
+        (box.job("a") / "src" / "run.sh").write_text("exit 3\n")
+        Path(jobscripts.events_dir(box.run_dir)).mkdir(exist_ok=True)
+        wrapper = jobscripts.wrapper_script(run_dir=box.run_dir, name="a", handler="run.sh", env={}, attempt=attempt)
+        box.bash(wrapper)
+    assert sorted(p.name for p in Path(jobscripts.events_dir(box.run_dir)).iterdir()) == [
+        "a.1.ended", "a.1.started", "a.2.ended", "a.2.started"]
+    # an array's tasks: the job's first start, each task's end
+    box.job("arr").joinpath("src").mkdir()
+    (box.job("arr") / "src" / "run.sh").write_text("true\n")
+    wrapper = jobscripts.wrapper_script(run_dir=box.run_dir, name="arr", handler="run.sh", env={}, array=True)
+    for task in ("1", "2"):
+        subprocess.run(["bash", "-s"], input=wrapper, text=True, env={**box.env, "SLURM_ARRAY_TASK_ID": task}, check=True)
+    assert sorted(p.name for p in Path(jobscripts.events_dir(box.run_dir)).glob("arr.*")) == [
+        "arr.1.1.ended", "arr.1.2.ended", "arr.1.started"]
+    # no events folder (a run folder made by an older release): the job runs and records as before
+    shutil.rmtree(jobscripts.events_dir(box.run_dir))
+    p = box.bash(jobscripts.wrapper_script(run_dir=box.run_dir, name="a", handler="run.sh", env={}, attempt=3))
+    assert p.returncode == 3 and p.stderr == "" and (box.job("a") / "result").read_text().startswith("3 0 ")
 
 
 def test_commands_run_in_order_each_answer_labelled(box):
