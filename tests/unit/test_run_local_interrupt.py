@@ -167,6 +167,37 @@ def test_a_second_ctrl_c_during_the_cleanup_exits_saying_what_may_be_left(local_
     assert raised.value.left[-1] == f"finish the cleanup with: stepcluster cleanup {NAME} --scheduler sge"
 
 
+class LibraryError(Exception):
+    """What botocore's CRT signer raises when a KeyboardInterrupt reaches it (awscrt's
+    AWS_ERROR_UNKNOWN): the Ctrl-C is caught inside the library, its own error comes out."""
+
+
+def ctrl_c_inside_a_library():
+    try:
+        signal.raise_signal(signal.SIGINT)
+    except KeyboardInterrupt:
+        raise LibraryError("AWS_ERROR_UNKNOWN: Unknown error.") from None
+
+
+def test_a_second_ctrl_c_that_a_library_turned_into_its_own_error_still_exits_saying_what_is_left(
+        local_functions, python_handler):
+    class Described(Sfn):     # moto's calls run in the main thread, where the Ctrl-C lands
+        def describe_execution(self, executionArn):
+            ctrl_c_inside_a_library()
+
+    progress = []
+    with pytest.raises(runner.Interrupted):                        # the CLI's 130, not a traceback
+        runner._interrupted(Described(), ARN, Follower(), Endpoint(), progress.append)
+    assert f"finish the cleanup with: stepcluster cleanup {NAME} --scheduler sge" in "\n".join(progress)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # the same error with no Ctrl-C is not an interruption
+    class Broken(Sfn):
+        def describe_execution(self, executionArn):
+            raise LibraryError("AWS_ERROR_UNKNOWN: Unknown error.")
+    with pytest.raises(LibraryError):
+        runner._interrupted(Broken(), ARN, Follower(), Endpoint(), progress.append)
+
+
 def test_a_cleanup_that_fails_is_said_with_the_command_and_the_run_still_reports(local_functions):
     class Failing(Endpoint):
         def invoke(self, name, event):
@@ -282,6 +313,22 @@ def test_run_local_stops_on_ctrl_c_and_runs_the_cleanup_with_the_rules_event(sta
     assert "SubmitJobsFunction" not in report.invocations             # stopped before it
     said = "\n".join(lines)
     assert "Ctrl-C: stopping execution" in said and "removed /home/hpc/x on the head node" in said
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_second_ctrl_c_inside_a_library_while_following_leaves_run_local_at_once(stand_ins, python_handler,
+                                                                                   monkeypatch):
+    from stepcluster.tools.client import Runs
+
+    def follow(self, follower, **kwargs):
+        signal.raise_signal(signal.SIGINT)      # the first Ctrl-C: asks the loop to stop
+        ctrl_c_inside_a_library()               # the second, before the loop acted, inside a library
+        pytest.fail("the second Ctrl-C did not stop run-local")
+    monkeypatch.setattr(Runs, "follow", follow)
+    lines = []
+    with pytest.raises(runner.Interrupted) as raised:
+        runner.run_local(stand_ins["config"], "demo", progress=lines.append, **stand_ins["kwargs"])
+    assert f"finish the cleanup with: stepcluster cleanup {raised.value.execution}" in "\n".join(lines)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 

@@ -342,6 +342,10 @@ def _execute(plan, cluster_name, execution_input, endpoint, progress, timeout,
             raise _left_behind(execution_name, progress, artifacts_dir) from None
         except KeyboardInterrupt:
             interrupted = True
+        except Exception:
+            if interrupt.again:     # the second Ctrl-C, as a library's own error (_ctrl_c_noted)
+                raise _left_behind(execution_name, progress, artifacts_dir) from None
+            raise
         else:
             interrupted = False
     if interrupted:        # outside the `with`: a second Ctrl-C raises again, at once
@@ -389,7 +393,7 @@ def _ctrl_c_requests():
     own handler (a caller that ignores SIGINT, or handles it itself, keeps it so; a
     KeyboardInterrupt still ends the loop). The previous handler is back on the way out,
     whatever happened: run_local is a library function, called in-process by tests."""
-    interrupt = threading.Event()
+    interrupt = _CtrlC()
     if threading.current_thread() is not threading.main_thread() or \
             signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield interrupt
@@ -397,6 +401,7 @@ def _ctrl_c_requests():
 
     def on_sigint(signum, frame):
         if interrupt.is_set():     # twice before the loop acted on the first: exit at once
+            interrupt.again = True
             raise _CtrlCAgain
         interrupt.set()
 
@@ -407,8 +412,37 @@ def _ctrl_c_requests():
         signal.signal(signal.SIGINT, previous)
 
 
+class _CtrlC(threading.Event):
+    """Set by the first Ctrl-C; `again` by a second one before the loop acted on the first."""
+
+    again = False
+
+
 class _CtrlCAgain(KeyboardInterrupt):
     """A second Ctrl-C that came before the polling loop saw the first."""
+
+
+@contextlib.contextmanager
+def _ctrl_c_noted():
+    """During the cleanup, Ctrl-C raises KeyboardInterrupt as usual and is also noted in the
+    event it yields: a library may catch the KeyboardInterrupt and raise its own error instead
+    (botocore's CRT signer does: awscrt's AWS_ERROR_UNKNOWN), which is then still known for
+    the Ctrl-C it was. Same rules as `_ctrl_c_requests` for when a handler is set."""
+    again = threading.Event()
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield again
+        return
+
+    def on_sigint(signum, frame):
+        again.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield again
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _interrupted(sfn, arn, follower, endpoint, progress, artifacts_dir=None) -> tuple[dict, dict | None]:
@@ -422,51 +456,64 @@ def _interrupted(sfn, arn, follower, endpoint, progress, artifacts_dir=None) -> 
 
     Returns (DescribeExecution, the cleanup's result or None when it failed)."""
     name = arn.rsplit(":", 1)[-1]
-    try:
-        follower.say(f"Ctrl-C: stopping execution {name} and cleaning up (Ctrl-C again to exit at once)")
-        sfn.stop_execution(executionArn=arn, error=INTERRUPTED_ERROR, cause=INTERRUPTED_CAUSE)
-        deadline = time.monotonic() + STOP_WAIT_SECONDS
-        while (described := sfn.describe_execution(executionArn=arn))["status"] == "RUNNING":
-            if endpoint.calls_in_flight() == {"PollJobsFunction"}:
-                # A polling round waiting on the head node (PollWindowSeconds): it ends when
-                # the cleanup below cancels its jobs or removes the run's folder.
-                break
-            if time.monotonic() > deadline:
-                follower.say(f"  the execution has not ended after {STOP_WAIT_SECONDS} s "
-                             "(a Lambda call still running): cleaning up anyway")
-                break
-            time.sleep(0.2)
-        follower.update()
-        follower.stopped = described["status"] == "RUNNING"
-        if described["status"] == "SUCCEEDED":     # it ended by itself meanwhile: no rule fires
-            follower.say("execution SUCCEEDED before it could be stopped: nothing to clean up")
-            return described, None
-        follower.say(f"execution {described['status']}; cleanup: the cluster function, with the "
-                     "EventBridge rule's event")
-        event = cleanup_client.cleanup_event(
-            arn, status=described["status"] if described["status"] != "RUNNING" else "ABORTED",
-            input=described.get("input"))
+    with _ctrl_c_noted() as again:
         try:
-            result = _waiting_in_short_steps(lambda: endpoint.invoke("ClusterFunction", event))
-        except Exception as exc:  # noqa: BLE001 - said, with how to finish; the report follows
-            follower.say(f"  the cleanup failed: {type(exc).__name__}: {exc}")
-            for line in _what_may_be_left(name, artifacts_dir)[1:]:
-                follower.say(f"  {line}")
-            return described, None
-        for line in _describe_cleanup(result, name):
+            return _stop_and_clean_up(sfn, arn, follower, endpoint, artifacts_dir)
+        except KeyboardInterrupt:
+            raise _left_behind(name, progress, artifacts_dir) from None
+        except Exception:
+            if again.is_set():      # the second Ctrl-C, as a library's own error
+                raise _left_behind(name, progress, artifacts_dir) from None
+            raise
+
+
+def _stop_and_clean_up(sfn, arn, follower, endpoint, artifacts_dir):
+    """The first Ctrl-C's work (`_interrupted`). Its calls to moto run in this (the main)
+    thread, where a second Ctrl-C lands; the cleanup's, in a thread of its own
+    (`_waiting_in_short_steps`), so a Ctrl-C meets this thread waiting for it, never a library."""
+    name = arn.rsplit(":", 1)[-1]
+    follower.say(f"Ctrl-C: stopping execution {name} and cleaning up (Ctrl-C again to exit at once)")
+    sfn.stop_execution(executionArn=arn, error=INTERRUPTED_ERROR, cause=INTERRUPTED_CAUSE)
+    deadline = time.monotonic() + STOP_WAIT_SECONDS
+    while (described := sfn.describe_execution(executionArn=arn))["status"] == "RUNNING":
+        if endpoint.calls_in_flight() == {"PollJobsFunction"}:
+            # A polling round waiting on the head node (PollWindowSeconds): it ends when
+            # the cleanup below cancels its jobs or removes the run's folder.
+            break
+        if time.monotonic() > deadline:
+            follower.say(f"  the execution has not ended after {STOP_WAIT_SECONDS} s "
+                         "(a Lambda call still running): cleaning up anyway")
+            break
+        time.sleep(0.2)
+    follower.update()
+    follower.stopped = described["status"] == "RUNNING"
+    if described["status"] == "SUCCEEDED":     # it ended by itself meanwhile: no rule fires
+        follower.say("execution SUCCEEDED before it could be stopped: nothing to clean up")
+        return described, None
+    follower.say(f"execution {described['status']}; cleanup: the cluster function, with the "
+                 "EventBridge rule's event")
+    event = cleanup_client.cleanup_event(
+        arn, status=described["status"] if described["status"] != "RUNNING" else "ABORTED",
+        input=described.get("input"))
+    try:
+        result = _waiting_in_short_steps(lambda: endpoint.invoke("ClusterFunction", event))
+    except Exception as exc:  # noqa: BLE001 - said, with how to finish; the report follows
+        follower.say(f"  the cleanup failed: {type(exc).__name__}: {exc}")
+        for line in _what_may_be_left(name, artifacts_dir)[1:]:
             follower.say(f"  {line}")
-        if described["status"] == "RUNNING":
-            # A polling round that was waiting on the head node ends now that its folder is
-            # gone. moto then ends the stopped execution as that call's error would; AWS shows
-            # it ABORTED from the stop on, and so does the report.
-            deadline = time.monotonic() + STOP_WAIT_SECONDS
-            while (described := sfn.describe_execution(executionArn=arn))["status"] == "RUNNING" \
-                    and time.monotonic() < deadline:
-                time.sleep(0.2)
-            described = {**described, "status": "ABORTED", "error": INTERRUPTED_ERROR, "cause": INTERRUPTED_CAUSE}
-        return described, result
-    except KeyboardInterrupt:
-        raise _left_behind(name, progress, artifacts_dir) from None
+        return described, None
+    for line in _describe_cleanup(result, name):
+        follower.say(f"  {line}")
+    if described["status"] == "RUNNING":
+        # A polling round that was waiting on the head node ends now that its folder is
+        # gone. moto then ends the stopped execution as that call's error would; AWS shows
+        # it ABORTED from the stop on, and so does the report.
+        deadline = time.monotonic() + STOP_WAIT_SECONDS
+        while (described := sfn.describe_execution(executionArn=arn))["status"] == "RUNNING" \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+        described = {**described, "status": "ABORTED", "error": INTERRUPTED_ERROR, "cause": INTERRUPTED_CAUSE}
+    return described, result
 
 
 def _waiting_in_short_steps(call):
