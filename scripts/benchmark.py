@@ -23,6 +23,10 @@ Cases:
             records in the artifacts bucket, so it does not grow with the jobs).
   wider     the same with 10,000 jobs (several minutes).
   graph     1,000 `true` jobs in a 10-level layered graph: validate's CPU time, and the run.
+  watch     the head node's CPU while a round waits with 1,000 and with 10,000 jobs in flight
+            and none of them changing (jobscripts.watch_script, 20 s), beside the floor's
+            watching: squeue (qstat) every 0.1 s over as many held jobs, for as long (the
+            commands' own CPU; the scheduler daemon's is not counted on either side).
   follow    200 x `true`, sequential: CPU seconds of this whole process (run-local and the
             handlers it hosts), whose history reading must stay O(new events).
   packages  what `sam build` ships each python3.11 function (its package and layers, bytes) and
@@ -110,13 +114,35 @@ class Floor:
     def put(self, path: str, text: str) -> None:
         self.run(f"mkdir -p {shlex.quote(os.path.dirname(path))} && cat > {shlex.quote(path)} <<'EOF'\n{text}EOF")
 
-    def submit(self, script: str, count: int) -> list[str]:
+    def submit(self, script: str, count: int, held: bool = False) -> list[str]:
+        hold = ("--hold " if self.scheduler == "slurm" else "-h ") if held else ""
         if self.scheduler == "slurm":
-            one = f"sbatch --parsable -o /dev/null -e /dev/null {shlex.quote(script)}"
+            one = f"sbatch --parsable {hold}-o /dev/null -e /dev/null {shlex.quote(script)}"
         else:
-            one = f"qsub -terse -o /dev/null -e /dev/null -S /bin/bash {shlex.quote(script)}"
+            one = f"qsub -terse {hold}-o /dev/null -e /dev/null -S /bin/bash {shlex.quote(script)}"
         out = self.run(f"for i in $(seq {count}); do {one}; done")
         return [line.split(";")[0] for line in out.split()]
+
+    def cancel(self, ids: list[str]) -> None:
+        tool = "scancel" if self.scheduler == "slurm" else "qdel"
+        self.run(f"printf '%s\\n' {' '.join(ids)} | xargs -n 1000 {tool} >/dev/null 2>&1")
+
+    def cpu_seconds(self, path: str) -> float:
+        """User + system CPU of `bash PATH` and what it starts (bash's `time`)."""
+        out = self.run(f"TIMEFORMAT='%U %S'; {{ time bash {shlex.quote(path)} >/dev/null 2>&1; }} 2>&1")
+        user, system = out.split()[-2:]
+        return float(user) + float(system)
+
+    def watching_cpu(self, ids: list[str], seconds: int) -> float:
+        """The floor's way to learn of an end: ask about every job every 0.1 s, `seconds` long."""
+        if self.scheduler == "slurm":
+            ask = f"squeue -h -o %i -j {','.join(ids)} >/dev/null 2>&1"
+        else:
+            ask = "qstat >/dev/null 2>&1"
+        path = f"{self.home}/stepcluster-floor/watch-floor.sh"
+        self.put(path, f"end=$((SECONDS + {seconds}))\nwhile [ $SECONDS -lt $end ]; do {ask}; "
+                       f"sleep {FLOOR_POLL_SECONDS}; done\n")
+        return self.cpu_seconds(path)
 
     def live(self, ids: list[str]) -> set[str]:
         began = time.monotonic()
@@ -302,6 +328,33 @@ def wide_case(folder: Path, scheduler: str, floor: Floor, count: int = 1000) -> 
                 floor_seconds=round(floor_seconds, 2), ratio=round(jobs / floor_seconds, 2))]
 
 
+def watch_case(floor: Floor, counts=(1000, 10_000), seconds: int = 20) -> list[dict]:
+    """A quiet watching round's CPU on the head node, with COUNT jobs in flight, beside the
+    floor's squeue every 0.1 s over COUNT held jobs, for as long."""
+    from stepcluster import jobscripts
+    from stepcluster.headnode import WATCH_TICK_SECONDS
+
+    rows = []
+    for count in counts:
+        run_dir = f"{floor.home}/stepcluster-floor/watch-{count}"
+        names = [f"j{i}" for i in range(count)]
+        floor.run(f"mkdir -p {run_dir}/events && cd {run_dir} && mkdir -p jobs && cd jobs && "
+                  f"printf '%s\\n' {' '.join(names)} | xargs mkdir -p")
+        script = jobscripts.watch_script(run_dir, names, {}, seconds, WATCH_TICK_SECONDS)
+        floor.put(f"{run_dir}/watch.sh", script)
+        ours = floor.cpu_seconds(f"{run_dir}/watch.sh")
+        ids = floor.submit(f"{floor.home}/stepcluster-floor/run.sh", count, held=True)
+        try:
+            theirs = floor.watching_cpu(ids, seconds)
+        finally:
+            floor.cancel(ids)
+        rows.append(row(f"a quiet watching round, {count} jobs in flight, {seconds} s",
+                        cpu_s_per_minute=round(ours * 60 / seconds, 2),
+                        floor_cpu_s_per_minute=round(theirs * 60 / seconds, 2),
+                        ratio=round(ours / theirs, 3) if theirs else None))
+    return rows
+
+
 def graph_case(folder: Path, scheduler: str, levels: int = 10, width: int = 100) -> list[dict]:
     """A layered graph of LEVELS x WIDTH `true` jobs, each waiting for ten jobs of the level
     before it: validate's time, then the run (each level goes out from the round that saw the
@@ -378,7 +431,8 @@ def main() -> int:
     parser.add_argument("--scheduler", default="slurm", choices=["slurm", "sge"])
     parser.add_argument("--quick", action="store_true", help="the history and lag cases only")
     parser.add_argument("--long", action="store_true", help="also a 15-minute job under the 720 s window")
-    parser.add_argument("--only", choices=["history", "lag", "wide", "wider", "graph", "follow", "packages"])
+    parser.add_argument("--only", choices=["history", "lag", "wide", "wider", "graph", "watch", "follow",
+                                           "packages"])
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     rows = []
@@ -388,8 +442,8 @@ def main() -> int:
             folder = Path(tmp)
             folder.chmod(0o755)
             wanted = [args.only] if args.only else (["history", "lag"] if args.quick else
-                                                    ["history", "lag", "wide", "wider", "graph", "follow",
-                                                     "packages"])
+                                                    ["history", "lag", "wide", "wider", "graph", "watch",
+                                                     "follow", "packages"])
             for case in wanted:
                 if case == "history":
                     rows += history_case(folder, args.scheduler, args.long)
@@ -401,6 +455,9 @@ def main() -> int:
                     rows += wide_case(folder, args.scheduler, floor, count=10_000)
                 elif case == "graph":
                     rows += graph_case(folder, args.scheduler)
+                elif case == "watch":
+                    floor.put(f"{floor.home}/stepcluster-floor/run.sh", "#!/bin/bash\ntrue\n")
+                    rows += watch_case(floor)
                 elif case == "packages":
                     rows += packages_case()
                 else:
