@@ -553,6 +553,15 @@ def submitted(run: Run, job_ids: Mapping[str, str], *, wait_times: Mapping[str, 
     return run
 
 
+def failed_alone(run: Run, refused: Mapping[str, str], *, now: int) -> Run:
+    """Jobs whose files could not be staged or that the scheduler refused ({job: why}), with
+    [order] on_failure = finish: each fails alone (never retried), the run goes on."""
+    run = run.copy()
+    for name, why in refused.items():
+        run.jobs[name] = run.jobs[name].but(state=JobState.FAILED, reason=why, ended=iso(now))
+    return run
+
+
 def failed_before_submit(run: Run, name: str, why: str, *, now: int) -> Run:
     """A job whose files could not be staged, or that the scheduler refused, fails the run."""
     run = run.copy()
@@ -668,6 +677,9 @@ def describe_failure(name: str, job: JobRecord, scheduler: str, stderr_tail: str
                      limit: str | None = None) -> str:
     """The failure cause: job, scheduler id, final state, exit code or signal, the limit it
     passed (`limit`, read from its stderr by the adapter), stderr tail."""
+    if job.state == JobState.FAILED and job.reason and job.job_id is None and job.exit_code is None \
+            and job.started is None and not stderr_tail.strip():     # never reached the scheduler
+        return f"Job {name!r} failed before submission: {job.reason}"
     parts = [f"Job {name!r} ({scheduler} job {job.job_id}) ended {job.state.value}"]
     if job.scheduler_state:
         parts.append(f"(scheduler state {job.scheduler_state})")

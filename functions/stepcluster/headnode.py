@@ -125,26 +125,69 @@ class HeadNodeWork:
             # a job's next attempt: the last one's files go to JOB/attempt-K/ first (kept with
             # the job's results), so that this one starts with none of them
             ssh.run_script(jobscripts.next_attempt_script(run.run_dir, again))
-        # One upload when the function holds every handler (ssh staging): the files and the
-        # wrappers, whose headers carry the handlers' directives, in one tar. A head node that
-        # fetches the files itself shows the handlers first, so the wrappers follow them.
+        # A job that cannot be staged or that the scheduler refuses fails the run, before
+        # anything more is submitted; with on_failure "finish" it fails alone and the rest go on.
+        alone = plan.on_failure == "finish"
+        refused: dict[str, str] = {}
         try:
-            bundle = io.BytesIO()
-            with tarfile.open(fileobj=bundle, mode="w:gz") as tar:
-                fetches, handlers, versions = self._stage(run, batch, tar)
-                if not fetches:
-                    requests = self._requests(ssh, scheduler, run, batch, handlers)
-                    self._add_wrappers(tar, run, batch, requests)
-            ssh.run(["tar", "-xzf", "-", "-C", run.run_dir], stdin=bundle.getvalue())
-            if fetches:
-                self._fetch_on_head_node(ssh, batch, fetches)
-                requests = self._requests(ssh, scheduler, run, batch, handlers)
-                wrappers = io.BytesIO()
-                with tarfile.open(fileobj=wrappers, mode="w:gz") as tar:
-                    self._add_wrappers(tar, run, batch, requests)
-                ssh.run(["tar", "-xzf", "-", "-C", run.run_dir], stdin=wrappers.getvalue())
+            while True:
+                try:
+                    requests, versions = self._stage_batch(ssh, scheduler, run, batch)
+                    break
+                except _NotSubmittable as exc:
+                    if not alone:
+                        raise
+                    refused[exc.name] = exc.why
+                    batch = [job for job in batch if job.name != exc.name]
+            accepted = self._submit_batch(ssh, scheduler, run, batch, requests, refused if alone else None)
         except _NotSubmittable as exc:
             return decisions.failed_before_submit(run, exc.name, exc.why, now=_now())
+        limits = self.limits()
+        run = decisions.submitted(run, accepted, wait_times=plan.wait_times, watching=limits.watching,
+                                  source_versions=versions)
+        if not refused:
+            return run
+        run = decisions.failed_alone(run, refused, now=_now())
+        if run.active_jobs() or decisions.ready_jobs(run, plan.prerequisites):
+            return run       # a later round, once nothing else can run, says what failed
+        # nothing left to wait for: the run ends now, its cause naming every failed job
+        earlier = [n for n in decisions.failed_jobs(run, list(run.jobs)) if run.jobs[n].job_id]
+        tails = self._stderr_tails(ssh, run, earlier) if earlier else {}
+        return decisions.decide(run, list(refused), wait_times=plan.wait_times, scheduler=scheduler.name,
+                                stderr_tails=tails, now=_now(), limits=limits,
+                                prerequisites=plan.prerequisites, on_failure=plan.on_failure).run
+
+    def _stage_batch(self, ssh, scheduler: Scheduler, run: Run, batch):
+        """The batch's files and wrappers onto the head node: ({job: its JobRequest}, the
+        s3_uri jobs' source versions); _NotSubmittable for the first job that cannot go.
+
+        One upload when the function holds every handler (ssh staging): the files and the
+        wrappers, whose headers carry the handlers' directives, in one tar. A head node that
+        fetches the files itself shows the handlers first, so the wrappers follow them."""
+        if not batch:
+            return {}, {}
+        bundle = io.BytesIO()
+        with tarfile.open(fileobj=bundle, mode="w:gz") as tar:
+            fetches, handlers, versions = self._stage(run, batch, tar)
+            if not fetches:
+                requests = self._requests(ssh, scheduler, run, batch, handlers)
+                self._add_wrappers(tar, run, batch, requests)
+        ssh.run(["tar", "-xzf", "-", "-C", run.run_dir], stdin=bundle.getvalue())
+        if fetches:
+            self._fetch_on_head_node(ssh, batch, fetches)
+            requests = self._requests(ssh, scheduler, run, batch, handlers)
+            wrappers = io.BytesIO()
+            with tarfile.open(fileobj=wrappers, mode="w:gz") as tar:
+                self._add_wrappers(tar, run, batch, requests)
+            ssh.run(["tar", "-xzf", "-", "-C", run.run_dir], stdin=wrappers.getvalue())
+        return requests, versions
+
+    def _submit_batch(self, ssh, scheduler: Scheduler, run: Run, batch, requests,
+                      refused: dict[str, str] | None):
+        """Give the staged batch to the scheduler: {job: its id}. A refusal is _NotSubmittable,
+        or, given `refused`, is added there and the rest are submitted."""
+        if not batch:
+            return {}
         submissions = []
         for job in batch:
             d = jobscripts.job_dir(run.run_dir, job.name)
@@ -153,7 +196,7 @@ class HeadNodeWork:
                                                                    run.jobs[job.name].attempt or 1),
                 workdir=f"{d}/src", stdout=f"{d}/stdout", stderr=f"{d}/stderr",
                 request=requests[job.name].argv)))
-        result = self._run_submit_script(ssh, scheduler, run, submissions)
+        result = self._run_submit_script(ssh, scheduler, run, submissions, stop_at_refusal=refused is None)
         accepted = {}
         for record in jobscripts.parse_records(result.stdout):
             if record.tag != "submit":
@@ -167,17 +210,18 @@ class HeadNodeWork:
                     f"{(out.stderr.strip() or out.stdout.strip())[:500]}",
                     scheduler=scheduler.name, output=out)
             if out.exit_code != 0:
-                return decisions.failed_before_submit(
-                    run, name, f"{scheduler.name} refused the job (exit {out.exit_code}): "
-                               f"{out.stderr.strip() or out.stdout.strip()}", now=_now())
+                why = f"{scheduler.name} refused the job (exit {out.exit_code}): {out.stderr.strip() or out.stdout.strip()}"
+                if refused is None:
+                    raise _NotSubmittable(name, why)
+                refused[name] = why
+                continue
             accepted[name] = scheduler.parse_submit(out)
             log.info("job %s submitted as %s", name, accepted[name])
-        missing = [job.name for job in batch if job.name not in accepted]
+        missing = [job.name for job in batch if job.name not in accepted and job.name not in (refused or {})]
         if missing:
             raise SchedulerError(f"the submit script reported nothing for jobs {missing}: {result.tail()}",
                                  scheduler=scheduler.name)
-        return decisions.submitted(run, accepted, wait_times=self.wiring.plan.wait_times,
-                                   watching=self.limits().watching, source_versions=versions)
+        return accepted
 
     def _stage(self, run: Run, batch, tar: tarfile.TarFile):
         """The batch's files into `tar` (or, in head-node staging, the scripts that make the
@@ -242,10 +286,10 @@ class HeadNodeWork:
                 attempt=run.jobs[job.name].attempt or 1)
             _add_bytes(tar, f"jobs/{job.name}/run.sh", wrapper.encode(), 0o755)
 
-    def _run_submit_script(self, ssh, scheduler: Scheduler, run: Run, submissions):
+    def _run_submit_script(self, ssh, scheduler: Scheduler, run: Run, submissions, *, stop_at_refusal: bool = True):
         """Submit; where an earlier attempt died while submitting some of these, adopt what the
         scheduler has by their names, then submit (again) only those it verifiably does not know."""
-        script = jobscripts.submit_script(run.run_dir, submissions)
+        script = jobscripts.submit_script(run.run_dir, submissions, stop_at_refusal=stop_at_refusal)
         result = ssh.run_script(script)
         unsure = {r.fields[0]: r.fields[1:] == ("ran",)
                   for r in jobscripts.parse_records(result.stdout) if r.tag == "unsure"}
@@ -635,8 +679,9 @@ def _tally(total: int, fields) -> decisions.TaskTally:
 
 
 class _NotSubmittable(Exception):
-    """A job of the batch could not be staged, or must not be given to the scheduler
-    (internal: becomes the run's failure, before anything of the batch is submitted)."""
+    """A job of the batch could not be staged, must not be given to the scheduler, or was
+    refused by it (internal: becomes the run's failure, before anything more is submitted; with
+    [order] on_failure = finish, that job's alone)."""
 
     def __init__(self, name: str, why: str):
         super().__init__(why)

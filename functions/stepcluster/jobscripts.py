@@ -217,8 +217,9 @@ report() {
 
 
 def submit_script(run_dir: str, submissions: Sequence[tuple[str, Sequence[str]]],
-                  concurrency: int = SUBMIT_CONCURRENCY) -> str:
-    """Submit jobs, `concurrency` at a time, in order; after a batch with a refusal, no more.
+                  concurrency: int = SUBMIT_CONCURRENCY, stop_at_refusal: bool = True) -> str:
+    """Submit jobs, `concurrency` at a time, in order; after a batch with a refusal, no more
+    (unless not `stop_at_refusal`: [order] on_failure = finish, each job on its own).
 
     Each job prints `@@submit NAME RC B64(stdout) B64(stderr)`. A job whose submit.rc is
     already 0 (an earlier attempt got through) is not submitted again: its recorded output is
@@ -242,7 +243,8 @@ def submit_script(run_dir: str, submissions: Sequence[tuple[str, Sequence[str]]]
             lines.append(f"if unsure {d}; then printf '@@unsure %s %s\\n' {q(name)} "
                          f"\"$([ -e {d}/started ] && echo ran || echo -)\"; "
                          f"else report {q(name)} {d} || refused=1; fi")
-        lines.append('[ "$refused" = 0 ] || exit 0')
+        if stop_at_refusal:
+            lines.append('[ "$refused" = 0 ] || exit 0')
     return "\n".join(lines) + "\n"
 
 

@@ -172,3 +172,36 @@ def test_a_resumed_run_runs_an_s3_job_again_once_its_objects_changed(local_clust
     assert not prepare.get("resumed_from") and prepare["job_id"] != jobs_by_name(first)["prepare"]["job_id"]
     execution = changed.execution_arn.rsplit(":", 1)[-1]
     assert (results / execution / "prepare" / "output" / "seen.txt").read_text() == "v2\n"
+
+
+@pytest.mark.parametrize("on_failure", ["cancel", "finish"])
+def test_a_job_the_scheduler_refuses_or_that_cannot_be_staged_fails_alone_when_the_run_finishes(
+        on_failure, local_cluster, write_config, tmp_path):
+    # b: Slurm refuses it (no such partition); d: its files are not in S3; c waits for b
+    config = with_keys(write_config("parallel", {
+        "a": "sleep 2; echo a > $STEPCLUSTER_OUTPUT/a.txt", "b": "echo b", "c": "echo c", "d": "echo d"}),
+        {"b": "queue = no-such-partition", "c": "depends_on = b"},
+        order_options=f"on_failure = {on_failure}")
+    text = Path(config).read_text()
+    start = text.index("[job d]")
+    end = text.find("\n[job ", start + 1)
+    section = text[start:] if end < 0 else text[start:end]
+    Path(config).write_text(text.replace(section, "[job d]\nhandler = run.sh\ns3_uri = s3://inputs/nothing-here/\n"
+                                                  "wait_time = 1\n\n"))
+    (tmp_path / "s3" / "inputs").mkdir(parents=True)
+    report = run_local(config, f"refused-{on_failure}", cluster=local_cluster, s3_dir=tmp_path / "s3")
+
+    jobs = jobs_by_name(report)
+    assert (report.status, report.error) == ("FAILED", "JobFailed")
+    if on_failure == "cancel":       # the seed's rule: the first job that cannot go fails the run
+        assert report.cause.startswith("Job ")
+        assert "failed before submission" in report.cause
+        return
+    assert jobs["a"]["state"] == "SUCCEEDED" and jobs["a"]["job_id"]        # ran to its end
+    assert (jobs["b"]["state"], jobs["b"]["job_id"]) == ("FAILED", None)
+    assert (jobs["d"]["state"], jobs["d"]["job_id"]) == ("FAILED", None)
+    assert jobs["c"]["state"] == "NOT_STARTED"
+    assert report.cause.startswith("Jobs 'b', 'd' failed; the jobs that did not wait for them ran to their "
+                                   "end ([order] on_failure = finish), and job 'c' that did never started.")
+    assert "Job 'b' failed before submission: slurm refused the job (exit 1)" in report.cause
+    assert "Job 'd' failed before submission: nothing found at s3://inputs/nothing-here/" in report.cause

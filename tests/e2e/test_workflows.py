@@ -401,8 +401,8 @@ def test_a_submit_that_dies_after_the_scheduler_accepted_the_job_is_retried_with
     original_script, original_submit = jobscripts.submit_script, HeadNodeWork.submit_jobs
     attempts = []
 
-    def crashing_script(run_dir, submissions):
-        script = original_script(run_dir, submissions)
+    def crashing_script(run_dir, submissions, **options):
+        script = original_script(run_dir, submissions, **options)
         assert "; echo $? > " in script
         return script.replace("; echo $? > ", "; exit 1; echo $? > ", 1)
 

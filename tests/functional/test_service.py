@@ -385,8 +385,8 @@ def crash_after_the_first_submit(monkeypatch):
     that job's submit.rc is written (as when the Lambda dies mid-script)."""
     original = headnode.jobscripts.submit_script
 
-    def crashing(run_dir, submissions):
-        script = original(run_dir, submissions)
+    def crashing(run_dir, submissions, **options):
+        script = original(run_dir, submissions, **options)
         marker = "; echo $? > "
         assert marker in script
         monkeypatch.setattr(headnode.jobscripts, "submit_script", original)   # once
@@ -452,6 +452,27 @@ def test_a_missing_handler_fails_before_anything_is_submitted(world):
     assert run["phase"] == "FAILED" and "'nope.sh'" in run["failure"]["Cause"]
     assert {j["state"] for n, j in run["jobs"].items() if n != "b"} == {"NOT_STARTED"}
     assert not list(Path(run["cluster"]["run_dir"], "jobs").glob("*/submit.rc"))
+
+
+def test_with_on_failure_finish_a_job_that_cannot_be_staged_fails_alone(world):
+    svc, scheduler, run = world("parallel")
+    jobs = list(svc.plan.jobs)
+    jobs[1] = dataclasses.replace(jobs[1], handler="nope.sh")
+    svc.plan = dataclasses.replace(svc.plan, jobs=tuple(jobs), on_failure="finish")
+    run = svc.submit_jobs(run)
+    assert run["phase"] == "RUNNING" and run["jobs"]["b"]["state"] == "FAILED"     # the others went on
+    assert sorted(s.rsplit("-", 1)[0] for s in scheduler.submissions()) == ["a", "c"]   # by submission name
+    assert "'nope.sh'" in run["jobs"]["b"]["reason"] and "job_id" not in run["jobs"]["b"]
+
+    # every job of the batch failing, with nothing else in flight: Submit Jobs ends the run
+    svc, scheduler, run = world("parallel")
+    svc.plan = dataclasses.replace(svc.plan, on_failure="finish", jobs=tuple(
+        dataclasses.replace(job, handler="nope.sh") for job in svc.plan.jobs))
+    before = scheduler.submissions()
+    run = svc.submit_jobs(run)
+    assert run["phase"] == "FAILED" and scheduler.submissions() == before   # nothing more submitted
+    assert run["failure"]["Cause"].startswith("Jobs 'a', 'b', 'c' failed; the jobs that did not wait for them")
+    assert "Job 'a' failed before submission: handler 'nope.sh' is not among" in run["failure"]["Cause"]
 
 
 def test_cancel_finds_jobs_the_payload_does_not_know(world):

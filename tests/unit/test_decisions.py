@@ -658,3 +658,9 @@ def test_the_executions_own_budget_ends_the_run_when_it_is_the_sooner_limit():
     run.max_seconds = 10 * 86400
     assert d.decide(run, [], wait_times=WAITS, scheduler="slurm", now=NOW + 7 * 86400,
                     limits=limits).failure["Error"] == "RunTimeLimitReached"
+
+
+def test_a_job_that_never_reached_the_scheduler_is_described_by_why():
+    job = JobRecord(state=JobState.FAILED, reason="slurm refused the job (exit 1): invalid partition")
+    assert d.describe_failure("b", job, "slurm", "") == (
+        "Job 'b' failed before submission: slurm refused the job (exit 1): invalid partition")

@@ -386,6 +386,16 @@ def test_submit_stops_at_the_first_refusal_and_retries_it_later(box, tmp_path):
     assert len(log.read_text().splitlines()) == 4
 
 
+def test_submit_goes_on_past_a_refusal_when_each_job_stands_alone(box, tmp_path):
+    log = tmp_path / "submits.log"
+    for name in ("first", "refused", "after"):
+        box.job(name)
+    jobs = [("first", fake_submit(log, stdout="1\n")), ("refused", fake_submit(log, rc=1)),
+            ("after", fake_submit(log, stdout="3\n"))]
+    p = box.bash(jobscripts.submit_script(box.run_dir, jobs, concurrency=1, stop_at_refusal=False))
+    assert [(r.fields[0], r.fields[1]) for r in records(p.stdout)] == [("first", "0"), ("refused", "1"), ("after", "0")]
+
+
 def test_submit_sends_a_batch_at_once_reports_it_whole_and_stops_after_a_refusal(box, tmp_path):
     log = tmp_path / "submits.log"
     names = [f"j{i}" for i in range(7)]
