@@ -127,19 +127,10 @@ class HeadNodeWork:
             ssh.run_script(jobscripts.next_attempt_script(run.run_dir, again))
         # A job that cannot be staged or that the scheduler refuses fails the run, before
         # anything more is submitted; with on_failure "finish" it fails alone and the rest go on.
-        alone = plan.on_failure == "finish"
-        refused: dict[str, str] = {}
+        refused = _Refusals(alone=plan.on_failure == "finish")
         try:
-            while True:
-                try:
-                    requests, versions = self._stage_batch(ssh, scheduler, run, batch)
-                    break
-                except _NotSubmittable as exc:
-                    if not alone:
-                        raise
-                    refused[exc.name] = exc.why
-                    batch = [job for job in batch if job.name != exc.name]
-            accepted = self._submit_batch(ssh, scheduler, run, batch, requests, refused if alone else None)
+            batch, requests, versions = self._stage_batch(ssh, scheduler, run, batch, refused)
+            accepted = self._submit_batch(ssh, scheduler, run, batch, requests, refused)
         except _NotSubmittable as exc:
             return decisions.failed_before_submit(run, exc.name, exc.why, now=_now())
         limits = self.limits()
@@ -157,35 +148,38 @@ class HeadNodeWork:
                                 stderr_tails=tails, now=_now(), limits=limits,
                                 prerequisites=plan.prerequisites, on_failure=plan.on_failure).run
 
-    def _stage_batch(self, ssh, scheduler: Scheduler, run: Run, batch):
-        """The batch's files and wrappers onto the head node: ({job: its JobRequest}, the
-        s3_uri jobs' source versions); _NotSubmittable for the first job that cannot go.
+    def _stage_batch(self, ssh, scheduler: Scheduler, run: Run, batch, refused: _Refusals):
+        """The batch's files and wrappers onto the head node: (the jobs that can go, {job: its
+        JobRequest}, the s3_uri jobs' source versions); each job that cannot goes to `refused`.
 
         One upload when the function holds every handler (ssh staging): the files and the
         wrappers, whose headers carry the handlers' directives, in one tar. A head node that
         fetches the files itself shows the handlers first, so the wrappers follow them."""
-        if not batch:
-            return {}, {}
+        def going(jobs):
+            return [job for job in jobs if job.name not in refused]
         bundle = io.BytesIO()
         with tarfile.open(fileobj=bundle, mode="w:gz") as tar:
-            fetches, handlers, versions = self._stage(run, batch, tar)
+            fetches, handlers, versions = self._stage(run, batch, tar, refused)
+            batch = going(batch)
             if not fetches:
-                requests = self._requests(ssh, scheduler, run, batch, handlers)
+                requests = self._requests(ssh, scheduler, run, batch, handlers, refused)
+                batch = going(batch)
                 self._add_wrappers(tar, run, batch, requests)
+        if not batch:
+            return [], {}, {}
         ssh.run(["tar", "-xzf", "-", "-C", run.run_dir], stdin=bundle.getvalue())
         if fetches:
-            self._fetch_on_head_node(ssh, batch, fetches)
-            requests = self._requests(ssh, scheduler, run, batch, handlers)
+            self._fetch_on_head_node(ssh, batch, fetches, refused)
+            requests = self._requests(ssh, scheduler, run, going(batch), handlers, refused)
+            batch = going(batch)
             wrappers = io.BytesIO()
             with tarfile.open(fileobj=wrappers, mode="w:gz") as tar:
                 self._add_wrappers(tar, run, batch, requests)
             ssh.run(["tar", "-xzf", "-", "-C", run.run_dir], stdin=wrappers.getvalue())
-        return requests, versions
+        return batch, requests, versions
 
-    def _submit_batch(self, ssh, scheduler: Scheduler, run: Run, batch, requests,
-                      refused: dict[str, str] | None):
-        """Give the staged batch to the scheduler: {job: its id}. A refusal is _NotSubmittable,
-        or, given `refused`, is added there and the rest are submitted."""
+    def _submit_batch(self, ssh, scheduler: Scheduler, run: Run, batch, requests, refused: _Refusals):
+        """Give the staged batch to the scheduler: {job: its id}; each refusal goes to `refused`."""
         if not batch:
             return {}
         submissions = []
@@ -196,7 +190,7 @@ class HeadNodeWork:
                                                                    run.jobs[job.name].attempt or 1),
                 workdir=f"{d}/src", stdout=f"{d}/stdout", stderr=f"{d}/stderr",
                 request=requests[job.name].argv)))
-        result = self._run_submit_script(ssh, scheduler, run, submissions, stop_at_refusal=refused is None)
+        result = self._run_submit_script(ssh, scheduler, run, submissions, stop_at_refusal=not refused.alone)
         accepted = {}
         for record in jobscripts.parse_records(result.stdout):
             if record.tag != "submit":
@@ -210,24 +204,22 @@ class HeadNodeWork:
                     f"{(out.stderr.strip() or out.stdout.strip())[:500]}",
                     scheduler=scheduler.name, output=out)
             if out.exit_code != 0:
-                why = f"{scheduler.name} refused the job (exit {out.exit_code}): {out.stderr.strip() or out.stdout.strip()}"
-                if refused is None:
-                    raise _NotSubmittable(name, why)
-                refused[name] = why
+                refused.add(name, f"{scheduler.name} refused the job (exit {out.exit_code}): "
+                                  f"{out.stderr.strip() or out.stdout.strip()}")
                 continue
             accepted[name] = scheduler.parse_submit(out)
             log.info("job %s submitted as %s", name, accepted[name])
-        missing = [job.name for job in batch if job.name not in accepted and job.name not in (refused or {})]
+        missing = [job.name for job in batch if job.name not in accepted and job.name not in refused]
         if missing:
             raise SchedulerError(f"the submit script reported nothing for jobs {missing}: {result.tail()}",
                                  scheduler=scheduler.name)
         return accepted
 
-    def _stage(self, run: Run, batch, tar: tarfile.TarFile):
+    def _stage(self, run: Run, batch, tar: tarfile.TarFile, refused: _Refusals):
         """The batch's files into `tar` (or, in head-node staging, the scripts that make the
         head node download them itself), each handler's bytes where they passed through here,
         and the s3_uri jobs' `source_version`s. Everything is staged before anything of the
-        batch reaches the scheduler: a job whose files cannot be staged fails the run first."""
+        batch reaches the scheduler: a job whose files cannot be staged goes to `refused`."""
         w = self.wiring
         by_head_node = w.settings.staging == "head-node"
         fetches, handlers, versions = [], {}, {}
@@ -241,15 +233,17 @@ class HeadNodeWork:
                 else:
                     handlers[job.name], version = staging.add_job_files(tar, w.plan, job, s3_client=w.s3)
             except StagingError as exc:
-                raise _NotSubmittable(job.name, str(exc)) from exc
+                refused.add(job.name, str(exc))
+                continue
             if version:
                 versions[job.name] = version
         return fetches, handlers, versions
 
-    def _requests(self, ssh, scheduler: Scheduler, run: Run, batch, handlers: dict[str, bytes]) -> dict:
+    def _requests(self, ssh, scheduler: Scheduler, run: Run, batch, handlers: dict[str, bytes],
+                  refused: _Refusals) -> dict:
         """{job name: its JobRequest}: the options in each staged handler and the config's
-        resource keys, checked against the scheduler's rules (_NotSubmittable for the first job
-        the scheduler must not be given). A handler whose bytes passed through here (ssh staging) is read
+        resource keys, checked against the scheduler's rules (a job the scheduler must not be
+        given goes to `refused`). A handler whose bytes passed through here (ssh staging) is read
         here; one the head node fetched itself is read there (AWK_CANDIDATES: the same rule),
         in one script for the batch."""
         syntax = scheduler.DIRECTIVES
@@ -270,8 +264,8 @@ class HeadNodeWork:
             try:
                 requests[job.name] = jobrequests.request_for(scheduler, job.resources, found, job.handler)
             except RequestRefused as exc:
-                raise _NotSubmittable(job.name, f"{scheduler.name} cannot be given this job: "
-                                      + "; ".join(exc.problems)) from None
+                refused.add(job.name, f"{scheduler.name} cannot be given this job: " + "; ".join(exc.problems))
+                continue
             for note in requests[job.name].overridden:
                 log.info("job %s: %s", job.name, note)
         return requests
@@ -306,15 +300,15 @@ class HeadNodeWork:
                                  scheduler=scheduler.name)
         return result
 
-    def _fetch_on_head_node(self, ssh, batch, fetches) -> None:
-        """Run the download scripts; _NotSubmittable for the first job whose files did not come."""
+    def _fetch_on_head_node(self, ssh, batch, fetches, refused: _Refusals) -> None:
+        """Run the download scripts; each job whose files did not come goes to `refused`."""
         result = ssh.run_script("".join(f"(\n{f})\n" for f in fetches), check=False)
         fetched = {r.fields[0]: r.fields[1] for r in jobscripts.parse_records(result.stdout)
                    if r.tag == "fetched"}
         for job in batch:
             if fetched.get(job.name) != "0":
-                raise _NotSubmittable(job.name, "the head node could not download its files (does it "
-                                      "reach S3?): " + (result.tail(5) or "no output"))
+                refused.add(job.name, "the head node could not download its files (does it reach S3?): "
+                            + (result.tail(5) or "no output"))
 
     # -- Poll Jobs -------------------------------------------------------------------------
     def poll_jobs(self, run: Run) -> Run:
@@ -686,6 +680,21 @@ class _NotSubmittable(Exception):
     def __init__(self, name: str, why: str):
         super().__init__(why)
         self.name, self.why = name, why
+
+
+class _Refusals(dict):
+    """{job: why} of a batch's jobs that cannot go. With [order] on_failure = finish (`alone`)
+    each is noted here and the batch goes on without it; otherwise the first one raises
+    _NotSubmittable (the run fails before anything more is submitted)."""
+
+    def __init__(self, alone: bool):
+        super().__init__()
+        self.alone = alone
+
+    def add(self, name: str, why: str) -> None:
+        if not self.alone:
+            raise _NotSubmittable(name, why)
+        self[name] = why
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:

@@ -454,15 +454,21 @@ def test_a_missing_handler_fails_before_anything_is_submitted(world):
     assert not list(Path(run["cluster"]["run_dir"], "jobs").glob("*/submit.rc"))
 
 
-def test_with_on_failure_finish_a_job_that_cannot_be_staged_fails_alone(world):
+def test_with_on_failure_finish_a_job_that_cannot_be_staged_fails_alone(world, monkeypatch):
     svc, scheduler, run = world("parallel")
     jobs = list(svc.plan.jobs)
     jobs[1] = dataclasses.replace(jobs[1], handler="nope.sh")
+    jobs[2] = dataclasses.replace(jobs[2], handler="nope.sh")
     svc.plan = dataclasses.replace(svc.plan, jobs=tuple(jobs), on_failure="finish")
+    staged = []
+    add_job_files = headnode.staging.add_job_files
+    monkeypatch.setattr(headnode.staging, "add_job_files",
+                        lambda tar, plan, job, **kw: staged.append(job.name) or add_job_files(tar, plan, job, **kw))
     run = svc.submit_jobs(run)
-    assert run["phase"] == "RUNNING" and run["jobs"]["b"]["state"] == "FAILED"     # the others went on
-    assert sorted(s.rsplit("-", 1)[0] for s in scheduler.submissions()) == ["a", "c"]   # by submission name
+    assert run["phase"] == "RUNNING" and run["jobs"]["b"]["state"] == run["jobs"]["c"]["state"] == "FAILED"
+    assert [s.rsplit("-", 1)[0] for s in scheduler.submissions()] == ["a"]   # the other went on (by submission name)
     assert "'nope.sh'" in run["jobs"]["b"]["reason"] and "job_id" not in run["jobs"]["b"]
+    assert staged == ["a", "b", "c"]           # the batch staged once, not again after each failure
 
     # every job of the batch failing, with nothing else in flight: Submit Jobs ends the run
     svc, scheduler, run = world("parallel")
