@@ -384,20 +384,29 @@ def _ticker(sfn, arn, timeout, interrupt: threading.Event):
 
 
 @contextlib.contextmanager
+def _sigint_handled_by(handler):
+    """`handler` for SIGINT within the block: only in the main thread (the only one Python lets
+    set a handler), and only over Python's own handler (a caller that ignores SIGINT, or
+    handles it itself, keeps it so). The previous handler is back on the way out, whatever
+    happened: run_local is a library function, called in-process by tests."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
 def _ctrl_c_requests():
     """While the execution runs, Ctrl-C (SIGINT) only sets the event it yields: the polling
     loop acts on it between two calls into moto, whose interpreter threads share its state (a
-    KeyboardInterrupt in the middle of one of those calls could leave it half-updated).
-
-    Only in the main thread (the only one Python lets set a handler), and only over Python's
-    own handler (a caller that ignores SIGINT, or handles it itself, keeps it so; a
-    KeyboardInterrupt still ends the loop). The previous handler is back on the way out,
-    whatever happened: run_local is a library function, called in-process by tests."""
+    KeyboardInterrupt in the middle of one of those calls could leave it half-updated). Where
+    no handler can be set (`_sigint_handled_by`), a KeyboardInterrupt still ends the loop."""
     interrupt = _CtrlC()
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield interrupt
-        return
 
     def on_sigint(signum, frame):
         if interrupt.is_set():     # twice before the loop acted on the first: exit at once
@@ -405,11 +414,8 @@ def _ctrl_c_requests():
             raise _CtrlCAgain
         interrupt.set()
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
+    with _sigint_handled_by(on_sigint):
         yield interrupt
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 class _CtrlC(threading.Event):
@@ -427,22 +433,15 @@ def _ctrl_c_noted():
     """During the cleanup, Ctrl-C raises KeyboardInterrupt as usual and is also noted in the
     event it yields: a library may catch the KeyboardInterrupt and raise its own error instead
     (botocore's CRT signer does: awscrt's AWS_ERROR_UNKNOWN), which is then still known for
-    the Ctrl-C it was. Same rules as `_ctrl_c_requests` for when a handler is set."""
+    the Ctrl-C it was."""
     again = threading.Event()
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield again
-        return
 
     def on_sigint(signum, frame):
         again.set()
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
+    with _sigint_handled_by(on_sigint):
         yield again
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _interrupted(sfn, arn, follower, endpoint, progress, artifacts_dir=None) -> tuple[dict, dict | None]:
